@@ -1,0 +1,173 @@
+"""The declarative catalogue (``config/gateway.yaml``): tenants, their models, spaces and API keys.
+
+Validated once at start. A wrong file fails the start with a message naming the field, e.g.
+``tenants[0].models[1].deployment.type: Input tag 'foo' found using 'type' does not match …``.
+Secrets never live here: upstream credentials are names of environment variables, API keys are sha256 hashes.
+"""
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OpenAIDeployment(_Strict):
+    """Any OpenAI-compatible upstream: OpenAI, Azure-style base URLs, vLLM, llama.cpp, Ollama, Groq…"""
+
+    type: Literal["openai"]
+    model: str = Field(description="Model name sent upstream.")
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = Field(None, description="Environment variable holding the upstream key.")
+
+
+class FakeDeployment(_Strict):
+    """The deterministic in-process provider; ``model`` picks its behaviour (see docs/config.md)."""
+
+    type: Literal["fake"]
+    model: str = "echo"
+
+
+Deployment = Annotated[OpenAIDeployment | FakeDeployment, Field(discriminator="type")]
+
+
+class Pricing(_Strict):
+    """USD per million tokens, kept exact as decimals."""
+
+    input_per_mtok: Decimal = Decimal(0)
+    cached_input_per_mtok: Decimal | None = None
+    output_per_mtok: Decimal = Decimal(0)
+    reasoning_per_mtok: Decimal | None = None
+
+
+class TenantModel(_Strict):
+    id: UUID
+    alias: str = Field(min_length=1, max_length=256)
+    deployment: Deployment
+    context_window: int | None = Field(None, gt=0)
+    capabilities: list[str] = Field(default_factory=lambda: ["chat"])
+    reasoning: bool = False
+    logo_url: str | None = None
+    logo_url_dark: str | None = None
+    pricing: Pricing | None = None
+
+
+class PolicySpec(_Strict):
+    """One entry of a policy chain: ``{use: <alias or module:Class>, ...params}``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    use: str = Field(min_length=1)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Space(_Strict):
+    id: UUID
+    name: str = ""
+    models: list[str] = Field(default_factory=list, description="Aliases (or ids) of allowed tenant models.")
+    default_model: str | None = None
+    policies: list[PolicySpec] | None = Field(None, description="Overrides the tenant's default chain.")
+
+
+class ApiKey(_Strict):
+    name: str = Field(min_length=1)
+    sha256: str = Field(description="sha256 hex digest of the key; the key itself is never stored.")
+    principal: str = Field(min_length=1)
+    role: Literal["admin", "member"] = "member"
+    spaces: list[str] = Field(default_factory=lambda: ["*"], description='Space ids, or "*" for all.')
+    default_space: UUID | None = None
+
+    @model_validator(mode="after")
+    def _check_hash(self) -> "ApiKey":
+        if not _SHA256.match(self.sha256):
+            raise ValueError("sha256 must be 64 lowercase hex characters (python -m gateway hash-key KEY)")
+        return self
+
+
+class Tenant(_Strict):
+    id: UUID
+    name: str = Field(min_length=1)
+    policies: list[PolicySpec] = Field(default_factory=lambda: [PolicySpec(use="allow_list")])
+    models: list[TenantModel] = Field(default_factory=list)
+    spaces: list[Space] = Field(default_factory=list)
+    api_keys: list[ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> "Tenant":
+        _unique([m.alias for m in self.models], "models: duplicate alias")
+        _unique([str(m.id) for m in self.models], "models: duplicate id")
+        _unique([str(s.id) for s in self.spaces], "spaces: duplicate id")
+        known = {m.alias for m in self.models} | {str(m.id) for m in self.models}
+        space_ids = {str(s.id) for s in self.spaces}
+        for s in self.spaces:
+            for ref in s.models:
+                if ref not in known:
+                    raise ValueError(f"space {s.id}: model {ref!r} is not a model of tenant {self.name!r}")
+            if s.default_model is not None and s.default_model not in s.models:
+                raise ValueError(f"space {s.id}: default_model {s.default_model!r} is not in its models")
+        for k in self.api_keys:
+            for ref in k.spaces:
+                if ref != "*" and ref not in space_ids:
+                    raise ValueError(f"api key {k.name!r}: space {ref} is not a space of tenant {self.name!r}")
+            if k.default_space is not None and str(k.default_space) not in space_ids:
+                raise ValueError(f"api key {k.name!r}: default_space {k.default_space} is not a space here")
+        return self
+
+
+class Catalogue(_Strict):
+    tenants: list[Tenant] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_global_uniqueness(self) -> "Catalogue":
+        _unique([str(t.id) for t in self.tenants], "tenants: duplicate id")
+        _unique([str(s.id) for t in self.tenants for s in t.spaces], "spaces: id used by two tenants")
+        _unique([m.id for t in self.tenants for m in t.models], "models: id used by two tenants")
+        _unique([k.sha256 for t in self.tenants for k in t.api_keys], "api_keys: the same key hash twice")
+        return self
+
+
+class CatalogueError(Exception):
+    """The catalogue file cannot be read or is invalid; the message names the file and the field."""
+
+
+def _unique(values: list[Any], what: str) -> None:
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{what}: {v}")
+        seen.add(v)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def load_catalogue(path: Path) -> Catalogue:
+    """Read and validate the YAML catalogue at ``path``."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise CatalogueError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CatalogueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CatalogueError(f"{path}: the top level must be a mapping with a 'tenants' list")
+    try:
+        return Catalogue.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise CatalogueError(f"{path}: invalid catalogue:\n  " + "\n  ".join(lines)) from None

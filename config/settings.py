@@ -1,0 +1,30 @@
+"""Process settings: where the catalogue is, where to listen, which store, limits and timeouts.
+
+Read from the environment (prefix ``GATEWAY_``) and overridable by command-line flags. Frozen once built.
+"""
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CONFIG = Path(__file__).with_name("gateway.yaml")
+
+
+class Settings(BaseSettings):
+    """Everything the process needs to start; the catalogue itself lives in the YAML file."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", frozen=True, extra="ignore")
+
+    config: Path = Field(DEFAULT_CONFIG, description="Path of the YAML catalogue.")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    redis_url: SecretStr | None = Field(None, description="redis://… ; unset means the in-memory store.")
+    redis_prefix: str = Field("gw:", description="Prefix of every key the gateway writes to Redis.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
+    upstream_connect_timeout: float = Field(10.0, gt=0)
+    upstream_read_timeout: float = Field(600.0, gt=0, description="Longest silence from an upstream.")
+    upstream_max_connections: int = Field(1000, gt=0)
+    idempotency_ttl_seconds: int = Field(24 * 3600, gt=0)
+    log_level: str = "info"
+    access_log: bool = Field(False, description="One log line per request (costs throughput).")

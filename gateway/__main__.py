@@ -1,0 +1,59 @@
+"""``python -m gateway``: run the gateway, or ``python -m gateway hash-key KEY`` for the catalogue's hash.
+
+Flags override the ``GATEWAY_*`` environment; a broken catalogue or policy config exits with status 2 and a
+message naming the field.
+"""
+
+import argparse
+import sys
+from typing import Any
+
+import uvicorn
+
+from config import CatalogueError, Settings
+from gateway.catalog import hash_key
+from gateway.policy import PolicyConfigError
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="Run the LLM gateway.")
+    parser.add_argument("--config", help="YAML catalogue (GATEWAY_CONFIG)")
+    parser.add_argument("--host", help="listen address (GATEWAY_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (GATEWAY_PORT, default 8080)")
+    parser.add_argument("--redis-url", help="redis://… shared store (GATEWAY_REDIS_URL); default in-memory")
+    parser.add_argument("--log-level", help="uvicorn log level (GATEWAY_LOG_LEVEL)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["hash-key"]:
+        if len(argv) != 2:
+            sys.exit("usage: python -m gateway hash-key KEY")
+        print(hash_key(argv[1]))
+        return
+    args = _parse(argv)
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    settings = Settings(**overrides)
+    from gateway.app import create_app
+
+    try:
+        app = create_app(settings)
+    except (CatalogueError, PolicyConfigError) as exc:
+        sys.stderr.write(f"gateway: cannot start: {exc}\n")
+        sys.exit(2)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        loop="uvloop",
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""OpenAI-compatible routes: ``POST /v1/chat/completions`` (a thin ASGI callable on the hot path) and
+``GET /v1/models`` / ``GET /v1/models/{model}``. Errors render in OpenAI's shape (gateway.errors)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway import chat
+from gateway.catalog import AllowedModel
+from gateway.errors import InvalidRequest, NotFound
+from gateway.http import json_bytes, parse_json_object, read_body, send_bytes
+from gateway.runtime import Gateway
+
+JSON = "application/json"
+
+
+def validate_chat_body(body: dict[str, Any]) -> None:
+    """The few checks the gateway itself needs; the upstream validates the rest (its 400s pass through)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages", input=messages)
+    if not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest("Each item of 'messages' must be an object.", param="messages")
+    if "model" in body and not isinstance(body["model"], str):
+        raise InvalidRequest("'model' must be a string.", param="model", input=body["model"])
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream", input=body["stream"])
+
+
+class ChatCompletions:
+    """``POST /v1/chat/completions`` as a plain ASGI app: no Request object, no per-request middleware."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        headers = dict(scope["headers"])
+        raw = await read_body(receive, headers, gw.settings.max_body_bytes)
+        ctx = gw.context(headers, "chat.completions", {})
+        ctx.body = parse_json_object(raw)
+        validate_chat_body(ctx.body)
+        ctx.stream = ctx.body.get("stream") is True
+
+        async def call() -> None:
+            if ctx.stream:
+                await chat.stream(gw, ctx, send, receive)
+            else:
+                await chat.complete(gw, ctx, send)
+
+        reply = await gw.chain(ctx).run(ctx, call)
+        if reply is not None:
+            await send_bytes(send, reply.status, reply.headers, reply.body)
+
+
+def _model_object(entry: AllowedModel, owner: str) -> dict[str, Any]:
+    created = int(datetime.strptime(entry.added_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp())
+    return {"id": entry.model.alias, "object": "model", "created": created, "owned_by": owner}
+
+
+async def list_models(request: Request) -> Response:
+    """Exactly the space's allowed models."""
+    gw: Gateway = request.app.state.gateway
+    ctx = gw.context(dict(request.scope["headers"]), "models.list", {})
+    entries = await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space)
+    data = [_model_object(e, ctx.principal.tenant.name) for e in entries]
+    return Response(json_bytes({"object": "list", "data": data}), media_type=JSON)
+
+
+async def retrieve_model(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    ctx = gw.context(dict(request.scope["headers"]), "models.retrieve", {})
+    name = request.path_params["model"]
+    for entry in await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space):
+        if entry.model.alias == name:
+            return Response(json_bytes(_model_object(entry, ctx.principal.tenant.name)), media_type=JSON)
+    raise NotFound(f"The model '{name}' does not exist in this space.", code="model_not_found", param="model")

@@ -1,0 +1,79 @@
+"""What one request carries through auth, the policy chain, the provider and back."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.catalog import Space, TenantModel
+from gateway.catalog import Catalog, Principal
+from gateway.store import Store
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the upstream reported them (``usage`` of Chat Completions)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @classmethod
+    def from_chat(cls, usage: dict[str, Any] | None) -> "Usage | None":
+        if not isinstance(usage, dict):
+            return None
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            input_tokens=int(usage.get("prompt_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
+            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        )
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete answer a policy can return from ``before`` to skip the upstream call (e.g. a replay)."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """One request. Policies read and change it; the pipeline fills ``model``, ``usage`` and ``outcome``.
+
+    ``outcome`` is ``pending`` until the end, then one of ``ok``, ``replayed``, ``rejected`` (a policy or
+    validation said no), ``upstream_error``, ``disconnected`` (the client went away) or ``error``.
+    """
+
+    request_id: str
+    route: str
+    principal: Principal
+    space: Space
+    catalog: Catalog
+    store: Store
+    body: dict[str, Any]
+    headers: dict[bytes, bytes]
+    stream: bool = False
+    model: TenantModel | None = None
+    usage: Usage | None = None
+    status_code: int | None = None
+    outcome: str = "pending"
+    error: BaseException | None = None
+    governance_applied: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.principal.tenant.id)
+
+    @property
+    def space_id(self) -> str:
+        return str(self.space.id)
+
+    def header(self, name: str) -> str | None:
+        """A request header by lower-case name, decoded as latin-1 (HTTP's own charset)."""
+        value = self.headers.get(name.encode())
+        return None if value is None else value.decode("latin-1")

@@ -1,0 +1,170 @@
+"""One exception tree for everything a caller can be told, rendered in exactly one place.
+
+    GatewayError                      status  OpenAI type
+    ├── InvalidRequest                400*    invalid_request_error   (*native routes: 422 {"detail": [...]})
+    ├── BadRequest                    400     invalid_request_error   (native routes: 400 {"detail": "..."})
+    ├── AuthenticationFailed          401     authentication_error
+    ├── PermissionDenied              403     permission_error
+    ├── NotFound                      404     not_found_error
+    ├── Conflict                      409     conflict_error          (idempotent request still in flight)
+    ├── PayloadTooLarge               413     invalid_request_error
+    ├── Unprocessable                 422     invalid_request_error   (same Idempotency-Key, another body)
+    ├── RateLimited                   429     rate_limit_error
+    ├── StoreUnavailable              503     server_error
+    └── UpstreamError                 502     upstream_error
+        ├── UpstreamRejected          (the upstream's own 4xx/429 status, passed through)
+        ├── UpstreamUnavailable       502/503
+        └── UpstreamTimeout           504
+
+OpenAI routes render ``{"error": {"message", "type", "param", "code"}}``; native routes render FastAPI's
+shapes: ``{"detail": "<message>"}``, and ``{"detail": [{"loc", "msg", "type", "input"}]}`` for validation.
+"""
+
+from typing import Any
+
+import orjson
+
+Headers = list[tuple[bytes, bytes]]
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with; carries status, OpenAI type/code and extra headers."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class InvalidRequest(GatewayError):
+    """The caller sent something malformed. ``loc``/``kind``/``input`` feed the native 422 detail list."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        loc: tuple[str | int, ...] | None = None,
+        kind: str = "value_error",
+        input: Any = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.loc = loc or (("body", param) if param else ("body",))
+        self.kind = kind
+        self.input = input
+
+
+class BadRequest(GatewayError):
+    """A 400 that is not a field validation failure (e.g. a required Idempotency-Key is missing)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFound(GatewayError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class Conflict(GatewayError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class Unprocessable(GatewayError):
+    status_code = 422
+    error_type = "invalid_request_error"
+
+
+class RateLimited(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class StoreUnavailable(GatewayError):
+    status_code = 503
+    error_type = "server_error"
+    code = "store_unavailable"
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed; never the caller's fault. Upstream credentials never appear in the message."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request with a 4xx/429: its status (and Retry-After) reach the caller."""
+
+    error_type = "invalid_request_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+def is_native(path: str) -> bool:
+    """Native routes (``/v1/spaces/…``, ``/api-proxy/…``) answer in FastAPI's shapes, the rest in OpenAI's."""
+    return path.startswith("/v1/spaces") or path.startswith("/api-proxy/")
+
+
+def render_error(exc: GatewayError, native: bool) -> tuple[int, Headers, bytes]:
+    """The one place an error becomes status, headers and body."""
+    status = exc.status_code
+    if native:
+        if isinstance(exc, InvalidRequest):
+            status = 422
+            detail: Any = [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind, "input": exc.input}]
+        else:
+            detail = exc.message
+        body = {"detail": detail}
+    else:
+        body = {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
+    headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    return status, headers, orjson.dumps(body)

@@ -1,0 +1,132 @@
+"""The policy contract (the hookspec) and the chain that runs it.
+
+A policy is a class with a ``Params`` pydantic model (validated at start, ``extra="forbid"``) and two hooks:
+
+``async before(ctx) -> Reply | None``
+    Runs in chain order before the upstream call. May change ``ctx.body``/``ctx.model``; raise a
+    ``GatewayError`` to reject (undo its own partial work first: its ``after`` will not run); or return a
+    ``Reply`` to answer without calling the upstream (later policies' ``before`` then do not run).
+
+``async after(ctx) -> None``
+    Runs in reverse order for every policy whose ``before`` returned, on every exit path: success,
+    rejection by a later policy, upstream error, client disconnect, cancellation. ``ctx.outcome``,
+    ``ctx.status_code``, ``ctx.error`` and ``ctx.usage`` say what happened; for streams it runs after the
+    last byte, with the final usage. Reservations and claims are released here. Its errors are logged,
+    never raised over the request's own outcome.
+
+Policies are named in the catalogue by a short alias (``policies.ALIASES``) or ``"module:Class"``; the
+built-ins go through the same loader as third-party ones. The names of the policies whose ``before``
+returned are recorded in ``ctx.governance_applied``.
+"""
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from config.catalog import PolicySpec
+from gateway.context import Reply, RequestContext
+from gateway.errors import GatewayError, UpstreamError
+from gateway.importer import ImportFromStringError, import_from_string
+
+log = logging.getLogger("gateway.policy")
+
+
+class PolicyParams(BaseModel):
+    """Base of every policy's ``Params``: unknown keys are an error at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy:
+    """Base class with no-op hooks; subclass it and override what the policy needs."""
+
+    name: ClassVar[str] = "policy"
+    Params: ClassVar[type[PolicyParams]] = PolicyParams
+
+    def __init__(self, params: PolicyParams) -> None:
+        self.params = params
+
+    async def before(self, ctx: RequestContext) -> Reply | None:
+        """Check or change the request; raise to reject; return a Reply to answer without the upstream."""
+        return None
+
+    async def after(self, ctx: RequestContext) -> None:
+        """Record or release; runs on every exit path for every policy whose ``before`` returned."""
+        return None
+
+
+class PolicyConfigError(Exception):
+    """A policy named in the catalogue cannot be loaded or its params are invalid."""
+
+
+class PolicyChain:
+    """The ordered policies of one space."""
+
+    def __init__(self, policies: Sequence[Policy]) -> None:
+        self.policies = tuple(policies)
+
+    async def run(self, ctx: RequestContext, call: Callable[[], Awaitable[None]]) -> Reply | None:
+        """Run ``before`` hooks, then ``call`` (which answers the client), then ``after`` hooks.
+
+        Returns the Reply a policy short-circuited with (the caller sends it), else None.
+        """
+        ran: list[Policy] = []
+        try:
+            for policy in self.policies:
+                reply = await policy.before(ctx)
+                ran.append(policy)
+                ctx.governance_applied.append(policy.name)
+                if reply is not None:
+                    ctx.outcome, ctx.status_code = "replayed", reply.status
+                    return reply
+            await call()
+            if ctx.outcome == "pending":
+                ctx.outcome = "ok"
+            return None
+        except asyncio.CancelledError as exc:
+            ctx.outcome, ctx.error = ("disconnected" if ctx.outcome == "pending" else ctx.outcome), exc
+            raise
+        except BaseException as exc:
+            _record_failure(ctx, exc)
+            raise
+        finally:
+            for policy in reversed(ran):
+                try:
+                    await policy.after(ctx)
+                except Exception:
+                    log.exception("policy %s failed in after()", policy.name)
+
+
+def _record_failure(ctx: RequestContext, exc: BaseException) -> None:
+    ctx.error = exc
+    if ctx.outcome == "pending":
+        if isinstance(exc, UpstreamError):
+            ctx.outcome = "upstream_error"
+        elif isinstance(exc, GatewayError):
+            ctx.outcome = "rejected"
+        else:
+            ctx.outcome = "error"
+    if ctx.status_code is None:
+        ctx.status_code = getattr(exc, "status_code", 500)
+
+
+def load_policy(spec: PolicySpec) -> Policy:
+    """Import the class a spec names, validate its params and build it; PolicyConfigError if anything fails."""
+    aliases: dict[str, str] = getattr(importlib.import_module("policies"), "ALIASES", {})
+    target = aliases.get(spec.use, spec.use)
+    try:
+        cls: Any = import_from_string(target)
+    except ImportFromStringError as exc:
+        raise PolicyConfigError(f"policy {spec.use!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise PolicyConfigError(f"policy {spec.use!r}: {target} is not a gateway.Policy subclass")
+    try:
+        params = cls.Params.model_validate(spec.params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise PolicyConfigError(f"policy {spec.use!r}: invalid params: {problems}") from None
+    return cls(params)

@@ -1,0 +1,29 @@
+"""The provider contract: one Chat Completions call, whole or streamed, in OpenAI's wire format.
+
+Providers receive the request body as a dict (already carrying the upstream model name) and answer with
+OpenAI-compatible bytes, so the route can pass them to the caller without re-encoding. Every failure is a
+``gateway.errors.UpstreamError``; a stream's failure before its first byte raises from ``open_stream``.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from config.catalog import TenantModel
+
+
+class UpstreamStream(Protocol):
+    """An open upstream SSE stream. ``close`` must be called on every path (it releases the connection)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+class Provider(Protocol):
+    async def chat(self, model: TenantModel, body: dict[str, Any]) -> bytes:
+        """A non-streaming Chat Completion: the upstream's JSON body on success."""
+        ...
+
+    async def open_stream(self, model: TenantModel, body: dict[str, Any]) -> UpstreamStream:
+        """Start a streaming Chat Completion; raises before any byte is read when the upstream refuses."""
+        ...

@@ -1,0 +1,91 @@
+"""The gateway's runtime objects for one app: store, catalogue, upstream session, providers, policy chains.
+
+Built (and validated: catalogue references, policy params) when the app is created, so a broken catalogue
+fails the start; connections are opened in ``start`` and closed in ``stop`` by the app's lifespan.
+"""
+
+import os
+from typing import Any
+
+import aiohttp
+
+from config import Catalogue, Settings
+from gateway.catalog import Catalog
+from gateway.context import RequestContext
+from gateway.errors import InvalidRequest, NotFound
+from gateway.http import bearer_key
+from gateway.idempotency import IdempotencyRecords
+from gateway.policy import PolicyChain, load_policy
+from gateway.providers import Provider, build_providers
+from gateway.store import open_store
+from gateway.upstream import make_session
+
+
+class Gateway:
+    """Everything a request handler needs, owned by one app instance (no module-level state)."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+        self.settings = settings
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        self.store = open_store(redis_url, settings.redis_prefix)
+        self.catalog = Catalog(catalogue, self.store)
+        self.idempotency = IdempotencyRecords(self.store, settings.idempotency_ttl_seconds)
+        self.chains: dict[str, PolicyChain] = {}
+        for tenant in catalogue.tenants:
+            for space in tenant.spaces:
+                specs = space.policies if space.policies is not None else tenant.policies
+                self.chains[str(space.id)] = PolicyChain([load_policy(s) for s in specs])
+        self.session: aiohttp.ClientSession | None = None
+        self.providers: dict[str, Provider] = {}
+
+    async def start(self) -> None:
+        s = self.settings
+        self.session = make_session(
+            max_connections=s.upstream_max_connections,
+            connect_timeout=s.upstream_connect_timeout,
+            read_timeout=s.upstream_read_timeout,
+        )
+        self.providers = build_providers(self.session)
+        await self.store.ping()
+        await self.catalog.seed()
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        await self.store.close()
+
+    def context(
+        self, headers: dict[bytes, bytes], route: str, body: dict[str, Any], space_id: str | None = None
+    ) -> RequestContext:
+        """Authenticate the caller and pick the space: the one named by the route, else ``OpenAI-Project`` /
+        ``X-Space-Id``, else the key's default."""
+        principal = self.catalog.authenticate(bearer_key(headers))
+        if space_id is None:
+            named = headers.get(b"openai-project") or headers.get(b"x-space-id")
+            space_id = named.decode("latin-1") if named else None
+        space = self.catalog.space_for(principal, space_id)
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or os.urandom(12).hex()
+        return RequestContext(
+            request_id=request_id,
+            route=route,
+            principal=principal,
+            space=space,
+            catalog=self.catalog,
+            store=self.store,
+            body=body,
+            headers=headers,
+        )
+
+    def chain(self, ctx: RequestContext) -> PolicyChain:
+        return self.chains[ctx.space_id]
+
+    def provider(self, ctx: RequestContext) -> Provider:
+        """The provider of the request's model; resolves the model by name when no policy did."""
+        if ctx.model is None:
+            alias = ctx.body.get("model")
+            if not isinstance(alias, str):
+                raise InvalidRequest("'model' is required.", param="model")
+            ctx.model = self.catalog.tenant_model(ctx.principal.tenant, alias)
+            if ctx.model is None:
+                raise NotFound(f"The model '{alias}' does not exist.", code="model_not_found", param="model")
+        return self.providers[ctx.model.deployment.type]

@@ -1,0 +1,77 @@
+"""Watching a Chat Completions SSE stream on its way through without re-encoding it.
+
+Bytes are forwarded in whole events; only an event that carries a non-null ``usage`` object is parsed.
+The gateway always asks the upstream for usage (``stream_options.include_usage``); when the caller did not,
+the usage-only chunk is dropped so the caller sees exactly the stream it asked for.
+"""
+
+import re
+from typing import Any
+
+import orjson
+
+from gateway.context import Usage
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_DONE = b"[DONE]"
+
+
+def error_event(message: str, code: str, error_type: str = "upstream_error") -> bytes:
+    """The last event of a stream cut by a failure: an error object and no ``[DONE]``."""
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+class ChatStreamWatcher:
+    """Feed upstream bytes in, get whole events out; records usage and whether ``[DONE]`` arrived."""
+
+    __slots__ = ("pending", "usage", "done", "forward_usage")
+
+    def __init__(self, forward_usage: bool) -> None:
+        self.pending = b""
+        self.usage: Usage | None = None
+        self.done = False
+        self.forward_usage = forward_usage
+
+    def feed(self, chunk: bytes) -> bytes:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        data = self.pending + chunk if self.pending else chunk
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            self.pending = data
+            return b""
+        out, self.pending = data[: cut + 2], data[cut + 2 :]
+        if _USAGE.search(out) is not None:
+            out = self._take_usage(out)
+        if _DONE in out:
+            self.done = True
+        return out
+
+    def finish(self) -> bytes:
+        """Whatever is left when the upstream closes (an unterminated last event)."""
+        out, self.pending = self.pending, b""
+        if _DONE in out:
+            self.done = True
+        return out
+
+    def _take_usage(self, out: bytes) -> bytes:
+        kept = []
+        for event in out.split(b"\n\n"):
+            if event and _USAGE.search(event) is not None:
+                data = _event_json(event)
+                if data is not None:
+                    self.usage = Usage.from_chat(data.get("usage")) or self.usage
+                    if not self.forward_usage and not data.get("choices"):
+                        continue
+            kept.append(event)
+        return b"\n\n".join(kept)
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    payload = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None

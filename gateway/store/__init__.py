@@ -1,0 +1,15 @@
+"""Shared state: the ``Store`` protocol, an in-memory store (one process) and a Redis store (replicas)."""
+
+from gateway.store.base import Script, Store
+from gateway.store.memory import MemoryData, MemoryStore
+
+__all__ = ["MemoryData", "MemoryStore", "Script", "Store", "open_store"]
+
+
+def open_store(redis_url: str | None, prefix: str = "gw:") -> Store:
+    """The Redis store when a URL is configured, else the embedded in-memory one."""
+    if redis_url:
+        from gateway.store.redis import RedisStore
+
+        return RedisStore(redis_url, prefix=prefix)
+    return MemoryStore()

@@ -1,0 +1,69 @@
+"""The ``Store`` protocol: everything shared state needs, on one process or across replicas.
+
+Values are bytes; TTLs are seconds. Operations that must be atomic across replicas either are single
+commands (``set_nx``, ``incr``, ``append``) or a ``Script``: Lua on Redis, the same logic in Python on the
+in-memory store (where a synchronous function is atomic by construction on the event loop).
+Any failure to reach the store raises ``gateway.errors.StoreUnavailable``.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+ScriptFallback = Callable[[Any, Sequence[str], Sequence[Any]], Any]
+
+
+class Script(Protocol):
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run atomically with ``keys`` (store keys, unprefixed) and ``args``."""
+        ...
+
+
+class Store(Protocol):
+    """Key-value with TTL, atomic claims, counters, hashes, append-only logs and atomic scripts."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot be reached."""
+
+    async def close(self) -> None: ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+
+    async def set_nx(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Set only if absent; True when this call claimed the key."""
+        ...
+
+    async def delete(self, *keys: str) -> int: ...
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add ``amount`` and return the new value; ``ttl`` is set when the counter is created."""
+        ...
+
+    async def hset(self, key: str, field: str, value: bytes) -> bool:
+        """Set a hash field; True when the field is new."""
+        ...
+
+    async def hsetnx(self, key: str, field: str, value: bytes) -> bool:
+        """Set a hash field only if absent; True when this call added it."""
+        ...
+
+    async def hget(self, key: str, field: str) -> bytes | None: ...
+
+    async def hgetall(self, key: str) -> dict[str, bytes]: ...
+
+    async def hdel(self, key: str, field: str) -> bool:
+        """Remove a hash field; True when it existed."""
+        ...
+
+    async def append(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        """Append to an ordered log and return the new entry's 0-based index; ``ttl`` refreshes the log's TTL."""
+        ...
+
+    async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
+        """Entries ``start`` through ``end`` inclusive (negative counts from the end)."""
+        ...
+
+    def script(self, lua: str, fallback: ScriptFallback) -> Script:
+        """Register an atomic script: ``lua`` runs on Redis, ``fallback(data, keys, args)`` in memory."""
+        ...

@@ -1,0 +1,150 @@
+"""The embedded store: dicts with lazy TTL expiry. One process only; every operation is atomic."""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.store.base import Script, ScriptFallback
+
+_SWEEP_EVERY = 1024
+
+
+class MemoryData:
+    """Synchronous operations on the data; scripts' Python fallbacks receive this object."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.expiry: dict[str, float] = {}
+        self._writes = 0
+
+    def alive(self, key: str) -> bool:
+        deadline = self.expiry.get(key)
+        if deadline is not None and deadline <= time.monotonic():
+            self.values.pop(key, None)
+            self.expiry.pop(key, None)
+        return key in self.values
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key) if self.alive(key) else None
+
+    def put(self, key: str, value: Any, ttl: float | None = None) -> None:
+        self.values[key] = value
+        if ttl is None:
+            self.expiry.pop(key, None)
+        else:
+            self.expiry[key] = time.monotonic() + ttl
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY == 0:
+            self.sweep()
+
+    def expire(self, key: str, ttl: float | None) -> None:
+        if ttl is not None and key in self.values:
+            self.expiry[key] = time.monotonic() + ttl
+
+    def delete(self, key: str) -> bool:
+        self.expiry.pop(key, None)
+        return self.values.pop(key, None) is not None
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, d in self.expiry.items() if d <= now]:
+            self.values.pop(key, None)
+            self.expiry.pop(key, None)
+
+
+class _MemoryScript:
+    def __init__(self, data: MemoryData, fallback: ScriptFallback) -> None:
+        self._data = data
+        self._fallback = fallback
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self._fallback(self._data, keys, args)
+
+
+class MemoryStore:
+    """The ``Store`` for a single process: nothing to install, nothing survives a restart."""
+
+    def __init__(self) -> None:
+        self.data = MemoryData()
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def get(self, key: str) -> bytes | None:
+        value = self.data.get(key)
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.data.put(key, value, ttl)
+
+    async def set_nx(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        if self.data.alive(key):
+            return False
+        self.data.put(key, value, ttl)
+        return True
+
+    async def delete(self, *keys: str) -> int:
+        return sum(self.data.delete(k) for k in keys if self.data.alive(k))
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        current = self.data.get(key)
+        if current is None:
+            self.data.put(key, amount, ttl)
+            return amount
+        self.data.values[key] = current + amount
+        return int(current + amount)
+
+    def _hash(self, key: str, create: bool = False) -> dict[str, bytes]:
+        h = self.data.get(key)
+        if h is None:
+            h = {}
+            if create:
+                self.data.put(key, h)
+        return h  # type: ignore[no-any-return]
+
+    async def hset(self, key: str, field: str, value: bytes) -> bool:
+        h = self._hash(key, create=True)
+        new = field not in h
+        h[field] = value
+        return new
+
+    async def hsetnx(self, key: str, field: str, value: bytes) -> bool:
+        h = self._hash(key, create=True)
+        if field in h:
+            return False
+        h[field] = value
+        return True
+
+    async def hget(self, key: str, field: str) -> bytes | None:
+        return self._hash(key).get(field)
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        return dict(self._hash(key))
+
+    async def hdel(self, key: str, field: str) -> bool:
+        h = self._hash(key)
+        existed = h.pop(field, None) is not None
+        if existed and not h:
+            self.data.delete(key)
+        return existed
+
+    async def append(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        log = self.data.get(key)
+        if log is None:
+            log = []
+            self.data.put(key, log, ttl)
+        else:
+            self.data.expire(key, ttl)
+        log.append(value)
+        return len(log) - 1
+
+    async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
+        log = self.data.get(key) or []
+        stop = len(log) if end == -1 else (end + 1 if end >= 0 else len(log) + end + 1)
+        return list(log[start:stop])
+
+    def script(self, lua: str, fallback: ScriptFallback) -> Script:
+        return _MemoryScript(self.data, fallback)

@@ -1,0 +1,118 @@
+"""The shared store on Redis (redis.asyncio + hiredis). Every key is prefixed; scripts run as EVALSHA."""
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.errors import StoreUnavailable
+from gateway.store.base import Script, ScriptFallback
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNREACHABLE:
+        raise StoreUnavailable("The gateway's store (Redis) is unreachable; try again shortly.") from None
+
+
+def _ms(ttl: float | None) -> int | None:
+    return None if ttl is None else max(1, int(ttl * 1000))
+
+
+class _RedisScript:
+    def __init__(self, store: "RedisStore", lua: str) -> None:
+        self._store = store
+        self._script = store.client.register_script(lua)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async with _reachable():
+            return await self._script(keys=[self._store.key(k) for k in keys], args=list(args))
+
+
+class RedisStore:
+    """The ``Store`` shared by every replica pointing at the same Redis and prefix."""
+
+    def __init__(self, url: str, prefix: str = "gw:") -> None:
+        self.client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30, max_connections=512
+        )
+        self.prefix = prefix
+
+    def key(self, key: str) -> str:
+        return self.prefix + key
+
+    async def ping(self) -> None:
+        async with _reachable():
+            await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def get(self, key: str) -> bytes | None:
+        async with _reachable():
+            return await self.client.get(self.key(key))  # type: ignore[no-any-return]
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        async with _reachable():
+            await self.client.set(self.key(key), value, px=_ms(ttl))
+
+    async def set_nx(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        async with _reachable():
+            return bool(await self.client.set(self.key(key), value, px=_ms(ttl), nx=True))
+
+    async def delete(self, *keys: str) -> int:
+        async with _reachable():
+            return int(await self.client.delete(*(self.key(k) for k in keys)))
+
+    async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        async with _reachable():
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.incrby(self.key(key), amount)
+                if ttl is not None:
+                    pipe.pexpire(self.key(key), _ms(ttl), nx=True)
+                result = await pipe.execute()
+            return int(result[0])
+
+    async def hset(self, key: str, field: str, value: bytes) -> bool:
+        async with _reachable():
+            return bool(await self.client.hset(self.key(key), field, value))
+
+    async def hsetnx(self, key: str, field: str, value: bytes) -> bool:
+        async with _reachable():
+            return bool(await self.client.hsetnx(self.key(key), field, value))
+
+    async def hget(self, key: str, field: str) -> bytes | None:
+        async with _reachable():
+            return await self.client.hget(self.key(key), field)  # type: ignore[no-any-return]
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        async with _reachable():
+            raw = await self.client.hgetall(self.key(key))
+        return {k.decode(): v for k, v in raw.items()}
+
+    async def hdel(self, key: str, field: str) -> bool:
+        async with _reachable():
+            return bool(await self.client.hdel(self.key(key), field))
+
+    async def append(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        async with _reachable():
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(self.key(key), value)
+                if ttl is not None:
+                    pipe.pexpire(self.key(key), _ms(ttl))
+                result = await pipe.execute()
+            return int(result[0]) - 1
+
+    async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
+        async with _reachable():
+            return list(await self.client.lrange(self.key(key), start, end))
+
+    def script(self, lua: str, fallback: ScriptFallback) -> Script:
+        return _RedisScript(self, lua)

@@ -1,0 +1,93 @@
+"""The one pooled upstream HTTP client per process, and the one place upstream failures become our errors.
+
+aiohttp, not httpx: httpx's connection pool degrades under concurrency (throughput falls and p99 explodes at
+32-64 concurrent requests); see docs/benchmarks.md. No cookie jar: one tenant's cookies must never ride on
+another's requests.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+_KEPT_STATUSES = {400, 404, 409, 413, 422, 429}
+
+
+def make_session(*, max_connections: int, connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+    """The shared client: large pool, long keep-alive, no total timeout (streams are long), no cookies."""
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def _upstream_message(body: bytes) -> str | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return text[:300] or None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if isinstance(data.get("detail"), str):
+            return str(data["detail"])
+    return None
+
+
+def error_from_status(
+    status: int, body: bytes, retry_after: str | None = None, secret: str | None = None
+) -> UpstreamError:
+    """An upstream's non-2xx answer as our error: its 4xx/429 keep their status, 5xx become 502/503/504."""
+    message = _upstream_message(body) or f"status {status}"
+    if secret:
+        message = message.replace(secret, "***")
+    headers = {"Retry-After": retry_after} if retry_after else None
+    if status in _KEPT_STATUSES:
+        return UpstreamRejected(f"Upstream rejected the request: {message}", status_code=status,
+                                code="upstream_" + str(status), headers=headers)
+    if status in (401, 403):
+        return UpstreamError(f"Upstream refused the gateway's credentials ({status}): {message}")
+    if status == 503:
+        return UpstreamUnavailable(f"Upstream unavailable: {message}", status_code=503, headers=headers)
+    if status == 504:
+        return UpstreamTimeout(f"Upstream timed out: {message}")
+    return UpstreamError(f"Upstream failed with status {status}: {message}")
+
+
+@asynccontextmanager
+async def map_upstream_errors() -> AsyncIterator[None]:
+    """Turn client-library exceptions into our UpstreamError tree (messages never carry credentials)."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeout("Upstream did not answer in time.") from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnavailable(f"Cannot connect to upstream {exc.host}:{exc.port}.", status_code=503) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(f"Upstream connection failed: {type(exc).__name__}.") from None
+
+
+def json_body(data: Any) -> bytes:
+    return orjson.dumps(data)

@@ -1,0 +1,6 @@
+"""Built-in policies. They import only the extension API exported by ``gateway`` and are loaded by name,
+through the same door as any third-party policy (``use: "package.module:Class"`` in the catalogue)."""
+
+ALIASES: dict[str, str] = {
+    "allow_list": "policies.allow_list:AllowList",
+}
