@@ -118,6 +118,9 @@ def load_policy(spec: PolicySpec) -> Policy:
     """Import the class a spec names, validate its params and build it; PolicyConfigError if anything fails."""
     aliases: dict[str, str] = getattr(importlib.import_module("policies"), "ALIASES", {})
     target = aliases.get(spec.use, spec.use)
+    if ":" not in target:
+        known = ", ".join(sorted(aliases))
+        raise PolicyConfigError(f"unknown policy {spec.use!r}: use a built-in ({known}) or 'module:Class'")
     try:
         cls: Any = import_from_string(target)
     except ImportFromStringError as exc:

@@ -1,0 +1,123 @@
+"""A small OpenAI-compatible upstream for tests, served on loopback. The requested model picks the behaviour:
+
+``ok``            a completion (stream: three content chunks, usage chunk when asked, ``[DONE]``)
+``status-<n>``    HTTP n with an OpenAI error body (429 adds ``Retry-After: 7``)
+``text-503``      a text/plain 503
+``echo-auth``     401 whose message quotes the Authorization header it received
+``malformed``     200 with a body that is not JSON
+``hang``          never answers (until the client goes away)
+``cut``           streams two chunks, then ends without ``[DONE]``
+``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``)
+"""
+
+import asyncio
+from typing import Any
+
+import orjson
+
+
+def _chunk(content: str | None = None, finish: str | None = None, usage: bool = False) -> bytes:
+    data: dict[str, Any] = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1,
+                            "model": "up-model", "choices": []}
+    if usage:
+        data["usage"] = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    else:
+        delta = {"content": content} if content is not None else {}
+        data["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+        data["usage"] = None
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+COMPLETION = {
+    "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "up-model",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi from upstream"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+}
+
+
+class Upstream:
+    """The ASGI app; ``requests`` holds every request body it received, ``disconnects`` the clients that left."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.disconnects = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        body = orjson.loads(raw)
+        self.requests.append(body)
+        self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        model = body.get("model", "ok")
+        if body.get("stream"):
+            await self._stream(model, body, receive, send)
+        else:
+            await self._whole(model, receive, send)
+
+    async def _answer(self, send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _wait_gone(self, receive: Any) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.disconnects += 1
+
+    async def _whole(self, model: str, receive: Any, send: Any) -> None:
+        json_h = [(b"content-type", b"application/json"), (b"set-cookie", b"upstream=secret")]
+        if model.startswith("status-"):
+            status = int(model[7:])
+            err = orjson.dumps({"error": {"message": f"upstream says {status}", "type": "x", "code": None}})
+            extra = [(b"retry-after", b"7")] if status == 429 else []
+            await self._answer(send, status, err, json_h + extra)
+        elif model == "text-503":
+            await self._answer(send, 503, b"service down", [(b"content-type", b"text/plain")])
+        elif model == "echo-auth":
+            auth = self.headers[-1].get("authorization", "")
+            err = orjson.dumps({"error": {"message": f"Incorrect API key provided: {auth}", "type": "x"}})
+            await self._answer(send, 401, err, json_h)
+        elif model == "malformed":
+            await self._answer(send, 200, b"{not json", json_h)
+        elif model == "hang":
+            await self._wait_gone(receive)
+        else:
+            await self._answer(send, 200, orjson.dumps(COMPLETION), json_h)
+
+    async def _stream(self, model: str, body: dict[str, Any], receive: Any, send: Any) -> None:
+        if model.startswith("status-") or model in ("hang", "text-503", "echo-auth"):
+            await self._whole(model, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+
+        async def part(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        if model == "stall":
+            await part(_chunk("first"))
+            await self._wait_gone(receive)
+            return
+        await part(_chunk("one "))
+        await part(_chunk("two "))
+        if model == "cut":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        # split one event across two writes to exercise re-assembly
+        last = _chunk("three", finish="stop")
+        await part(last[:20])
+        await asyncio.sleep(0.01)
+        await part(last[20:])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await part(_chunk(usage=True))
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})

@@ -1,0 +1,85 @@
+"""Loopback servers for tests: ASGI apps under uvicorn in a background thread, and a throwaway Redis."""
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(app: Any, timeout: float = 10.0) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 in a thread (with its lifespan) and yield its base URL; stopped on exit."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                            http="httptools", loop="asyncio", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+
+
+def redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """The machine's Redis on 6379 when it answers, else a throwaway redis-server on a free port."""
+    if redis_answers(6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    with throwaway_redis() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def throwaway_redis() -> Iterator[str]:
+    """A redis-server of our own on a free port, keeping nothing on disk; stopped by PID on exit."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no Redis answers on 6379 and redis-server is not installed (make test installs it)")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not redis_answers(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("throwaway redis-server did not start")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
