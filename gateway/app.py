@@ -20,8 +20,9 @@ log = logging.getLogger("gateway")
 
 def _error_response(exc: GatewayError, path: str) -> Response:
     status, headers, body = render_error(exc, is_native(path))
-    return Response(body, status, headers={k.decode(): v.decode() for k, v in headers[1:]},
-                    media_type="application/json")
+    return Response(
+        body, status, headers={k.decode(): v.decode() for k, v in headers[1:]}, media_type="application/json"
+    )
 
 
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
@@ -80,4 +81,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.gateway = gw
     return app
-

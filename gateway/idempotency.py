@@ -8,12 +8,13 @@ answer with ``Idempotent-Replayed: true``; a retry while the first is still runn
 
 import base64
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from gateway.context import Reply
-from gateway.errors import BadRequest, Conflict, Unprocessable
+from gateway.errors import BadRequest, Conflict, GatewayError, Unprocessable
 from gateway.store import Store
 
 MAX_KEY_LENGTH = 255
@@ -64,11 +65,16 @@ class IdempotencyRecords:
             return None if await self.store.set_nx(rkey, claim, CLAIM_TTL_SECONDS) else await self.claim(rkey, fp)
         record = orjson.loads(raw)
         if record["fp"] != fp:
-            raise Unprocessable("This Idempotency-Key was already used with a different request body.",
-                                code="idempotency_key_reused")
+            raise Unprocessable(
+                "This Idempotency-Key was already used with a different request body.",
+                code="idempotency_key_reused",
+            )
         if record["state"] != "done":
-            raise Conflict("A request with this Idempotency-Key is still being processed.",
-                           code="idempotency_in_progress", headers={"Retry-After": "1"})
+            raise Conflict(
+                "A request with this Idempotency-Key is still being processed.",
+                code="idempotency_in_progress",
+                headers={"Retry-After": "1"},
+            )
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in record["headers"]]
         headers.append((b"idempotent-replayed", b"true"))
         return Reply(record["status"], base64.b64decode(record["body"]), headers)
@@ -83,6 +89,27 @@ class IdempotencyRecords:
             "body": base64.b64encode(reply.body).decode(),
         }
         await self.store.set(rkey, orjson.dumps(record), self.ttl)
+
+    async def run_once(
+        self, rkey: str, fp: str, produce: Callable[[], Awaitable[Reply]], on_error: Callable[[GatewayError], Reply]
+    ) -> Reply:
+        """Replay the stored answer, or produce it once and store it. Errors the caller caused are stored
+        (rendered by ``on_error``) and replayed like successes; anything else releases the key and raises."""
+        replayed = await self.claim(rkey, fp)
+        if replayed is not None:
+            return replayed
+        try:
+            reply = await produce()
+        except GatewayError as exc:
+            if exc.status_code >= 500:  # not the caller's doing: a retry must run again
+                await self.release(rkey)
+                raise
+            reply = on_error(exc)
+        except BaseException:
+            await self.release(rkey)
+            raise
+        await self.complete(rkey, fp, reply)
+        return reply
 
     async def release(self, rkey: str) -> None:
         """Give the key back (the request failed in a way that must not be replayed)."""

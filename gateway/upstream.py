@@ -5,7 +5,6 @@ aiohttp, not httpx: httpx's connection pool degrades under concurrency (throughp
 another's requests.
 """
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,8 +62,12 @@ def error_from_status(
         message = message.replace(secret, "***")
     headers = {"Retry-After": retry_after} if retry_after else None
     if status in _KEPT_STATUSES:
-        return UpstreamRejected(f"Upstream rejected the request: {message}", status_code=status,
-                                code="upstream_" + str(status), headers=headers)
+        return UpstreamRejected(
+            f"Upstream rejected the request: {message}",
+            status_code=status,
+            code="upstream_" + str(status),
+            headers=headers,
+        )
     if status in (401, 403):
         return UpstreamError(f"Upstream refused the gateway's credentials ({status}): {message}")
     if status == 503:
@@ -81,7 +84,7 @@ async def map_upstream_errors() -> AsyncIterator[None]:
         yield
     except GatewayError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise UpstreamTimeout("Upstream did not answer in time.") from None
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamUnavailable(f"Cannot connect to upstream {exc.host}:{exc.port}.", status_code=503) from None

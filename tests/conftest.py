@@ -40,25 +40,81 @@ def _sha(key: str) -> str:
 def catalogue(upstream_url: str, upstream_model: str = "ok", **deployment: Any) -> dict[str, Any]:
     """The test catalogue: one tenant with two spaces and an upstream model, plus another tenant."""
     up = {"type": "openai", "model": upstream_model, "base_url": upstream_url + "/v1", **deployment}
-    return {"tenants": [
-        {"id": TENANT, "name": "acme", "models": [
-            {"id": MODEL_IDS["up"], "alias": "up", "deployment": up, "context_window": 4096,
-             "capabilities": ["chat", "tools"], "logo_url": "https://example.com/l.png"},
-            {"id": MODEL_IDS["fake-echo"], "alias": "fake-echo", "deployment": {"type": "fake", "model": "echo"}},
-            {"id": MODEL_IDS["extra"], "alias": "extra", "deployment": {"type": "fake", "model": "echo"}},
-        ], "spaces": [
-            {"id": SPACE, "name": "main", "models": ["up", "fake-echo"], "default_model": "fake-echo"},
-            {"id": RESTRICTED, "name": "restricted", "models": ["fake-echo"], "default_model": "fake-echo"},
-        ], "api_keys": [
-            {"name": "admin", "sha256": _sha(ADMIN_KEY), "principal": "alice", "role": "admin",
-             "spaces": ["*"], "default_space": SPACE},
-            {"name": "member", "sha256": _sha(MEMBER_KEY), "principal": "bob", "role": "member",
-             "spaces": [RESTRICTED], "default_space": RESTRICTED},
-        ]},
-        {"id": OTHER_TENANT, "name": "other", "models": [], "spaces": [{"id": FOREIGN_SPACE, "name": "theirs"}],
-         "api_keys": [{"name": "other", "sha256": _sha(OTHER_KEY), "principal": "eve", "spaces": ["*"],
-                       "default_space": FOREIGN_SPACE}]},
-    ]}
+    return {
+        "tenants": [
+            {
+                "id": TENANT,
+                "name": "acme",
+                "models": [
+                    {
+                        "id": MODEL_IDS["up"],
+                        "alias": "up",
+                        "deployment": up,
+                        "context_window": 4096,
+                        "capabilities": ["chat", "tools"],
+                        "logo_url": "https://example.com/l.png",
+                    },
+                    {
+                        "id": MODEL_IDS["fake-echo"],
+                        "alias": "fake-echo",
+                        "deployment": {"type": "fake", "model": "echo"},
+                    },
+                    {
+                        "id": MODEL_IDS["extra"],
+                        "alias": "extra",
+                        "deployment": {"type": "fake", "model": "echo"},
+                    },
+                ],
+                "spaces": [
+                    {
+                        "id": SPACE,
+                        "name": "main",
+                        "models": ["up", "fake-echo"],
+                        "default_model": "fake-echo",
+                    },
+                    {
+                        "id": RESTRICTED,
+                        "name": "restricted",
+                        "models": ["fake-echo"],
+                        "default_model": "fake-echo",
+                    },
+                ],
+                "api_keys": [
+                    {
+                        "name": "admin",
+                        "sha256": _sha(ADMIN_KEY),
+                        "principal": "alice",
+                        "role": "admin",
+                        "spaces": ["*"],
+                        "default_space": SPACE,
+                    },
+                    {
+                        "name": "member",
+                        "sha256": _sha(MEMBER_KEY),
+                        "principal": "bob",
+                        "role": "member",
+                        "spaces": [RESTRICTED],
+                        "default_space": RESTRICTED,
+                    },
+                ],
+            },
+            {
+                "id": OTHER_TENANT,
+                "name": "other",
+                "models": [],
+                "spaces": [{"id": FOREIGN_SPACE, "name": "theirs"}],
+                "api_keys": [
+                    {
+                        "name": "other",
+                        "sha256": _sha(OTHER_KEY),
+                        "principal": "eve",
+                        "spaces": ["*"],
+                        "default_space": FOREIGN_SPACE,
+                    }
+                ],
+            },
+        ]
+    }
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +149,7 @@ GatewayFactory = Callable[..., str]
 def start_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
     """Start a gateway on loopback for a catalogue dict; returns its base URL. Stopped after the test."""
     with ExitStack() as stack:
+
         def start(cat: dict[str, Any], **settings: Any) -> str:
             path = tmp_path / f"catalogue-{uuid.uuid4().hex[:8]}.yaml"
             path.write_text(yaml.safe_dump(cat))

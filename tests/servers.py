@@ -23,8 +23,16 @@ def free_port() -> int:
 def serve(app: Any, timeout: float = 10.0) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 in a thread (with its lifespan) and yield its base URL; stopped on exit."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            http="httptools", loop="asyncio", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        http="httptools",
+        loop="asyncio",
+        timeout_graceful_shutdown=2,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -64,12 +72,25 @@ def throwaway_redis() -> Iterator[str]:
     """A redis-server of our own on a free port, keeping nothing on disk; stopped by PID on exit."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("no Redis answers on 6379 and redis-server is not installed (make test installs it)")
+        raise RuntimeError(
+            "no Redis answers on 6379 and redis-server is not installed (make test installs it)"
+        )
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -37,14 +37,20 @@ def test_stream_relays_every_chunk_and_hides_the_usage_chunk_unless_asked(gatewa
 
 
 def test_stream_forwards_usage_when_asked(gateway):
-    chunks = list(client(gateway).chat.completions.create(
-        model="up", messages=MESSAGES, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client(gateway).chat.completions.create(
+            model="up", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 8
 
 
 def test_fake_provider_echo_stream_and_tool_call(gateway):
     c = client(gateway)
-    assert c.chat.completions.create(model="fake-echo", messages=MESSAGES).choices[0].message.content == "hello there"
+    assert (
+        c.chat.completions.create(model="fake-echo", messages=MESSAGES).choices[0].message.content
+        == "hello there"
+    )
     streamed = c.chat.completions.create(model="fake-echo", messages=MESSAGES, stream=True)
     assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == "hello there"
 
@@ -68,19 +74,32 @@ def test_model_outside_the_allow_list_is_refused_and_never_reaches_the_upstream(
 
 
 def test_missing_model_uses_the_space_default(gateway):
-    r = httpx2.post(gateway + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                    json={"messages": MESSAGES})
+    r = httpx2.post(
+        gateway + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"messages": MESSAGES},
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "hello there"
 
 
 def test_space_chosen_by_header_or_key_default(gateway):
     # the member key's default space is the restricted one; naming another space it may not use is 403
     assert [m.id for m in client(gateway, MEMBER_KEY).models.list()] == ["fake-echo"]
-    r = httpx2.get(gateway + "/v1/models", headers={"Authorization": f"Bearer {MEMBER_KEY}",
-                                                     "X-Space-Id": "c05bf97d-8571-4526-8ad9-fe3f1c896d0b"})
+    r = httpx2.get(
+        gateway + "/v1/models",
+        headers={
+            "Authorization": f"Bearer {MEMBER_KEY}",
+            "X-Space-Id": "c05bf97d-8571-4526-8ad9-fe3f1c896d0b",
+        },
+    )
     assert r.status_code == 403
-    r = httpx2.get(gateway + "/v1/models", headers={"Authorization": f"Bearer {ADMIN_KEY}",
-                                                     "OpenAI-Project": "9d2c7c9e-3f0a-4a55-bb1e-61e4f5a0c001"})
+    r = httpx2.get(
+        gateway + "/v1/models",
+        headers={
+            "Authorization": f"Bearer {ADMIN_KEY}",
+            "OpenAI-Project": "9d2c7c9e-3f0a-4a55-bb1e-61e4f5a0c001",
+        },
+    )
     assert r.status_code == 404  # another tenant's space does not exist for this key
 
 
@@ -112,8 +131,11 @@ def _upstream_secret(monkeypatch):
 
 
 def test_upstream_set_cookie_never_reaches_the_caller(gateway):
-    r = httpx2.post(gateway + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                    json={"model": "up", "messages": MESSAGES})
+    r = httpx2.post(
+        gateway + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"model": "up", "messages": MESSAGES},
+    )
     assert r.status_code == 200 and "set-cookie" not in r.headers
 
 
@@ -136,8 +158,11 @@ def test_upstream_silence_is_504(start_gateway, upstream):
 
 def test_stream_cut_by_the_upstream_ends_with_an_error_event_and_no_done(start_gateway, upstream):
     base = start_gateway(catalogue(upstream[1], "cut"))
-    r = httpx2.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                    json={"model": "up", "messages": MESSAGES, "stream": True})
+    r = httpx2.post(
+        base + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"model": "up", "messages": MESSAGES, "stream": True},
+    )
     assert r.status_code == 200
     assert "[DONE]" not in r.text
     assert r.text.rstrip().endswith('"code":"upstream_stream_cut"}}')
@@ -155,8 +180,12 @@ def test_client_disconnect_cancels_the_upstream_request(start_gateway, upstream)
     fake, url = upstream
     base = start_gateway(catalogue(url, "stall"))
     before = fake.disconnects
-    with httpx2.stream("POST", base + "/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                       json={"model": "up", "messages": MESSAGES, "stream": True}) as r:
+    with httpx2.stream(
+        "POST",
+        base + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"model": "up", "messages": MESSAGES, "stream": True},
+    ) as r:
         first = next(r.iter_bytes())
         assert b"first" in first
     deadline = time.monotonic() + 5

@@ -26,7 +26,10 @@ def test_the_example_catalogue_loads():
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
-        (lambda c: c["tenants"][0]["models"][0]["deployment"].update(type="nope"), "tenants[0].models[0].deployment"),
+        (
+            lambda c: c["tenants"][0]["models"][0]["deployment"].update(type="nope"),
+            "tenants[0].models[0].deployment",
+        ),
         (lambda c: c["tenants"][0]["models"][0].update(id="not-a-uuid"), "tenants[0].models[0].id"),
         (lambda c: c["tenants"][0]["spaces"][0]["models"].append("ghost"), "model 'ghost' is not a model"),
         (lambda c: c["tenants"][0]["spaces"][0].update(default_model="extra"), "default_model 'extra'"),
@@ -53,13 +56,21 @@ def test_unreadable_or_non_yaml_files(tmp_path):
 def test_the_process_refuses_to_start_with_a_clear_message(tmp_path):
     data = catalogue("http://127.0.0.1:9")
     data["tenants"][0]["policies"] = [{"use": "allow_list", "colour": "red"}]
-    proc = subprocess.run([sys.executable, "-m", "gateway", "--config", str(write(tmp_path, data)), "--port", "0"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(write(tmp_path, data)), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "policy 'allow_list': invalid params: colour" in proc.stderr
 
 
 def test_hash_key_command():
-    out = subprocess.run([sys.executable, "-m", "gateway", "hash-key", "sk-gw-demo-admin"],
-                         capture_output=True, text=True, timeout=60).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "hash-key", "sk-gw-demo-admin"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
     assert out == "11765d891df666fd89b04a73b5113ad8242697f8c5d1f2830a55d426e65bfa0e"

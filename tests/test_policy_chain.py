@@ -39,8 +39,11 @@ def recorded(start_gateway, upstream, redis_url, redis_prefix):
 
 
 def chat(base: str, content: str = "hi", stream: bool = False, **headers: str) -> httpx2.Response:
-    return httpx2.post(base + "/v1/chat/completions", headers={**AUTH, **headers},
-                       json={"model": "up", "messages": [{"role": "user", "content": content}], "stream": stream})
+    return httpx2.post(
+        base + "/v1/chat/completions",
+        headers={**AUTH, **headers},
+        json={"model": "up", "messages": [{"role": "user", "content": content}], "stream": stream},
+    )
 
 
 def test_after_sees_success_with_usage_for_plain_and_streamed_requests(recorded):
@@ -75,8 +78,12 @@ def test_a_policy_can_answer_without_the_upstream(recorded, upstream):
 
 def test_after_runs_when_the_client_disconnects_mid_stream(recorded):
     base, log = recorded("stall")
-    with httpx2.stream("POST", base + "/v1/chat/completions", headers=AUTH,
-                       json={"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": True}) as r:
+    with httpx2.stream(
+        "POST",
+        base + "/v1/chat/completions",
+        headers=AUTH,
+        json={"model": "up", "messages": [{"role": "user", "content": "x"}], "stream": True},
+    ) as r:
         next(r.iter_bytes())
     deadline = time.monotonic() + 5
     while len(log()) < 2 and time.monotonic() < deadline:

@@ -4,11 +4,31 @@ import gateway
 
 
 def test_exported_names():
-    assert sorted(gateway.__all__) == sorted([
-        "AuthenticationFailed", "BadRequest", "Conflict", "GatewayError", "InvalidRequest", "NotFound",
-        "PayloadTooLarge", "PermissionDenied", "Policy", "PolicyParams", "RateLimited", "Reply",
-        "RequestContext", "Script", "Store", "StoreUnavailable", "Unprocessable", "Usage", "UpstreamError",
-        "UpstreamRejected", "UpstreamTimeout", "UpstreamUnavailable",
-    ])
+    assert sorted(gateway.__all__) == sorted(
+        [
+            "AuthenticationFailed",
+            "BadRequest",
+            "Conflict",
+            "GatewayError",
+            "InvalidRequest",
+            "NotFound",
+            "PayloadTooLarge",
+            "PermissionDenied",
+            "Policy",
+            "PolicyParams",
+            "RateLimited",
+            "Reply",
+            "RequestContext",
+            "Script",
+            "Store",
+            "StoreUnavailable",
+            "Unprocessable",
+            "Usage",
+            "UpstreamError",
+            "UpstreamRejected",
+            "UpstreamTimeout",
+            "UpstreamUnavailable",
+        ]
+    )
     for name in gateway.__all__:
         assert getattr(gateway, name) is not None

@@ -24,8 +24,14 @@ def models_url(base: str, space: str = SPACE, prefix: str = "") -> str:
     return f"{base}{prefix}/v1/spaces/{space}/models"
 
 
-def add(base: str, model: str, key: str | None = None, space: str = RESTRICTED, prefix: str = "",
-        headers: dict | None = None) -> httpx2.Response:
+def add(
+    base: str,
+    model: str,
+    key: str | None = None,
+    space: str = RESTRICTED,
+    prefix: str = "",
+    headers: dict | None = None,
+) -> httpx2.Response:
     h = {**AUTH, **({"Idempotency-Key": key} if key else {}), **(headers or {})}
     return httpx2.post(models_url(base, space, prefix), headers=h, json={"tenant_model_id": MODEL_IDS[model]})
 
@@ -37,8 +43,18 @@ def test_list_has_the_documented_shape(gateway, prefix):
     body = r.json()
     assert body["meta"] == {"next_cursor": None, "has_more": False}
     first = body["data"][0]
-    assert set(first) == {"tenant_model_id", "alias", "is_enabled", "is_default", "context_window",
-                          "capabilities", "reasoning", "logo_url", "logo_url_dark", "added_at"}
+    assert set(first) == {
+        "tenant_model_id",
+        "alias",
+        "is_enabled",
+        "is_default",
+        "context_window",
+        "capabilities",
+        "reasoning",
+        "logo_url",
+        "logo_url_dark",
+        "added_at",
+    }
     assert first["alias"] == "up" and first["context_window"] == 4096 and first["is_default"] is False
     assert first["added_at"].endswith("Z")
     assert [m["is_default"] for m in body["data"]] == [False, True]
@@ -48,14 +64,25 @@ def test_cursor_pagination(gateway):
     r = httpx2.get(models_url(gateway), headers=AUTH, params={"limit": 1})
     page1 = r.json()
     assert [m["alias"] for m in page1["data"]] == ["up"] and page1["meta"]["has_more"] is True
-    r = httpx2.get(models_url(gateway), headers=AUTH, params={"limit": 1, "cursor": page1["meta"]["next_cursor"]})
+    r = httpx2.get(
+        models_url(gateway), headers=AUTH, params={"limit": 1, "cursor": page1["meta"]["next_cursor"]}
+    )
     page2 = r.json()
-    assert [m["alias"] for m in page2["data"]] == ["fake-echo"] and page2["meta"] == {"next_cursor": None,
-                                                                                      "has_more": False}
+    assert [m["alias"] for m in page2["data"]] == ["fake-echo"] and page2["meta"] == {
+        "next_cursor": None,
+        "has_more": False,
+    }
 
 
-@pytest.mark.parametrize(("params", "loc"), [({"limit": 0}, "limit"), ({"limit": 101}, "limit"),
-                                             ({"limit": "x"}, "limit"), ({"cursor": "!!"}, "cursor")])
+@pytest.mark.parametrize(
+    ("params", "loc"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"cursor": "!!"}, "cursor"),
+    ],
+)
 def test_bad_query_is_422(gateway, params, loc):
     r = httpx2.get(models_url(gateway), headers=AUTH, params=params)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", loc]
@@ -99,13 +126,19 @@ def test_delete_then_refused_on_openai_routes(gateway):
 def test_auth_and_space_errors(gateway):
     assert httpx2.get(models_url(gateway)).status_code == 401
     assert httpx2.get(models_url(gateway), headers={"Authorization": "Bearer nope"}).json() == {
-        "detail": "Invalid API key."}
+        "detail": "Invalid API key."
+    }
     member = {"Authorization": f"Bearer {MEMBER_KEY}"}
-    assert httpx2.get(models_url(gateway, SPACE), headers=member).status_code == 403  # no rights on that space
+    assert (
+        httpx2.get(models_url(gateway, SPACE), headers=member).status_code == 403
+    )  # no rights on that space
     assert httpx2.get(models_url(gateway, RESTRICTED), headers=member).status_code == 200
     assert add(gateway, "extra", "m", headers=member).status_code == 403  # members may not change it
     assert httpx2.get(models_url(gateway, FOREIGN_SPACE), headers=AUTH).status_code == 404
-    assert httpx2.get(models_url(gateway, SPACE), headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code == 404
+    assert (
+        httpx2.get(models_url(gateway, SPACE), headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code
+        == 404
+    )
     assert httpx2.get(models_url(gateway, str(uuid.uuid4())), headers=AUTH).status_code == 404
 
 
@@ -124,8 +157,11 @@ def test_malformed_uuids_and_bodies_are_422(gateway):
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "missing"
     r = httpx2.post(models_url(gateway), headers={**h, "content-type": "application/json"}, content=b"{x")
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
-    r = httpx2.post(models_url(gateway), headers={**AUTH, "Idempotency-Key": "c"},
-                    json={"tenant_model_id": str(uuid.uuid4())})
+    r = httpx2.post(
+        models_url(gateway),
+        headers={**AUTH, "Idempotency-Key": "c"},
+        json={"tenant_model_id": str(uuid.uuid4())},
+    )
     assert r.status_code == 404
 
 

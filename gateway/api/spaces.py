@@ -111,6 +111,11 @@ async def _add(gw: Gateway, ctx: RequestContext, model_id: UUID) -> Reply:
     return Reply(201, json_bytes({"data": allowed_model_data(entry, ctx.space)}), list(JSON_HEADERS))
 
 
+def _native_reply(exc: GatewayError) -> Reply:
+    status, headers, body = render_error(exc, native=True)
+    return Reply(status, body, headers)
+
+
 async def add_allowed(request: Request) -> Response:
     """Idempotency-Key required: a retry replays the first answer and never adds twice."""
     gw, ctx = await _space_context(request, "spaces.models.create", admin=True)
@@ -121,17 +126,7 @@ async def add_allowed(request: Request) -> Response:
     payload = _validated(TypeAdapter(AddAllowedModel), body, ("body",))
     rkey = record_key((ctx.tenant_id, ctx.space_id, ctx.principal.id, ctx.route), key)
     fp = fingerprint("POST", f"/v1/spaces/{ctx.space_id}/models", body)
-    reply = await gw.idempotency.claim(rkey, fp)
-    if reply is None:
-        try:
-            reply = await _add(gw, ctx, payload.tenant_model_id)
-        except GatewayError as exc:
-            status, headers, content = render_error(exc, native=True)
-            reply = Reply(status, content, headers)
-        except BaseException:
-            await gw.idempotency.release(rkey)
-            raise
-        await gw.idempotency.complete(rkey, fp, reply)
+    reply = await gw.idempotency.run_once(rkey, fp, lambda: _add(gw, ctx, payload.tenant_model_id), _native_reply)
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reply.headers}
     return Response(reply.body, reply.status, headers=headers)
 

@@ -32,9 +32,7 @@ def _last_user_text(messages: Any) -> str:
 
 
 def _count_words(messages: Any) -> int:
-    return sum(
-        len(str(m.get("content") or "").split()) for m in (messages or []) if isinstance(m, dict)
-    )
+    return sum(len(str(m.get("content") or "").split()) for m in (messages or []) if isinstance(m, dict))
 
 
 class _Answer:
@@ -51,25 +49,44 @@ class _Answer:
 
     def usage(self) -> dict[str, int]:
         total = self.prompt_tokens + self.completion_tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": total}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+        }
 
     def tool_call(self) -> dict[str, Any]:
         assert self.tool is not None
-        return {"id": "call_" + self.id[-24:], "type": "function",
-                "function": {"name": self.tool["name"], "arguments": orjson.dumps({"echo": self.text}).decode()}}
+        return {
+            "id": "call_" + self.id[-24:],
+            "type": "function",
+            "function": {"name": self.tool["name"], "arguments": orjson.dumps({"echo": self.text}).decode()},
+        }
 
     def completion(self) -> bytes:
         message: dict[str, Any] = {"role": "assistant", "content": None if self.tool else self.text}
         if self.tool:
             message["tool_calls"] = [self.tool_call()]
         choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if self.tool else "stop"}
-        return orjson.dumps({"id": self.id, "object": "chat.completion", "created": self.created,
-                             "model": self.model, "choices": [choice], "usage": self.usage()})
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [choice],
+                "usage": self.usage(),
+            }
+        )
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None, usage: bool = False) -> bytes:
-        data: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                "model": self.model, "choices": []}
+        data: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+        }
         if usage:
             data["usage"] = self.usage()
         else:

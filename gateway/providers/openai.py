@@ -48,7 +48,11 @@ class OpenAIProvider:
             headers = dict(_JSON)
             if secret:
                 headers["Authorization"] = f"Bearer {secret}"
-            target = self._targets[model.id] = (dep.base_url.rstrip("/") + "/chat/completions", headers, secret)
+            target = self._targets[model.id] = (
+                dep.base_url.rstrip("/") + "/chat/completions",
+                headers,
+                secret,
+            )
         return target
 
     async def chat(self, model: TenantModel, body: dict[str, Any]) -> bytes:

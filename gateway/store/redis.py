@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,8 +22,12 @@ async def _reachable() -> AsyncIterator[None]:
         raise StoreUnavailable("The gateway's store (Redis) is unreachable; try again shortly.") from None
 
 
+def _px(ttl: float) -> int:
+    return max(1, int(ttl * 1000))
+
+
 def _ms(ttl: float | None) -> int | None:
-    return None if ttl is None else max(1, int(ttl * 1000))
+    return None if ttl is None else _px(ttl)
 
 
 class _RedisScript:
@@ -57,7 +61,7 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         async with _reachable():
-            return await self.client.get(self.key(key))  # type: ignore[no-any-return]
+            return cast(bytes | None, await self.client.get(self.key(key)))
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         async with _reachable():
@@ -76,7 +80,7 @@ class RedisStore:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.incrby(self.key(key), amount)
                 if ttl is not None:
-                    pipe.pexpire(self.key(key), _ms(ttl), nx=True)
+                    pipe.pexpire(self.key(key), _px(ttl), nx=True)
                 result = await pipe.execute()
             return int(result[0])
 
@@ -90,11 +94,11 @@ class RedisStore:
 
     async def hget(self, key: str, field: str) -> bytes | None:
         async with _reachable():
-            return await self.client.hget(self.key(key), field)  # type: ignore[no-any-return]
+            return cast(bytes | None, await self.client.hget(self.key(key), field))
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
         async with _reachable():
-            raw = await self.client.hgetall(self.key(key))
+            raw = cast(dict[bytes, bytes], await self.client.hgetall(self.key(key)))
         return {k.decode(): v for k, v in raw.items()}
 
     async def hdel(self, key: str, field: str) -> bool:
@@ -106,13 +110,13 @@ class RedisStore:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.rpush(self.key(key), value)
                 if ttl is not None:
-                    pipe.pexpire(self.key(key), _ms(ttl))
+                    pipe.pexpire(self.key(key), _px(ttl))
                 result = await pipe.execute()
             return int(result[0]) - 1
 
     async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
         async with _reachable():
-            return list(await self.client.lrange(self.key(key), start, end))
+            return cast(list[bytes], await self.client.lrange(self.key(key), start, end))
 
     def script(self, lua: str, fallback: ScriptFallback) -> Script:
         return _RedisScript(self, lua)

@@ -17,8 +17,13 @@ import orjson
 
 
 def _chunk(content: str | None = None, finish: str | None = None, usage: bool = False) -> bytes:
-    data: dict[str, Any] = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1,
-                            "model": "up-model", "choices": []}
+    data: dict[str, Any] = {
+        "id": "chatcmpl-up",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "up-model",
+        "choices": [],
+    }
     if usage:
         data["usage"] = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
     else:
@@ -29,9 +34,13 @@ def _chunk(content: str | None = None, finish: str | None = None, usage: bool = 
 
 
 COMPLETION = {
-    "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "up-model",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi from upstream"},
-                 "finish_reason": "stop"}],
+    "id": "chatcmpl-up",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "up-model",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi from upstream"}, "finish_reason": "stop"}
+    ],
     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
 }
 
@@ -98,8 +107,13 @@ class Upstream:
         if model.startswith("status-") or model in ("hang", "text-503", "echo-auth"):
             await self._whole(model, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
 
         async def part(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
