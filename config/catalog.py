@@ -119,7 +119,9 @@ class Tenant(_Strict):
         for k in self.api_keys:
             for ref in k.spaces:
                 if ref != "*" and ref not in space_ids:
-                    raise ValueError(f"api key {k.name!r}: space {ref} is not a space of tenant {self.name!r}")
+                    raise ValueError(
+                        f"api key {k.name!r}: space {ref} is not a space of tenant {self.name!r}"
+                    )
             if k.default_space is not None and str(k.default_space) not in space_ids:
                 raise ValueError(f"api key {k.name!r}: default_space {k.default_space} is not a space here")
         return self

@@ -24,7 +24,7 @@ def validate_chat_body(body: dict[str, Any]) -> None:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages", input=messages)
     if not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("Each item of 'messages' must be an object.", param="messages")
-    if "model" in body and not isinstance(body["model"], str):
+    if body.get("model") is not None and not isinstance(body["model"], str):
         raise InvalidRequest("'model' must be a string.", param="model", input=body["model"])
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise InvalidRequest("'stream' must be a boolean.", param="stream", input=body["stream"])
