@@ -8,36 +8,19 @@ Secrets never live here: upstream credentials are names of environment variables
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from config.deployments import Deployment, Routing
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OpenAIDeployment(_Strict):
-    """Any OpenAI-compatible upstream: OpenAI, Azure-style base URLs, vLLM, llama.cpp, Ollama, Groq…"""
-
-    type: Literal["openai"]
-    model: str = Field(description="Model name sent upstream.")
-    base_url: str = "https://api.openai.com/v1"
-    api_key_env: str | None = Field(None, description="Environment variable holding the upstream key.")
-
-
-class FakeDeployment(_Strict):
-    """The deterministic in-process provider; ``model`` picks its behaviour (see docs/config.md)."""
-
-    type: Literal["fake"]
-    model: str = "echo"
-
-
-Deployment = Annotated[OpenAIDeployment | FakeDeployment, Field(discriminator="type")]
 
 
 class Pricing(_Strict):
@@ -52,13 +35,25 @@ class Pricing(_Strict):
 class TenantModel(_Strict):
     id: UUID
     alias: str = Field(min_length=1, max_length=256)
-    deployment: Deployment
+    deployments: list[Deployment] = Field(min_length=1, description="Tried in order (or by weight).")
+    routing: Routing = Routing()
     context_window: int | None = Field(None, gt=0)
     capabilities: list[str] = Field(default_factory=lambda: ["chat"])
     reasoning: bool = False
     logo_url: str | None = None
     logo_url_dark: str | None = None
     pricing: Pricing | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_deployment_shorthand(cls, data: Any) -> Any:
+        """``deployment: {...}`` is shorthand for a one-item ``deployments`` list."""
+        if isinstance(data, dict) and "deployment" in data:
+            if "deployments" in data:
+                raise ValueError("give either 'deployment' or 'deployments', not both")
+            data = {**data, "deployments": [data["deployment"]]}
+            del data["deployment"]
+        return data
 
 
 class PolicySpec(_Strict):
@@ -119,9 +114,7 @@ class Tenant(_Strict):
         for k in self.api_keys:
             for ref in k.spaces:
                 if ref != "*" and ref not in space_ids:
-                    raise ValueError(
-                        f"api key {k.name!r}: space {ref} is not a space of tenant {self.name!r}"
-                    )
+                    raise ValueError(f"api key {k.name!r}: space {ref} is not a space of tenant {self.name!r}")
             if k.default_space is not None and str(k.default_space) not in space_ids:
                 raise ValueError(f"api key {k.name!r}: default_space {k.default_space} is not a space here")
         return self

@@ -21,10 +21,11 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     redis_url: SecretStr | None = Field(None, description="redis://… ; unset means the in-memory store.")
     redis_prefix: str = Field("gw:", description="Prefix of every key the gateway writes to Redis.")
-    max_body_bytes: int = Field(
-        4 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
-    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above).")
     upstream_connect_timeout: float = Field(10.0, gt=0)
+    upstream_first_byte_timeout: float = Field(
+        600.0, gt=0, description="Longest wait for a whole answer, or a stream's first chunk, per attempt."
+    )
     upstream_read_timeout: float = Field(600.0, gt=0, description="Longest silence from an upstream.")
     upstream_max_connections: int = Field(1000, gt=0)
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0)

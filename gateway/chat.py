@@ -5,6 +5,7 @@ whole SSE events while a watcher notes usage; a client that disconnects cancels 
 """
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -28,57 +29,76 @@ def response_headers(ctx: RequestContext, base: Headers) -> Headers:
 
 
 def upstream_body(ctx: RequestContext) -> dict[str, Any]:
-    """The caller's body with the upstream model name and, for streams, usage always requested."""
-    assert ctx.model is not None
+    """The caller's body; for streams, usage is always requested (the dispatcher sets each deployment's model)."""
+    if not ctx.stream:
+        return ctx.body
     body = dict(ctx.body)
-    body["model"] = ctx.model.deployment.model
-    if ctx.stream:
-        options = body.get("stream_options")
-        body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    options = body.get("stream_options")
+    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     return body
 
 
-async def complete(gw: Gateway, ctx: RequestContext, send: Send) -> None:
+async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive) -> None:
     """One non-streaming completion, answered with the upstream's bytes."""
-    provider = gw.provider(ctx)
-    data = await provider.chat(ctx.model, upstream_body(ctx))  # type: ignore[arg-type]
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("Upstream answered with malformed JSON.", code="upstream_malformed") from None
-    ctx.usage = Usage.from_chat(parsed.get("usage")) if isinstance(parsed, dict) else None
-    ctx.status_code = 200
-    await send_bytes(send, 200, response_headers(ctx, [(b"content-type", b"application/json")]), data)
+    model = gw.resolve_model(ctx)
+    async with _cancel_on_disconnect(receive, ctx) as finished:
+        data = await gw.dispatcher.chat(model, upstream_body(ctx))
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("Upstream answered with malformed JSON.", code="upstream_malformed") from None
+        ctx.usage = Usage.from_chat(parsed.get("usage")) if isinstance(parsed, dict) else None
+        ctx.status_code = 200
+        finished.set()
+        await send_bytes(send, 200, response_headers(ctx, [(b"content-type", b"application/json")]), data)
 
 
 async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive) -> None:
-    """One streamed completion. Upstream refusals raise before the first byte (a normal error answer);
-    failures after it end the stream with an error event and no ``[DONE]``."""
-    provider = gw.provider(ctx)
+    """One streamed completion. Failures before the first upstream chunk (after retries and fallbacks) raise
+    a normal error answer; failures after it end the stream with an error event and no ``[DONE]``."""
+    model = gw.resolve_model(ctx)
     wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
-    upstream = await provider.open_stream(ctx.model, upstream_body(ctx))  # type: ignore[arg-type]
     watcher = ChatStreamWatcher(forward_usage=wants_usage)
-    try:
-        await send({"type": "http.response.start", "status": 200, "headers": response_headers(ctx, SSE_HEADERS)})
-        ctx.status_code = 200
-        async with _cancel_on_disconnect(receive, ctx) as finished:
-            try:
-                async for chunk in upstream:
-                    out = watcher.feed(chunk)
-                    if out:
-                        await send({"type": "http.response.body", "body": out, "more_body": True})
-                tail = watcher.finish()
-                if not watcher.done:
-                    ctx.outcome = "upstream_error"
-                    tail += error_event("The upstream stream ended before completion.", "upstream_stream_cut")
-            except UpstreamError as exc:
-                ctx.outcome, ctx.error = "upstream_error", exc
-                tail = watcher.finish() + error_event(exc.message, exc.code or "upstream_error")
+    async with _cancel_on_disconnect(receive, ctx) as finished:
+        upstream, chunks, first = await gw.dispatcher.stream(model, upstream_body(ctx))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": response_headers(ctx, SSE_HEADERS)})
+            ctx.status_code = 200
+            await _relay(ctx, send, watcher, first, chunks)
             finished.set()
+            tail = watcher.finish()
+            if not watcher.done and ctx.outcome == "pending":
+                ctx.outcome = "upstream_error"
+                tail += error_event("The upstream stream ended before completion.", "upstream_stream_cut")
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-    finally:
-        ctx.usage = watcher.usage
-        await upstream.close()
+        finally:
+            ctx.usage = watcher.usage
+            await _close(chunks)
+            await upstream.close()
+
+
+async def _relay(
+    ctx: RequestContext, send: Send, watcher: ChatStreamWatcher, first: bytes, chunks: AsyncIterator[bytes]
+) -> None:
+    """Forward whole events; an upstream failure mid-stream ends it with an error event."""
+    out = watcher.feed(first)
+    try:
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+        async for chunk in chunks:
+            out = watcher.feed(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+    except UpstreamError as exc:
+        ctx.outcome, ctx.error = "upstream_error", exc
+        rest = watcher.finish() + error_event(exc.message, exc.code or "upstream_error")
+        await send({"type": "http.response.body", "body": rest, "more_body": True})
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _cancel_on_disconnect:

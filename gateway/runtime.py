@@ -10,13 +10,17 @@ from typing import Any
 import aiohttp
 
 from config import Catalogue, Settings
+from config.catalog import TenantModel
+from config.deployments import Timeouts
+from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
 from gateway.context import RequestContext
+from gateway.dispatch import Dispatcher
 from gateway.errors import InvalidRequest, NotFound
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.policy import PolicyChain, load_policy
-from gateway.providers import Provider, build_providers
+from gateway.providers import build_providers
 from gateway.store import open_store
 from gateway.upstream import make_session
 
@@ -35,8 +39,14 @@ class Gateway:
             for space in tenant.spaces:
                 specs = space.policies if space.policies is not None else tenant.policies
                 self.chains[str(space.id)] = PolicyChain([load_policy(s) for s in specs])
+        self.timeouts = Timeouts(
+            connect=settings.upstream_connect_timeout,
+            first_byte=settings.upstream_first_byte_timeout,
+            idle=settings.upstream_read_timeout,
+        )
+        self.breakers = CircuitBreakers(self.store)
         self.session: aiohttp.ClientSession | None = None
-        self.providers: dict[str, Provider] = {}
+        self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
 
     async def start(self) -> None:
         s = self.settings
@@ -45,7 +55,7 @@ class Gateway:
             connect_timeout=s.upstream_connect_timeout,
             read_timeout=s.upstream_read_timeout,
         )
-        self.providers = build_providers(self.session)
+        self.dispatcher.providers = build_providers(self.session, self.timeouts)
         await self.store.ping()
         await self.catalog.seed()
 
@@ -79,8 +89,8 @@ class Gateway:
     def chain(self, ctx: RequestContext) -> PolicyChain:
         return self.chains[ctx.space_id]
 
-    def provider(self, ctx: RequestContext) -> Provider:
-        """The provider of the request's model; resolves the model by name when no policy did."""
+    def resolve_model(self, ctx: RequestContext) -> TenantModel:
+        """The request's tenant model: as a policy resolved it, else by name."""
         if ctx.model is None:
             alias = ctx.body.get("model")
             if not isinstance(alias, str):
@@ -88,4 +98,4 @@ class Gateway:
             ctx.model = self.catalog.tenant_model(ctx.principal.tenant, alias)
             if ctx.model is None:
                 raise NotFound(f"The model '{alias}' does not exist.", code="model_not_found", param="model")
-        return self.providers[ctx.model.deployment.type]
+        return ctx.model

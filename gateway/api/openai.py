@@ -49,7 +49,7 @@ class ChatCompletions:
             if ctx.stream:
                 await chat.stream(gw, ctx, send, receive)
             else:
-                await chat.complete(gw, ctx, send)
+                await chat.complete(gw, ctx, send, receive)
 
         reply = await gw.chain(ctx).run(ctx, call)
         if reply is not None:

@@ -1,6 +1,6 @@
-"""The provider contract: one Chat Completions call, whole or streamed, in OpenAI's wire format.
+"""The provider contract: one Chat Completions call to one deployment, whole or streamed, in OpenAI's format.
 
-Providers receive the request body as a dict (already carrying the upstream model name) and answer with
+Providers receive the request body as a dict (already carrying the deployment's model name) and answer with
 OpenAI-compatible bytes, so the route can pass them to the caller without re-encoding. Every failure is a
 ``gateway.errors.UpstreamError``; a stream's failure before its first byte raises from ``open_stream``.
 """
@@ -8,7 +8,7 @@ OpenAI-compatible bytes, so the route can pass them to the caller without re-enc
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from config.catalog import TenantModel
+from config.deployments import Deployment
 
 
 class UpstreamStream(Protocol):
@@ -20,10 +20,10 @@ class UpstreamStream(Protocol):
 
 
 class Provider(Protocol):
-    async def chat(self, model: TenantModel, body: dict[str, Any]) -> bytes:
+    async def chat(self, deployment: Deployment, body: dict[str, Any]) -> bytes:
         """A non-streaming Chat Completion: the upstream's JSON body on success."""
         ...
 
-    async def open_stream(self, model: TenantModel, body: dict[str, Any]) -> UpstreamStream:
+    async def open_stream(self, deployment: Deployment, body: dict[str, Any]) -> UpstreamStream:
         """Start a streaming Chat Completion; raises before any byte is read when the upstream refuses."""
         ...

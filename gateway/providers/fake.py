@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from config.catalog import TenantModel
+from config.deployments import Deployment
 from gateway.upstream import error_from_status
 
 
@@ -123,8 +123,8 @@ class _FakeStream:
 class FakeProvider:
     """The ``Provider`` for ``type: fake`` deployments."""
 
-    def _decide(self, model: TenantModel, body: dict[str, Any]) -> tuple[_Answer, float]:
-        behaviour = model.deployment.model
+    def _decide(self, deployment: Deployment, body: dict[str, Any]) -> tuple[_Answer, float]:
+        behaviour = deployment.model
         if behaviour.startswith("error-") and behaviour[6:].isdigit():
             status = int(behaviour[6:])
             error = {"error": {"message": f"fake upstream error {status}", "type": "fake_error", "code": None}}
@@ -136,13 +136,13 @@ class FakeProvider:
         delay = int(behaviour[5:]) / 1000 if behaviour.startswith("slow-") and behaviour[5:].isdigit() else 0.0
         return answer, delay
 
-    async def chat(self, model: TenantModel, body: dict[str, Any]) -> bytes:
-        answer, delay = self._decide(model, body)
+    async def chat(self, deployment: Deployment, body: dict[str, Any]) -> bytes:
+        answer, delay = self._decide(deployment, body)
         if delay:
             await asyncio.sleep(delay)
         return answer.completion()
 
-    async def open_stream(self, model: TenantModel, body: dict[str, Any]) -> _FakeStream:
-        answer, delay = self._decide(model, body)
+    async def open_stream(self, deployment: Deployment, body: dict[str, Any]) -> _FakeStream:
+        answer, delay = self._decide(deployment, body)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return _FakeStream(answer, include_usage, delay)

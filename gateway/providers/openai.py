@@ -4,11 +4,10 @@ shared aiohttp session. Bodies go out as received but for the model name; answer
 import os
 from collections.abc import AsyncIterator
 from typing import Any
-from uuid import UUID
 
 import aiohttp
 
-from config.catalog import OpenAIDeployment, TenantModel
+from config.deployments import Deployment, OpenAIDeployment, Timeouts
 from gateway.upstream import error_from_status, json_body, map_upstream_errors
 
 _JSON = {"Content-Type": "application/json"}
@@ -31,47 +30,57 @@ class _Stream:
             self._response.close()
 
 
+class _Target:
+    __slots__ = ("url", "headers", "secret", "timeout")
+
+    def __init__(self, dep: OpenAIDeployment, defaults: Timeouts) -> None:
+        self.secret = os.environ.get(dep.api_key_env) if dep.api_key_env else None
+        self.url = dep.base_url.rstrip("/") + "/chat/completions"
+        self.headers = dict(_JSON)
+        if self.secret:
+            self.headers["Authorization"] = f"Bearer {self.secret}"
+        t = dep.timeouts
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=t.connect or defaults.connect, sock_read=t.idle or defaults.idle
+        )
+
+
 class OpenAIProvider:
     """The ``Provider`` for ``type: openai`` deployments."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, defaults: Timeouts) -> None:
         self.session = session
-        self._targets: dict[UUID, tuple[str, dict[str, str], str | None]] = {}
+        self.defaults = defaults
+        self._targets: dict[int, _Target] = {}
 
-    def _target(self, model: TenantModel) -> tuple[str, dict[str, str], str | None]:
-        """URL, headers and credential of a deployment, resolved once (the credential from its env var)."""
-        target = self._targets.get(model.id)
+    def _target(self, dep: Deployment) -> _Target:
+        """URL, headers, credential and timeouts of a deployment, resolved once."""
+        target = self._targets.get(id(dep))
         if target is None:
-            dep = model.deployment
             assert isinstance(dep, OpenAIDeployment)
-            secret = os.environ.get(dep.api_key_env) if dep.api_key_env else None
-            headers = dict(_JSON)
-            if secret:
-                headers["Authorization"] = f"Bearer {secret}"
-            target = self._targets[model.id] = (
-                dep.base_url.rstrip("/") + "/chat/completions",
-                headers,
-                secret,
-            )
+            target = self._targets[id(dep)] = _Target(dep, self.defaults)
         return target
 
-    async def chat(self, model: TenantModel, body: dict[str, Any]) -> bytes:
-        url, headers, secret = self._target(model)
-        async with map_upstream_errors():
-            async with self.session.post(url, data=json_body(body), headers=headers) as resp:
+    async def _post(self, t: _Target, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        resp = await self.session.post(t.url, data=json_body(body), headers=t.headers, timeout=t.timeout)
+        if resp.status >= 300:
+            try:
                 data = await resp.read()
-                if resp.status >= 300:
-                    raise error_from_status(resp.status, data, resp.headers.get("Retry-After"), secret)
-                return data
+            finally:
+                resp.release()
+            raise error_from_status(resp.status, data, resp.headers.get("Retry-After"), t.secret)
+        return resp
 
-    async def open_stream(self, model: TenantModel, body: dict[str, Any]) -> _Stream:
-        url, headers, secret = self._target(model)
+    async def chat(self, deployment: Deployment, body: dict[str, Any]) -> bytes:
+        t = self._target(deployment)
         async with map_upstream_errors():
-            resp = await self.session.post(url, data=json_body(body), headers=headers)
-            if resp.status >= 300:
-                try:
-                    data = await resp.read()
-                finally:
-                    resp.release()
-                raise error_from_status(resp.status, data, resp.headers.get("Retry-After"), secret)
-        return _Stream(resp)
+            resp = await self._post(t, body)
+            try:
+                return await resp.read()
+            finally:
+                resp.release()
+
+    async def open_stream(self, deployment: Deployment, body: dict[str, Any]) -> _Stream:
+        t = self._target(deployment)
+        async with map_upstream_errors():
+            return _Stream(await self._post(t, body))

@@ -1,0 +1,60 @@
+"""Circuit breaking per deployment, with its state in the store so every replica ejects together.
+
+Closed: requests flow; each retryable failure counts within a window. Open: ``failures`` in a window eject
+the deployment for ``cooldown`` seconds. Then half-open: exactly one request (across replicas, an atomic
+claim) probes it; success closes the circuit, failure opens it again.
+
+The open state is read from the store at most once a second per deployment and process, so a healthy
+deployment costs no store round trip on most requests.
+"""
+
+import time
+
+from config.deployments import Breaker
+from gateway.store import Store
+
+_RECHECK_SECONDS = 1.0
+
+
+class CircuitBreakers:
+    """All deployments' breakers of one app."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._seen: dict[str, tuple[float, float]] = {}  # key -> (checked at, open until) local cache
+        self._probing: set[str] = set()
+
+    async def allow(self, key: str, cfg: Breaker) -> bool:
+        """May a request go to this deployment now? In half-open state only the one probe may."""
+        now = time.time()
+        checked, open_until = self._seen.get(key, (0.0, 0.0))
+        if now - checked > _RECHECK_SECONDS:
+            raw = await self.store.get(f"cb:{key}:open")
+            open_until = float(raw) if raw else 0.0
+            self._seen[key] = (now, open_until)
+        if open_until == 0.0:
+            return True
+        if now < open_until:
+            return False
+        if await self.store.set_nx(f"cb:{key}:probe", b"1", cfg.cooldown):
+            self._probing.add(key)
+            return True
+        return False
+
+    async def success(self, key: str) -> None:
+        """Close the circuit after a successful probe (or a success while it was open elsewhere)."""
+        if key in self._probing or self._seen.get(key, (0.0, 0.0))[1]:
+            self._probing.discard(key)
+            await self.store.delete(f"cb:{key}:open", f"cb:{key}:probe", f"cb:{key}:fails")
+            self._seen[key] = (time.time(), 0.0)
+
+    async def failure(self, key: str, cfg: Breaker) -> None:
+        """Count a retryable failure; open the circuit when the window's count reaches the threshold."""
+        probing = key in self._probing
+        self._probing.discard(key)
+        fails = await self.store.incr(f"cb:{key}:fails", 1, ttl=cfg.window)
+        if probing or fails >= cfg.failures:
+            open_until = time.time() + cfg.cooldown
+            await self.store.set(f"cb:{key}:open", repr(open_until).encode(), ttl=cfg.cooldown * 20)
+            await self.store.delete(f"cb:{key}:probe", f"cb:{key}:fails")
+            self._seen[key] = (time.time(), open_until)

@@ -1,0 +1,127 @@
+"""Which deployment answers: ordered fallbacks or weighted choice, retries with backoff and jitter before the
+first byte reached the client, upstream ``Retry-After`` honoured, first-byte timeouts, circuit breaking.
+
+Nothing is retried once the caller has received a byte: for streams, an attempt ends when the first chunk
+arrived, and only then are headers sent to the caller.
+"""
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from config.catalog import TenantModel
+from config.deployments import Deployment, Routing, Timeouts
+from gateway.breaker import CircuitBreakers
+from gateway.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from gateway.providers import Provider, UpstreamStream
+
+T = TypeVar("T")
+Opened = tuple[UpstreamStream, AsyncIterator[bytes], bytes]  # the stream to close, the rest, the first chunk
+
+
+def order(model: TenantModel, rng: random.Random) -> list[tuple[int, Deployment]]:
+    """Deployments in the order they will be tried: as configured, or drawn by weight without replacement."""
+    indexed = list(enumerate(model.deployments))
+    if model.routing.strategy == "fallback" or len(indexed) < 2:
+        return indexed
+    remaining, out = [d for d in indexed if d[1].weight > 0], []
+    while remaining:
+        pick = rng.choices(remaining, weights=[d[1].weight for d in remaining])[0]
+        remaining.remove(pick)
+        out.append(pick)
+    return out + [d for d in indexed if d[1].weight == 0]
+
+
+def retryable(exc: UpstreamError) -> bool:
+    """Connection failures, timeouts, 429 and 5xx are worth another attempt; other 4xx are the caller's."""
+    return not isinstance(exc, UpstreamRejected) or exc.status_code == 429
+
+
+def retry_delay(attempt: int, exc: UpstreamError, routing: Routing, rng: random.Random) -> float | None:
+    """Seconds to wait before the next attempt on the same deployment; None: move to the next deployment."""
+    if attempt >= routing.retries:
+        return None
+    delay: float = routing.backoff * (2**attempt) * (0.5 + rng.random())
+    retry_after = exc.headers.get("Retry-After")
+    if retry_after:
+        try:
+            wanted = float(retry_after)
+        except ValueError:
+            wanted = routing.max_retry_after + 1
+        if wanted > routing.max_retry_after:
+            return None
+        delay = max(delay, wanted)  # never sooner than the upstream asked
+    return delay
+
+
+class Dispatcher:
+    """Runs one upstream operation across a tenant model's deployments."""
+
+    def __init__(self, providers: dict[str, Provider], breakers: CircuitBreakers, defaults: Timeouts) -> None:
+        self.providers = providers
+        self.breakers = breakers
+        self.defaults = defaults
+        self.rng = random.Random()
+
+    def provider(self, dep: Deployment) -> Provider:
+        return self.providers["litellm" if dep.type not in self.providers else dep.type]
+
+    def first_byte(self, dep: Deployment) -> float:
+        return dep.timeouts.first_byte or self.defaults.first_byte or 600.0
+
+    async def run(self, model: TenantModel, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
+        last: UpstreamError | None = None
+        for index, dep in order(model, self.rng):
+            key = f"{model.id}:{index}"
+            if not await self.breakers.allow(key, model.routing.breaker):
+                continue
+            for n in range(model.routing.retries + 1):
+                try:
+                    async with asyncio.timeout(self.first_byte(dep)):
+                        result = await attempt(dep)
+                except TimeoutError:
+                    exc: UpstreamError = UpstreamTimeout("Upstream did not answer in time.")
+                except UpstreamError as err:
+                    exc = err
+                else:
+                    await self.breakers.success(key)
+                    return result
+                if not retryable(exc):
+                    raise exc
+                await self.breakers.failure(key, model.routing.breaker)
+                last = exc
+                delay = retry_delay(n, exc, model.routing, self.rng)
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+        if last is None:
+            raise UpstreamUnavailable(
+                f"Every deployment of model '{model.alias}' is temporarily ejected after repeated failures.",
+                status_code=503,
+                headers={"Retry-After": str(int(model.routing.breaker.cooldown))},
+            )
+        raise last
+
+    async def chat(self, model: TenantModel, body: dict[str, Any]) -> bytes:
+        """A whole completion from the first deployment that gives one."""
+        return await self.run(model, lambda dep: self.provider(dep).chat(dep, {**body, "model": dep.model}))
+
+    async def stream(
+        self, model: TenantModel, body: dict[str, Any]
+    ) -> tuple[UpstreamStream, AsyncIterator[bytes], bytes]:
+        """An open stream whose first chunk already arrived: (stream to close, iterator for the rest, first)."""
+
+        async def attempt(dep: Deployment) -> tuple[UpstreamStream, AsyncIterator[bytes], bytes]:
+            stream = await self.provider(dep).open_stream(dep, {**body, "model": dep.model})
+            try:
+                chunks = aiter(stream)
+                first = await anext(chunks, b"")
+                if not first:
+                    raise UpstreamError("Upstream closed the stream before sending anything.")
+            except BaseException:
+                await stream.close()
+                raise
+            return stream, chunks, first
+
+        return await self.run(model, attempt)
