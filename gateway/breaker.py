@@ -4,8 +4,9 @@ Closed: requests flow; each retryable failure counts within a window. Open: ``fa
 the deployment for ``cooldown`` seconds. Then half-open: exactly one request (across replicas, an atomic
 claim) probes it; success closes the circuit, failure opens it again.
 
-The open state is read from the store at most once a second per deployment and process, so a healthy
-deployment costs no store round trip on most requests.
+The open state is read from the store at most once a second per deployment and process (and again right
+after any failure), so a healthy deployment costs no store round trip on most requests, and a replica sends
+at most one more request to a deployment another replica ejected.
 """
 
 import time
@@ -52,6 +53,7 @@ class CircuitBreakers:
         """Count a retryable failure; open the circuit when the window's count reaches the threshold."""
         probing = key in self._probing
         self._probing.discard(key)
+        self._seen.pop(key, None)  # read the shared state again next time: another replica may have opened it
         fails = await self.store.incr(f"cb:{key}:fails", 1, ttl=cfg.window)
         if probing or fails >= cfg.failures:
             open_until = time.time() + cfg.cooldown

@@ -142,7 +142,13 @@ def upstream() -> Iterator[tuple[Upstream, str]]:
         yield fake, url
 
 
-GatewayFactory = Callable[..., str]
+class GatewayURL(str):
+    """A running gateway's base URL that also carries its app (to inspect runtime state in tests)."""
+
+    app: Any
+
+
+GatewayFactory = Callable[..., GatewayURL]
 
 
 @pytest.fixture
@@ -150,16 +156,18 @@ def start_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
     """Start a gateway on loopback for a catalogue dict; returns its base URL. Stopped after the test."""
     with ExitStack() as stack:
 
-        def start(cat: dict[str, Any], **settings: Any) -> str:
+        def start(cat: dict[str, Any], **settings: Any) -> GatewayURL:
             path = tmp_path / f"catalogue-{uuid.uuid4().hex[:8]}.yaml"
             path.write_text(yaml.safe_dump(cat))
             app = create_app(Settings(config=path, **settings))
-            return stack.enter_context(serve(app))
+            url = GatewayURL(stack.enter_context(serve(app)))
+            url.app = app
+            return url
 
         yield start
 
 
 @pytest.fixture
-def gateway(start_gateway: GatewayFactory, upstream: tuple[Upstream, str]) -> str:
+def gateway(start_gateway: GatewayFactory, upstream: tuple[Upstream, str]) -> GatewayURL:
     """A gateway on the in-memory store in front of the fake upstream."""
     return start_gateway(catalogue(upstream[1]))

@@ -45,16 +45,17 @@ def call_kwargs(dep: LiteLLMDeployment, body: dict[str, Any], defaults: Timeouts
 def error_from_litellm(exc: Exception, secret: str | None) -> GatewayError:
     """A litellm exception as our error: provider statuses kept by the same rules as any upstream's."""
     name = type(exc).__name__
-    message = str(getattr(exc, "message", None) or exc)
+    # first line only: litellm messages may carry a traceback with local paths
+    message = str(getattr(exc, "message", None) or exc).strip().split("\n", 1)[0][:300]
     if secret:
         message = message.replace(secret, "***")
     if name in ("Timeout", "APITimeoutError") or isinstance(exc, TimeoutError):
         return UpstreamTimeout("Upstream did not answer in time.")
     if name == "APIConnectionError":
-        return UpstreamUnavailable(f"Cannot reach the provider: {message[:300]}", status_code=503)
+        return UpstreamUnavailable(f"Cannot reach the provider: {message}", status_code=503)
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and status >= 400:
-        body = orjson.dumps({"error": {"message": message[:500]}})
+        body = orjson.dumps({"error": {"message": message}})
         response = getattr(exc, "response", None)
         retry_after = response.headers.get("retry-after") if response is not None else None
         return error_from_status(status, body, retry_after)
@@ -92,7 +93,9 @@ class LiteLLMProvider:
     def _lib(self) -> Any:
         if self._litellm is None:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            self._litellm = importlib.import_module("litellm")
+            lib: Any = importlib.import_module("litellm")
+            lib.suppress_debug_info = True  # no "Give Feedback" banners on stdout; cosmetic only
+            self._litellm = lib
         return self._litellm
 
     async def _call(self, deployment: Deployment, body: dict[str, Any], stream: bool) -> Any:

@@ -8,6 +8,10 @@
 ``hang``          never answers (until the client goes away)
 ``cut``           streams two chunks, then ends without ``[DONE]``
 ``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``)
+``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
+``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
+
+``POST /v1/messages`` speaks Anthropic's Messages API (whole and streamed) for the litellm bridge.
 """
 
 import asyncio
@@ -38,9 +42,7 @@ COMPLETION = {
     "object": "chat.completion",
     "created": 1,
     "model": "up-model",
-    "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "hi from upstream"}, "finish_reason": "stop"}
-    ],
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi from upstream"}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
 }
 
@@ -52,6 +54,7 @@ class Upstream:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.disconnects = 0
+        self.counts: dict[str, int] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -69,7 +72,12 @@ class Upstream:
         self.requests.append(body)
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
         model = body.get("model", "ok")
-        if body.get("stream"):
+        self.counts[model] = self.counts.get(model, 0) + 1
+        if model.startswith("flaky-"):
+            model = "status-503" if self.counts[model] <= int(model[6:].split("-")[0]) else "ok"
+        if scope["path"].endswith("/messages"):
+            await anthropic(body, send)
+        elif body.get("stream"):
             await self._stream(model, body, receive, send)
         else:
             await self._whole(model, receive, send)
@@ -88,7 +96,7 @@ class Upstream:
         if model.startswith("status-"):
             status = int(model[7:])
             err = orjson.dumps({"error": {"message": f"upstream says {status}", "type": "x", "code": None}})
-            extra = [(b"retry-after", b"7")] if status == 429 else []
+            extra = [(b"retry-after", b"7" if status == 429 else b"0")]
             await self._answer(send, status, err, json_h + extra)
         elif model == "text-503":
             await self._answer(send, 503, b"service down", [(b"content-type", b"text/plain")])
@@ -118,6 +126,10 @@ class Upstream:
         async def part(data: bytes) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
+        if model == "malformed-sse":
+            await part(b"data: {not json\n\n")
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            return
         if model == "stall":
             await part(_chunk("first"))
             await self._wait_gone(receive)
@@ -135,3 +147,63 @@ class Upstream:
         if (body.get("stream_options") or {}).get("include_usage"):
             await part(_chunk(usage=True))
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+async def anthropic(body: dict[str, Any], send: Any) -> None:
+    """Anthropic's Messages API: a fixed answer, whole or as its SSE event sequence."""
+    usage = {"input_tokens": 5, "output_tokens": 3}
+    message = {
+        "id": "msg_up",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model"),
+        "content": [{"type": "text", "text": "hi from claude"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if not body.get("stream"):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": orjson.dumps(message)})
+        return
+    events = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    **message,
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": {"input_tokens": 5, "output_tokens": 0},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi from "}},
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "claude"}},
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 3},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for name, data in events:
+        frame = b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
