@@ -31,6 +31,9 @@ class OpenAIDeployment(_Deployment):
     """Any OpenAI-compatible upstream: OpenAI, Azure-style base URLs, vLLM, llama.cpp, Ollama, Groq…"""
 
     type: Literal["openai"]
+    api: Literal["chat", "responses"] = Field(
+        "chat", description="chat: Responses requests are translated to Chat Completions; responses: sent natively."
+    )
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream key.")
 

@@ -4,7 +4,6 @@ Non-streaming answers are read whole and sent as one body (no per-response task)
 whole SSE events while a watcher notes usage; a client that disconnects cancels the upstream read at once.
 """
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import orjson
 from starlette.types import Receive, Send
 
 from gateway.context import RequestContext, Usage
+from gateway.disconnect import aclose, cancel_on_disconnect
 from gateway.errors import UpstreamError
 from gateway.http import Headers, send_bytes
 from gateway.runtime import Gateway
@@ -41,7 +41,7 @@ def upstream_body(ctx: RequestContext) -> dict[str, Any]:
 async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive) -> None:
     """One non-streaming completion, answered with the upstream's bytes."""
     model = gw.resolve_model(ctx)
-    async with _cancel_on_disconnect(receive, ctx) as finished:
+    async with cancel_on_disconnect(receive, ctx) as finished:
         data = await gw.dispatcher.chat(model, upstream_body(ctx))
         try:
             parsed = orjson.loads(data)
@@ -59,7 +59,7 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
     model = gw.resolve_model(ctx)
     wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
     watcher = ChatStreamWatcher(forward_usage=wants_usage)
-    async with _cancel_on_disconnect(receive, ctx) as finished:
+    async with cancel_on_disconnect(receive, ctx) as finished:
         upstream, chunks, first = await gw.dispatcher.stream(model, upstream_body(ctx))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": response_headers(ctx, SSE_HEADERS)})
@@ -73,7 +73,7 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             ctx.usage = watcher.usage
-            await _close(chunks)
+            await aclose(chunks)
             await upstream.close()
 
 
@@ -93,45 +93,3 @@ async def _relay(
         ctx.outcome, ctx.error = "upstream_error", exc
         rest = watcher.finish() + error_event(exc.message, exc.code or "upstream_error")
         await send({"type": "http.response.body", "body": rest, "more_body": True})
-
-
-async def _close(chunks: AsyncIterator[bytes]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-class _cancel_on_disconnect:
-    """While active, a client disconnect cancels the current task (and so the upstream read); the
-    cancellation is absorbed on exit and the request's outcome becomes ``disconnected``. Set the yielded
-    event before the last send, so a disconnect after it changes nothing."""
-
-    def __init__(self, receive: Receive, ctx: RequestContext) -> None:
-        self.receive = receive
-        self.ctx = ctx
-        self.finished = asyncio.Event()
-        self.disconnected = False
-
-    async def _watch(self, task: asyncio.Task[Any]) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                if not self.finished.is_set():
-                    self.disconnected = True
-                    task.cancel()
-                return
-
-    async def __aenter__(self) -> asyncio.Event:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._watcher = asyncio.ensure_future(self._watch(task))
-        return self.finished
-
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        self._watcher.cancel()
-        if self.disconnected and exc_type is asyncio.CancelledError:
-            self._task.uncancel()
-            self.ctx.outcome = "disconnected"
-            return True
-        return False

@@ -107,13 +107,21 @@ class Dispatcher:
         """A whole completion from the first deployment that gives one."""
         return await self.run(model, lambda dep: self.provider(dep).chat(dep, {**body, "model": dep.model}))
 
-    async def stream(
-        self, model: TenantModel, body: dict[str, Any]
-    ) -> tuple[UpstreamStream, AsyncIterator[bytes], bytes]:
-        """An open stream whose first chunk already arrived: (stream to close, iterator for the rest, first)."""
+    async def stream(self, model: TenantModel, body: dict[str, Any]) -> Opened:
+        """An open Chat Completions stream whose first chunk already arrived."""
 
-        async def attempt(dep: Deployment) -> tuple[UpstreamStream, AsyncIterator[bytes], bytes]:
-            stream = await self.provider(dep).open_stream(dep, {**body, "model": dep.model})
+        def open_stream(dep: Deployment) -> Awaitable[UpstreamStream]:
+            return self.provider(dep).open_stream(dep, {**body, "model": dep.model})
+
+        return (await self.stream_with(model, open_stream))[1]
+
+    async def stream_with(
+        self, model: TenantModel, open_stream: Callable[[Deployment], Awaitable[UpstreamStream]]
+    ) -> tuple[Deployment, Opened]:
+        """Any upstream stream, opened by ``open_stream(deployment)``, once its first chunk arrived."""
+
+        async def attempt(dep: Deployment) -> tuple[Deployment, Opened]:
+            stream = await open_stream(dep)
             try:
                 chunks = aiter(stream)
                 first = await anext(chunks, b"")
@@ -122,6 +130,6 @@ class Dispatcher:
             except BaseException:
                 await stream.close()
                 raise
-            return stream, chunks, first
+            return dep, (stream, chunks, first)
 
         return await self.run(model, attempt)

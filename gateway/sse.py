@@ -6,11 +6,13 @@ the usage-only chunk is dropped so the caller sees exactly the stream it asked f
 """
 
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from gateway.context import Usage
+from gateway.errors import UpstreamError
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"[DONE]"
@@ -75,3 +77,35 @@ def _event_json(event: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return data if isinstance(data, dict) else None
+
+
+async def iter_sse_json(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """Each SSE event's ``data`` as a parsed JSON object (for streams the gateway must translate).
+
+    Comments and empty events are skipped; ``[DONE]`` ends the iteration; data that is not a JSON object
+    raises ``UpstreamError`` (code ``upstream_malformed``)."""
+    pending = b""
+    chunk: bytes | None = first
+    while chunk is not None:
+        pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+            if not payload:
+                continue
+            if payload == _DONE:
+                return
+            yield _parse(payload)
+        chunk = await anext(chunks, None)
+    if pending.strip().startswith(b"data:") and _DONE not in pending:
+        yield _parse(pending.strip()[5:].lstrip())
+
+
+def _parse(payload: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise UpstreamError("Upstream sent a stream event that is not a JSON object.", code="upstream_malformed")
+    return data

@@ -68,6 +68,15 @@ async def test_append_only_log(store: Store):
     assert await store.read_log(key, 2) == [b"e2", b"e3"]
     assert await store.read_log(key, 1, 2) == [b"e1", b"e2"]
     assert await store.read_log(k()) == []
+    assert await store.extend(key, [b"e4", b"e5"], ttl=10) == 6
+    assert await store.read_log(key, 4) == [b"e4", b"e5"]
+
+
+async def test_get_many(store: Store):
+    a, b = k(), k()
+    await store.set(a, b"1")
+    assert await store.get_many([a, b, a]) == [b"1", None, b"1"]
+    assert await store.get_many([]) == []
 
 
 async def test_scripts_run_atomically_with_the_same_result_on_both(store: Store):

@@ -31,11 +31,12 @@ class _Stream:
 
 
 class _Target:
-    __slots__ = ("url", "headers", "secret", "timeout")
+    __slots__ = ("url", "responses_url", "headers", "secret", "timeout")
 
     def __init__(self, dep: OpenAIDeployment, defaults: Timeouts) -> None:
         self.secret = os.environ.get(dep.api_key_env) if dep.api_key_env else None
         self.url = dep.base_url.rstrip("/") + "/chat/completions"
+        self.responses_url = dep.base_url.rstrip("/") + "/responses"
         self.headers = dict(_JSON)
         if self.secret:
             self.headers["Authorization"] = f"Bearer {self.secret}"
@@ -61,8 +62,8 @@ class OpenAIProvider:
             target = self._targets[id(dep)] = _Target(dep, self.defaults)
         return target
 
-    async def _post(self, t: _Target, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        resp = await self.session.post(t.url, data=json_body(body), headers=t.headers, timeout=t.timeout)
+    async def _post(self, t: _Target, body: dict[str, Any], url: str | None = None) -> aiohttp.ClientResponse:
+        resp = await self.session.post(url or t.url, data=json_body(body), headers=t.headers, timeout=t.timeout)
         if resp.status >= 300:
             try:
                 data = await resp.read()
@@ -84,3 +85,18 @@ class OpenAIProvider:
         t = self._target(deployment)
         async with map_upstream_errors():
             return _Stream(await self._post(t, body))
+
+    async def responses(self, deployment: Deployment, body: dict[str, Any]) -> bytes:
+        """A non-streaming call to the upstream's own ``/responses`` (deployments with ``api: responses``)."""
+        t = self._target(deployment)
+        async with map_upstream_errors():
+            resp = await self._post(t, body, t.responses_url)
+            try:
+                return await resp.read()
+            finally:
+                resp.release()
+
+    async def open_responses_stream(self, deployment: Deployment, body: dict[str, Any]) -> _Stream:
+        t = self._target(deployment)
+        async with map_upstream_errors():
+            return _Stream(await self._post(t, body, t.responses_url))

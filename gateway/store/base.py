@@ -28,6 +28,10 @@ class Store(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Several values in one round trip, in the order asked."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
 
     async def set_nx(self, key: str, value: bytes, ttl: float | None = None) -> bool:
@@ -58,6 +62,10 @@ class Store(Protocol):
 
     async def append(self, key: str, value: bytes, ttl: float | None = None) -> int:
         """Append to an ordered log and return the new entry's 0-based index; ``ttl`` refreshes the log's TTL."""
+        ...
+
+    async def extend(self, key: str, values: list[bytes], ttl: float | None = None) -> int:
+        """Append several entries in one step; returns the log's new length."""
         ...
 
     async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:

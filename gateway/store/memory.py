@@ -77,6 +77,9 @@ class MemoryStore:
         value = self.data.get(key)
         return value if isinstance(value, bytes) else None
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(k) for k in keys]
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self.data.put(key, value, ttl)
 
@@ -132,14 +135,17 @@ class MemoryStore:
         return existed
 
     async def append(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        return await self.extend(key, [value], ttl) - 1
+
+    async def extend(self, key: str, values: list[bytes], ttl: float | None = None) -> int:
         log = self.data.get(key)
         if log is None:
             log = []
             self.data.put(key, log, ttl)
         else:
             self.data.expire(key, ttl)
-        log.append(value)
-        return len(log) - 1
+        log.extend(values)
+        return len(log)
 
     async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
         log = self.data.get(key) or []

@@ -63,6 +63,12 @@ class RedisStore:
         async with _reachable():
             return cast(bytes | None, await self.client.get(self.key(key)))
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        async with _reachable():
+            return cast(list[bytes | None], await self.client.mget([self.key(k) for k in keys]))
+
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         async with _reachable():
             await self.client.set(self.key(key), value, px=_ms(ttl))
@@ -106,13 +112,16 @@ class RedisStore:
             return bool(await self.client.hdel(self.key(key), field))
 
     async def append(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        return await self.extend(key, [value], ttl) - 1
+
+    async def extend(self, key: str, values: list[bytes], ttl: float | None = None) -> int:
         async with _reachable():
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(self.key(key), value)
+                pipe.rpush(self.key(key), *values)
                 if ttl is not None:
                     pipe.pexpire(self.key(key), _px(ttl))
                 result = await pipe.execute()
-            return int(result[0]) - 1
+            return int(result[0])
 
     async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
         async with _reachable():

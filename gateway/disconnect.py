@@ -1,0 +1,51 @@
+"""Stopping upstream work the moment the client goes away, and closing async iterators on every path."""
+
+import asyncio
+from typing import Any
+
+from starlette.types import Receive
+
+from gateway.context import RequestContext
+
+
+async def aclose(iterator: Any) -> None:
+    """Close an async generator (or anything with ``aclose``) so its cleanup runs now, not at GC time."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+class cancel_on_disconnect:
+    """While active, a client disconnect cancels the current task (and so the upstream read); the
+    cancellation is absorbed on exit and the request's outcome becomes ``disconnected``. Set the yielded
+    event before the last send, so a disconnect after it changes nothing."""
+
+    def __init__(self, receive: Receive, ctx: RequestContext) -> None:
+        self.receive = receive
+        self.ctx = ctx
+        self.finished = asyncio.Event()
+        self.disconnected = False
+
+    async def _watch(self, task: asyncio.Task[Any]) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if not self.finished.is_set():
+                    self.disconnected = True
+                    task.cancel()
+                return
+
+    async def __aenter__(self) -> asyncio.Event:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.ensure_future(self._watch(task))
+        return self.finished
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self._watcher.cancel()
+        if self.disconnected and exc_type is asyncio.CancelledError:
+            self._task.uncancel()
+            self.ctx.outcome = "disconnected"
+            return True
+        return False

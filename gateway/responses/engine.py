@@ -1,0 +1,164 @@
+"""The Responses engine: one turn of a conversation over any upstream.
+
+``prepare`` validates the request, rebuilds the conversation from the store and builds the response shell;
+``complete`` answers whole; ``open_stream`` opens the upstream (refusals raise here, before any event, so the
+route can answer with a plain error status) and returns the event source. Chat-only upstreams are translated
+both ways (``translate``, ``events``); deployments with ``api: responses`` are spoken to natively, with the
+conversation inlined (the gateway owns the state, the upstream stores nothing).
+"""
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from config.catalog import TenantModel
+from config.deployments import Deployment, OpenAIDeployment
+from gateway.context import RequestContext, Usage
+from gateway.disconnect import aclose
+from gateway.dispatch import Dispatcher, Opened
+from gateway.errors import InvalidRequest, UpstreamError
+from gateway.providers.openai import OpenAIProvider
+from gateway.responses import native
+from gateway.responses.events import ChatStreamToEvents
+from gateway.responses.ids import new_response_id
+from gateway.responses.inputs import normalize_input
+from gateway.responses.records import ResponseRecords
+from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
+from gateway.responses.validate import validate_create
+from gateway.sse import iter_sse_json
+
+JSON = dict[str, Any]
+
+
+@dataclass
+class Turn:
+    """Everything one create call needs, decided before the upstream is called."""
+
+    ctx: RequestContext
+    request: JSON
+    model: TenantModel
+    shell: JSON
+    input_items: list[JSON]  # as stored and listed by input_items
+    upstream_input: list[JSON]  # as sent (x_context rendered in)
+    history: list[JSON] = field(default_factory=list)
+    chain: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return str(self.shell["id"])
+
+    @property
+    def upstream_request(self) -> JSON:
+        return {**self.request, "input": self.upstream_input}
+
+
+def usage_of(response: JSON) -> Usage | None:
+    """A Response's usage in the gateway's terms (what policies see)."""
+    usage = response.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cached_input_tokens=int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+        reasoning_tokens=int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
+    )
+
+
+def _is_native(dep: Deployment) -> bool:
+    return isinstance(dep, OpenAIDeployment) and dep.api == "responses"
+
+
+class ResponsesEngine:
+    def __init__(
+        self, dispatcher: Dispatcher, records: ResponseRecords, resolve_model: Callable[[RequestContext], TenantModel]
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.records = records
+        self.resolve_model = resolve_model
+
+    async def prepare(self, ctx: RequestContext) -> Turn:
+        request = ctx.body
+        validate_create(request)
+        model = self.resolve_model(ctx)
+        history: list[JSON] = []
+        chain: list[str] = []
+        previous = request.get("previous_response_id")
+        if previous:
+            history, chain = await self.records.history(previous, ctx.tenant_id, ctx.space_id)
+        stored, upstream = normalize_input(request["input"], request.get("x_context", request.get("context")))
+        shell = response_shell(request, response_id=new_response_id(), created_at=int(time.time()), model=model.alias)
+        return Turn(ctx, request, model, shell, stored, upstream, history, chain)
+
+    def _chat_body(self, turn: Turn, stream: bool) -> JSON:
+        try:
+            return request_to_chat({**turn.upstream_request, "stream": stream}, turn.history)
+        except UnsupportedFeature as exc:
+            raise InvalidRequest(exc.message, param=exc.param) from None
+
+    async def complete(self, turn: Turn) -> JSON:
+        """The whole response (not yet stored)."""
+        chat_body = self._chat_body(turn, stream=False)
+
+        async def attempt(dep: Deployment) -> JSON:
+            if _is_native(dep):
+                data = await self._native(dep).responses(dep, native.upstream_body(turn, dep, stream=False))
+                return native.merge_response(turn.shell, _parse(data))
+            data = await self.dispatcher.provider(dep).chat(dep, {**chat_body, "model": dep.model})
+            return chat_to_response(_parse(data), shell=turn.shell)
+
+        return await self.dispatcher.run(turn.model, attempt)
+
+    async def open_stream(self, turn: Turn) -> AsyncIterator[JSON]:
+        """Open the upstream (errors raise here) and return the Responses event stream."""
+        chat_body = self._chat_body(turn, stream=True)
+
+        def open_upstream(dep: Deployment) -> Awaitable[Any]:
+            if _is_native(dep):
+                return self._native(dep).open_responses_stream(dep, native.upstream_body(turn, dep, stream=True))
+            return self.dispatcher.provider(dep).open_stream(dep, {**chat_body, "model": dep.model})
+
+        dep, opened = await self.dispatcher.stream_with(turn.model, open_upstream)
+        if _is_native(dep):
+            return native.relay_events(turn.shell, opened)
+        return _translate_events(turn.shell, opened)
+
+    def _native(self, dep: Deployment) -> OpenAIProvider:
+        provider = self.dispatcher.provider(dep)
+        assert isinstance(provider, OpenAIProvider)
+        return provider
+
+
+async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[JSON]:
+    stream, chunks, first = opened
+    machine = ChatStreamToEvents(shell)
+    try:
+        for event in machine.start():
+            yield event
+        async for chunk in iter_sse_json(first, chunks):
+            if "error" in chunk and not chunk.get("choices"):
+                error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+                raise UpstreamError(str(error.get("message") or "Upstream failed mid-stream."))
+            for event in machine.feed(chunk):
+                yield event
+        for event in machine.finish():
+            yield event
+    except UpstreamError as exc:
+        for event in machine.fail("server_error", exc.message):
+            yield event
+    finally:
+        await aclose(chunks)
+        await stream.close()
+
+
+def _parse(data: bytes) -> JSON:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise UpstreamError("Upstream answered with malformed JSON.", code="upstream_malformed")
+    return parsed

@@ -1,0 +1,87 @@
+"""Streams in progress in this process: their SSE frames so far, for the client that started them and for
+any client that resumes (``GET …?stream=true&starting_after=N``, or ``Last-Event-ID``).
+
+Frames reach the store's event log in batches (every ``FLUSH_EVERY`` frames or ``FLUSH_SECONDS``, and at the
+end), so another replica can resume too, at most that far behind; the process that runs a stream serves its
+own followers from memory with no store round trip per event.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from gateway.responses.records import ResponseRecords
+
+FLUSH_EVERY = 32
+FLUSH_SECONDS = 0.25
+
+
+class LiveStream:
+    """The frames of one response's event stream; frame i has sequence_number i."""
+
+    def __init__(self, response_id: str, records: ResponseRecords, persist: bool) -> None:
+        self.response_id = response_id
+        self.records = records
+        self.persist = persist
+        self.frames: list[bytes] = []
+        self.done = False
+        self._flushed = 0
+        self._flushed_at = time.monotonic()
+        self._changed = asyncio.Event()
+        self.task: asyncio.Task[object] | None = None  # the producer, for cancellation
+
+    async def publish(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        self._wake()
+        pending = len(self.frames) - self._flushed
+        if self.persist and (pending >= FLUSH_EVERY or time.monotonic() - self._flushed_at > FLUSH_SECONDS):
+            await self.flush()
+
+    async def close(self) -> None:
+        """The last frame was published: persist what is left and release followers."""
+        self.done = True
+        self._wake()
+        if self.persist:
+            await self.flush()
+
+    async def flush(self) -> None:
+        upto = len(self.frames)
+        if upto > self._flushed:
+            batch = self.frames[self._flushed : upto]
+            self._flushed, self._flushed_at = upto, time.monotonic()
+            await self.records.append_events(self.response_id, batch)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self, after: int = -1) -> AsyncIterator[bytes]:
+        """Frames with sequence_number > ``after``, then new ones as they come, until the stream ends."""
+        position = after + 1
+        while True:
+            while position < len(self.frames):
+                yield self.frames[position]
+                position += 1
+            if self.done:
+                return
+            await self._changed.wait()
+
+
+class LiveStreams:
+    """The registry of one app's streams in progress."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, LiveStream] = {}
+
+    def open(self, response_id: str, records: ResponseRecords, persist: bool) -> LiveStream:
+        stream = self.streams[response_id] = LiveStream(response_id, records, persist)
+        return stream
+
+    def get(self, response_id: str) -> LiveStream | None:
+        return self.streams.get(response_id)
+
+    def forget(self, response_id: str) -> None:
+        self.streams.pop(response_id, None)
+
+    def __len__(self) -> int:
+        return len(self.streams)

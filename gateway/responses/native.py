@@ -1,0 +1,73 @@
+"""Deployments that speak ``/v1/responses`` themselves (``api: responses``): the request goes out with the
+conversation inlined and ``store: false`` (the gateway keeps the state), and the answer is re-homed under the
+gateway's response id, model alias and sequence numbers."""
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from config.deployments import Deployment
+from gateway.disconnect import aclose
+from gateway.errors import UpstreamError
+from gateway.sse import iter_sse_json
+
+if TYPE_CHECKING:
+    from gateway.dispatch import Opened
+    from gateway.responses.engine import Turn
+
+JSON = dict[str, Any]
+
+_GATEWAY_ONLY = (
+    "previous_response_id",
+    "conversation",
+    "background",
+    "x_context",
+    "context",
+    "tool_mode",
+    "idempotency_key",
+    "aimable",
+    "store",
+    "metadata",
+)
+_UPSTREAM_FIELDS = ("output", "usage", "status", "incomplete_details", "error", "completed_at")
+
+
+def upstream_body(turn: "Turn", dep: Deployment, stream: bool) -> JSON:
+    body = {k: v for k, v in turn.request.items() if k not in _GATEWAY_ONLY}
+    history = [
+        {k: v for k, v in item.items() if k not in ("id", "metadata")} if item.get("type") != "reasoning" else item
+        for item in turn.history
+    ]
+    body.update(model=dep.model, input=[*history, *turn.upstream_input], store=False, stream=stream)
+    return body
+
+
+def merge_response(shell: JSON, upstream: JSON) -> JSON:
+    """The upstream's answer under the gateway's shell (id, model alias, echoed request)."""
+    return {**shell, **{k: upstream[k] for k in _UPSTREAM_FIELDS if k in upstream}}
+
+
+async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[JSON]:
+    """The upstream's events, renumbered from 0, lifecycle events carrying the gateway's response object."""
+    stream, chunks, first = opened
+    sequence = 0
+    latest = dict(shell)
+    terminal = False
+    try:
+        try:
+            async for event in iter_sse_json(first, chunks):
+                if isinstance(event.get("response"), dict):
+                    latest = merge_response(shell, event["response"])
+                    event = {**event, "response": latest}
+                terminal = event.get("type") in ("response.completed", "response.incomplete", "response.failed")
+                yield {**event, "sequence_number": sequence}
+                sequence += 1
+        except UpstreamError as exc:
+            message = exc.message
+        else:
+            message = "The upstream stream ended before completion."
+        if not terminal:
+            failed = {**latest, "status": "failed", "error": {"code": "server_error", "message": message}}
+            yield {"type": "response.failed", "sequence_number": sequence, "response": failed}
+    finally:
+        await aclose(chunks)
+        await stream.close()
