@@ -36,7 +36,8 @@ def format_sse(event: JSON) -> bytes:
 
 
 class _Part:
-    """One content part being streamed: text arrives in fragments, joined once when read."""
+    """One content part being streamed: text arrives in fragments, joined once when read; Chat logprob entries
+    are kept as received and converted when read."""
 
     __slots__ = ("kind", "chunks", "logprobs")
 
@@ -50,7 +51,7 @@ class _Part:
 
     def to_dict(self) -> JSON:
         if self.kind == "output_text":
-            return output_text_part(self.text(), list(self.logprobs))
+            return output_text_part(self.text(), logprobs_from_chat({"content": self.logprobs}))
         if self.kind == "refusal":
             return refusal_part(self.text())
         return reasoning_part(self.text())
@@ -59,7 +60,7 @@ class _Part:
 class _Item:
     """One output item being streamed (message, reasoning or function_call) at a fixed ``output_index``."""
 
-    __slots__ = ("kind", "id", "index", "status", "parts", "call_id", "name", "args")
+    __slots__ = ("kind", "id", "index", "status", "parts", "call_id", "upstream_call_id", "name", "args")
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind
@@ -68,6 +69,7 @@ class _Item:
         self.status = "in_progress"
         self.parts: list[_Part] = []
         self.call_id = ""
+        self.upstream_call_id: str | None = None
         self.name = ""
         self.args: list[str] = []
 
@@ -190,7 +192,8 @@ class ChatStreamToEvents:
             self._reasoning_delta(reasoning, events)
         content = delta.get("content")
         if isinstance(content, str) and content:
-            self._text_delta("output_text", content, logprobs_from_chat(logprobs), events)
+            entries = (logprobs or {}).get("content") or []
+            self._text_delta("output_text", content, entries, events)
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
             self._text_delta("refusal", refusal, [], events)
@@ -219,7 +222,8 @@ class ChatStreamToEvents:
             events.append(self._event("response.refusal.delta", **_where(item, index), delta=text))
             return
         part.logprobs.extend(logprobs)
-        events.append(self._event("response.output_text.delta", **_where(item, index), delta=text, logprobs=logprobs))
+        converted = logprobs_from_chat({"content": logprobs}, with_bytes=False)
+        events.append(self._event("response.output_text.delta", **_where(item, index), delta=text, logprobs=converted))
 
     def _tool_delta(self, position: int, call: JSON, events: list[JSON]) -> None:
         index = call.get("index")
@@ -227,21 +231,27 @@ class ChatStreamToEvents:
         function = call.get("function") or {}
         item = self._calls.get(key)
         # Some upstreams send every call at the same index (or none); a new call id means a new call.
-        if item is None or (call.get("id") and call["id"] != item.call_id):
+        if item is None or (call.get("id") and item.upstream_call_id and call["id"] != item.upstream_call_id):
             self._close_text(events)
             item = self._calls[key] = self._open("function_call", new_function_call_id(), events, call, function)
-        elif function.get("name") and not item.name:
-            item.name = function["name"]
+        else:
+            if function.get("name") and not item.name:
+                item.name = function["name"]
+            if call.get("id") and not item.upstream_call_id:  # the id came after the first fragment
+                item.upstream_call_id = item.call_id = call["id"]
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item.args.append(arguments)
             event = self._event("response.function_call_arguments.delta", **_where(item), delta=arguments)
             events.append(event)
 
-    def _open(self, kind: str, item_id: str, events: list[JSON], call: JSON | None = None, fn: JSON | None = None) -> _Item:
+    def _open(
+        self, kind: str, item_id: str, events: list[JSON], call: JSON | None = None, fn: JSON | None = None
+    ) -> _Item:
         item = _Item(kind, item_id, len(self._items))
         if call is not None:
-            item.call_id = call.get("id") or new_call_id()
+            item.upstream_call_id = call.get("id") or None
+            item.call_id = item.upstream_call_id or new_call_id()
             item.name = (fn or {}).get("name") or ""
         self._items.append(item)
         events.append(self._event("response.output_item.added", output_index=item.index, item=item.to_dict()))
@@ -263,10 +273,11 @@ class ChatStreamToEvents:
         self._message = self._reasoning = None
 
     def _close_all(self, events: list[JSON]) -> None:
-        status = "completed" if status_from_finish_reason(self._finish_reason)[0] == "completed" else "incomplete"
-        for item in self._items:
-            if item.status == "in_progress":
-                self._close(item, status, events)
+        """Close open items in output order; after a cut (length, content_filter) the last one is incomplete."""
+        cut = status_from_finish_reason(self._finish_reason)[0] != "completed"
+        still_open = [item for item in self._items if item.status == "in_progress"]
+        for item in still_open:
+            self._close(item, "incomplete" if cut and item is still_open[-1] else "completed", events)
         self._message = self._reasoning = None
         self._calls.clear()
 
@@ -276,7 +287,9 @@ class ChatStreamToEvents:
         item.status = status
         if item.kind == "function_call":
             arguments = "".join(item.args)
-            done = self._event("response.function_call_arguments.done", **_where(item), name=item.name, arguments=arguments)
+            done = self._event(
+                "response.function_call_arguments.done", **_where(item), name=item.name, arguments=arguments
+            )
             events.append(done)
         for index, part in enumerate(item.parts):
             events.append(self._part_done(item, index, part))
@@ -286,7 +299,8 @@ class ChatStreamToEvents:
     def _part_done(self, item: _Item, index: int, part: _Part) -> JSON:
         where = _where(item, index)
         if part.kind == "output_text":
-            return self._event("response.output_text.done", **where, text=part.text(), logprobs=list(part.logprobs))
+            logprobs = logprobs_from_chat({"content": part.logprobs}, with_bytes=False)
+            return self._event("response.output_text.done", **where, text=part.text(), logprobs=logprobs)
         if part.kind == "refusal":
             return self._event("response.refusal.done", **where, refusal=part.text())
         return self._event("response.reasoning_text.done", **where, text=part.text())
@@ -349,10 +363,14 @@ class EventsToChatChunks:
         if kind == "response.output_item.added" and item.get("type") == "function_call":
             self._calls[item.get("id") or ""] = index = len(self._calls)
             function = {"name": item.get("name") or "", "arguments": item.get("arguments") or ""}
-            return {"tool_calls": [{"index": index, "id": item.get("call_id"), "type": "function", "function": function}]}
+            return {
+                "tool_calls": [{"index": index, "id": item.get("call_id"), "type": "function", "function": function}]
+            }
         if kind == "response.function_call_arguments.delta" and item_id in self._calls:
             self._streamed.add(item_id)
-            return {"tool_calls": [{"index": self._calls[item_id], "function": {"arguments": event.get("delta") or ""}}]}
+            return {
+                "tool_calls": [{"index": self._calls[item_id], "function": {"arguments": event.get("delta") or ""}}]
+            }
         if kind == "response.function_call_arguments.done" and item_id in self._calls and item_id not in self._streamed:
             self._streamed.add(item_id)
             return {"tool_calls": [{"index": self._calls[item_id], "function": {"arguments": event.get("arguments")}}]}
@@ -361,7 +379,9 @@ class EventsToChatChunks:
     def _final(self, response: JSON) -> list[JSON]:
         self.done = True
         reason = (response.get("incomplete_details") or {}).get("reason")
-        has_calls = bool(self._calls) or any(item.get("type") == "function_call" for item in response.get("output") or [])
+        has_calls = bool(self._calls) or any(
+            item.get("type") == "function_call" for item in response.get("output") or []
+        )
         if has_calls:
             finish = "tool_calls"
         elif response.get("status") == "incomplete" and reason in ("max_output_tokens", "content_filter"):
@@ -376,7 +396,12 @@ class EventsToChatChunks:
 
     def _chunk(self, delta: JSON, finish_reason: str | None = None) -> JSON:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        chunk: JSON = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model}
+        chunk: JSON = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+        }
         chunk["choices"] = [choice]
         if self._include_usage:
             chunk["usage"] = None  # as OpenAI: every chunk but the last carries a null usage when usage is asked for

@@ -16,6 +16,7 @@ from gateway.errors import InvalidRequest
 from gateway.store import Store
 
 JSON = dict[str, Any]
+TERMINAL = ("completed", "incomplete", "failed", "cancelled")
 
 
 @dataclass
@@ -33,6 +34,8 @@ class StoredResponse:
     aimable: JSON = field(default_factory=dict)
     idempotency_key: str | None = None
     owner: str | None = None  # the gateway instance running it (background jobs)
+    finished_at: int | None = None
+    cost_micros: int = 0
 
     @property
     def id(self) -> str:
@@ -41,6 +44,10 @@ class StoredResponse:
     @property
     def status(self) -> str:
         return str(self.response.get("status"))
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
 
     def items(self) -> list[JSON]:
         """This turn's input items followed by its output items: what the next turn sees as history."""
@@ -69,7 +76,14 @@ class ResponseRecords:
         return _visible(raw, tenant_id, space_id)
 
     async def delete(self, response_id: str) -> None:
-        await self.store.delete(_key(response_id), _events_key(response_id))
+        await self.store.delete(_key(response_id), _events_key(response_id), _cancel_key(response_id))
+
+    async def request_cancel(self, response_id: str) -> None:
+        """Ask whichever replica runs a background response to cancel it."""
+        await self.store.set(_cancel_key(response_id), b"1", 3600)
+
+    async def cancel_requested(self, response_id: str) -> bool:
+        return await self.store.get(_cancel_key(response_id)) is not None
 
     async def history(self, previous_id: str, tenant_id: str, space_id: str) -> tuple[list[JSON], list[str]]:
         """The items of every turn up to and including ``previous_id`` and the new turn's ancestor chain.
@@ -103,6 +117,10 @@ def _key(response_id: str) -> str:
 
 def _events_key(response_id: str) -> str:
     return f"resp:{response_id}:events"
+
+
+def _cancel_key(response_id: str) -> str:
+    return f"resp:{response_id}:cancel"
 
 
 def _visible(raw: bytes | None, tenant_id: str, space_id: str) -> StoredResponse | None:

@@ -15,17 +15,8 @@ from gateway.responses.ids import new_call_id, new_function_call_id, new_message
 JSON = dict[str, Any]
 
 # Request fields that mean the same thing in both APIs; ``None`` values are never forwarded, because some of them
-# (parallel_tool_calls, user) are not nullable in Chat.
-_PASS_THROUGH = (
-    "temperature",
-    "top_p",
-    "parallel_tool_calls",
-    "user",
-    "safety_identifier",
-    "prompt_cache_key",
-    "service_tier",
-    "top_logprobs",
-)
+# (user, parallel_tool_calls) are not nullable in Chat.
+_PASS_THROUGH = "temperature top_p user safety_identifier prompt_cache_key service_tier top_logprobs".split()
 _IMAGE_DETAILS = ("low", "high", "auto")
 
 
@@ -167,11 +158,13 @@ def _tool_output(item: JSON) -> str:
 def _tools(request: JSON) -> JSON:
     tools = request.get("tools") or []
     if not tools:
-        # OpenAI rejects a tool_choice without tools, and Responses' default "auto" means nothing without them.
+        # OpenAI rejects tool_choice and parallel_tool_calls without tools; without tools they mean nothing anyway.
         return {}
     out: JSON = {"tools": [_tool(tool, i) for i, tool in enumerate(tools)]}
     if request.get("tool_choice") is not None:
         out["tool_choice"] = _tool_choice(request["tool_choice"])
+    if request.get("parallel_tool_calls") is not None:
+        out["parallel_tool_calls"] = request["parallel_tool_calls"]
     return out
 
 
@@ -305,15 +298,18 @@ def chat_to_response(chat: JSON, *, shell: JSON, completed_at: int | None = None
 
     Output order: a reasoning item (if the upstream exposed reasoning), the assistant message (output_text and/or
     refusal parts), then one function_call item per tool call. ``completed_at`` defaults to now, and is only set
-    when the status is ``completed``. Items of an incomplete response are marked ``incomplete``.
+    when the status is ``completed``. In an incomplete response the last item (the one being generated when the
+    upstream stopped) is marked ``incomplete``, as the streaming translation does.
     """
     choices = chat.get("choices") or []
     choice = choices[0] if choices else {}
     status, incomplete = status_from_finish_reason(choice.get("finish_reason"))
-    item_status = "completed" if status == "completed" else "incomplete"
+    output = _output_items(choice.get("message") or {}, choice.get("logprobs"), "completed")
+    if status == "incomplete" and output:
+        output[-1]["status"] = "incomplete"  # the item being generated when the cut came; earlier ones were whole
     response = dict(shell)
     response["status"] = status
-    response["output"] = _output_items(choice.get("message") or {}, choice.get("logprobs"), item_status)
+    response["output"] = output
     response["incomplete_details"] = incomplete
     response["error"] = None
     response["usage"] = usage_from_chat(chat.get("usage"))
@@ -402,19 +398,25 @@ def reasoning_part(text: str) -> JSON:
     return {"type": "reasoning_text", "text": text}
 
 
-def logprobs_from_chat(logprobs: JSON | None) -> list[JSON]:
-    """Chat ``choice.logprobs.content`` as Responses logprobs (same shape; ``bytes`` filled in when missing)."""
+def logprobs_from_chat(logprobs: JSON | None, *, with_bytes: bool = True) -> list[JSON]:
+    """Chat ``choice.logprobs.content`` as Responses logprobs.
+
+    With bytes (filled in when the upstream sent none) for an ``output_text`` part; without for the streaming
+    delta/done events, whose schema has no ``bytes``.
+    """
     out = []
     for entry in (logprobs or {}).get("content") or []:
-        top = [_logprob(alt) for alt in entry.get("top_logprobs") or []]
-        out.append({**_logprob(entry), "top_logprobs": top})
+        top = [_logprob(alt, with_bytes) for alt in entry.get("top_logprobs") or []]
+        out.append({**_logprob(entry, with_bytes), "top_logprobs": top})
     return out
 
 
-def _logprob(entry: JSON) -> JSON:
+def _logprob(entry: JSON, with_bytes: bool) -> JSON:
     token = entry.get("token") or ""
-    raw = entry.get("bytes")
-    return {"token": token, "logprob": entry.get("logprob"), "bytes": list(token.encode()) if raw is None else raw}
+    out = {"token": token, "logprob": entry.get("logprob")}
+    if with_bytes:
+        out["bytes"] = entry["bytes"] if entry.get("bytes") is not None else list(token.encode())
+    return out
 
 
 # --- usage ---------------------------------------------------------------------------------------------------------
@@ -450,7 +452,8 @@ def usage_to_chat(usage: JSON | None) -> JSON | None:
     return {
         "prompt_tokens": usage.get("input_tokens") or 0,
         "completion_tokens": usage.get("output_tokens") or 0,
-        "total_tokens": usage.get("total_tokens") or 0,
+        "total_tokens": usage.get("total_tokens")
+        or (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0),
         "prompt_tokens_details": {"cached_tokens": input_details.get("cached_tokens") or 0},
         "completion_tokens_details": {"reasoning_tokens": output_details.get("reasoning_tokens") or 0},
     }
