@@ -16,6 +16,10 @@ $(VENV)/.installed-dev: $(STAMP) requirements-dev.lock
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.lock
 	touch $@
 
+$(VENV)/.installed-e2e: $(VENV)/.installed-dev requirements-e2e.lock
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-e2e.lock
+	touch $@
+
 install: $(STAMP)
 install-dev: $(VENV)/.installed-dev
 
@@ -25,6 +29,9 @@ run: install  ## start the gateway on 127.0.0.1:8080 with config/gateway.yaml an
 test: install-dev  ## the whole suite; starts a throwaway redis-server when none answers on 127.0.0.1:6379
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+e2e: $(VENV)/.installed-e2e  ## the gateway against llama.cpp's real server on Gemma 3 270M (not part of `make test`)
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install-dev
 	$(PY) -m ruff check gateway policies config tests

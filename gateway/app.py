@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings, load_catalogue
-from gateway.api import health, openai, spaces
+from gateway.api import health, openai, responses, spaces
 from gateway.errors import GatewayError, NotFound, is_native, render_error
 from gateway.runtime import Gateway
 
@@ -66,6 +66,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/v1/chat/completions", openai.ChatCompletions(gw), methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/responses", responses.CreateResponse(gw), methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.RetrieveResponse(gw), methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/cancel", responses.cancel_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}/input_items", responses.list_input_items, methods=["GET"]),
         Route("/v1/models/{model:path}", openai.retrieve_model, methods=["GET"]),
         *spaces.routes(""),
         *spaces.routes("/api-proxy"),

@@ -15,7 +15,9 @@ def cost_micros(usage: Usage | None, pricing: Pricing | None) -> int:
     counting); each is billed at its own price when one is set, else at the plain rate."""
     if usage is None or pricing is None:
         return 0
-    cached_price = pricing.cached_input_per_mtok if pricing.cached_input_per_mtok is not None else pricing.input_per_mtok
+    cached_price = (
+        pricing.cached_input_per_mtok if pricing.cached_input_per_mtok is not None else pricing.input_per_mtok
+    )
     reasoning_price = pricing.reasoning_per_mtok if pricing.reasoning_per_mtok is not None else pricing.output_per_mtok
     cached = min(usage.cached_input_tokens, usage.input_tokens)
     reasoning = min(usage.reasoning_tokens, usage.output_tokens)

@@ -4,6 +4,7 @@ Built (and validated: catalogue references, policy params) when the app is creat
 fails the start; connections are opened in ``start`` and closed in ``stop`` by the app's lifespan.
 """
 
+import asyncio
 import os
 from typing import Any
 
@@ -21,6 +22,9 @@ from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.policy import PolicyChain, load_policy
 from gateway.providers import build_providers
+from gateway.responses.engine import ResponsesEngine
+from gateway.responses.records import ResponseRecords
+from gateway.responses.service import ResponsesService
 from gateway.store import open_store
 from gateway.upstream import make_session
 
@@ -47,6 +51,9 @@ class Gateway:
         self.breakers = CircuitBreakers(self.store)
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
+        records = ResponseRecords(self.store, settings.response_ttl_seconds)
+        self.responses = ResponsesService(ResponsesEngine(self.dispatcher, records, self.resolve_model), records)
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -58,8 +65,11 @@ class Gateway:
         self.dispatcher.providers = build_providers(self.session, self.timeouts)
         await self.store.ping()
         await self.catalog.seed()
+        self._heartbeat = asyncio.ensure_future(self.responses.heartbeat())
 
     async def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         if self.session is not None:
             await self.session.close()
         await self.store.close()

@@ -1,0 +1,124 @@
+"""OpenAI-compatible Responses routes: create (a thin ASGI callable), retrieve (and resume with
+``?stream=true&starting_after=N``), delete, cancel, input_items."""
+
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import BadRequest, InvalidRequest, NotFound
+from gateway.http import json_bytes, parse_json_object, read_body
+from gateway.responses.records import StoredResponse
+from gateway.responses.render import openai_response
+from gateway.runtime import Gateway
+
+JSON_TYPE = "application/json"
+_LIMIT: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1, le=100)])
+
+
+class CreateResponse:
+    """``POST /v1/responses``: the policy chain around one Responses turn."""
+
+    def __init__(self, gw: Gateway, route: str = "responses.create") -> None:
+        self.gw = gw
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gw = self.gw
+        headers = dict(scope["headers"])
+        raw = await read_body(receive, headers, gw.settings.max_body_bytes)
+        ctx = gw.context(headers, self.route, {})
+        ctx.body = parse_json_object(raw)
+        ctx.stream = ctx.body.get("stream") is True
+
+        async def call() -> None:
+            await gw.responses.create(ctx, send, receive, openai_response)
+
+        reply = await gw.chain(ctx).run(ctx, call)
+        if reply is not None:
+            await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+            await send({"type": "http.response.body", "body": reply.body})
+
+
+async def _record(request: Request) -> tuple[Gateway, StoredResponse]:
+    gw: Gateway = request.app.state.gateway
+    ctx = gw.context(dict(request.scope["headers"]), "responses.read", {})
+    response_id = request.path_params["response_id"]
+    record = await gw.responses.get(ctx, response_id)
+    if record is None:
+        raise NotFound(f"Response with id '{response_id}' not found.", param="response_id")
+    return gw, record
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json_bytes(data), status, media_type=JSON_TYPE)
+
+
+def _int_param(request: Request, name: str, adapter: TypeAdapter[int], default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        raise InvalidRequest(f"Invalid '{name}': {err['msg']}.", param=name, loc=("query", name), input=raw) from None
+
+
+class RetrieveResponse:
+    """``GET /v1/responses/{id}``; with ``stream=true``, the events after ``starting_after`` (then live ones)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        gw, record = await _record(request)
+        if request.query_params.get("stream") in ("true", "1"):
+            after = _int_param(request, "starting_after", TypeAdapter(int), -1)
+            await gw.responses.replay(record, after, send)
+            return
+        await _json(openai_response(record))(scope, receive, send)
+
+
+async def delete_response(request: Request) -> Response:
+    gw, record = await _record(request)
+    await gw.responses.records.delete(record.id)
+    return _json({"id": record.id, "object": "response", "deleted": True})
+
+
+async def cancel_response(request: Request) -> Response:
+    """Only background responses can be cancelled (OpenAI's rule); a finished one is returned as it is."""
+    gw, record = await _record(request)
+    if not record.response.get("background"):
+        raise BadRequest("Only responses created with background=true can be cancelled.", code="not_cancellable")
+    if not record.terminal:
+        record = await gw.responses.cancel(record)
+    return _json(openai_response(record))
+
+
+async def list_input_items(request: Request) -> Response:
+    _, record = await _record(request)
+    limit = _int_param(request, "limit", _LIMIT, 20)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order", loc=("query", "order"), input=order)
+    items = list(record.input_items if order == "asc" else reversed(record.input_items))
+    after = request.query_params.get("after")
+    if after:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"Item '{after}' is not an input item of this response.", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0].get("id") if page else None,
+            "last_id": page[-1].get("id") if page else None,
+            "has_more": len(items) > limit,
+        }
+    )

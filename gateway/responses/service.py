@@ -1,0 +1,227 @@
+"""Responses on both surfaces: create (whole, streamed, background), retrieve, resume, cancel, delete.
+
+A background response answers at once (``queued``) and then runs in the same task, so the policy chain's
+``after`` hooks still see its final usage; it always runs as a stream, so its events can be followed with
+``GET …?stream=true&starting_after=N``. A background response whose gateway instance stopped is marked
+``failed`` the next time anyone reads it, never left ``in_progress``.
+"""
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.types import Receive, Send
+
+from gateway.context import RequestContext
+from gateway.disconnect import cancel_on_disconnect
+from gateway.errors import JSON_HEADERS, UpstreamError
+from gateway.http import json_bytes, send_bytes
+from gateway.pricing import cost_micros
+from gateway.responses.engine import ResponsesEngine, Turn, usage_of
+from gateway.responses.events import format_sse
+from gateway.responses.live import LiveStreams
+from gateway.responses.records import ResponseRecords, StoredResponse
+
+JSON = dict[str, Any]
+Render = Callable[[StoredResponse], JSON]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+HEARTBEAT_SECONDS = 5.0
+INTERRUPTED = "interrupted: the gateway instance running this response stopped before it finished"
+
+
+class ResponsesService:
+    def __init__(self, engine: ResponsesEngine, records: ResponseRecords) -> None:
+        self.engine = engine
+        self.records = records
+        self.live = LiveStreams()
+        self.jobs: dict[str, asyncio.Task[Any]] = {}
+        self.instance = os.urandom(8).hex()
+
+    # --- create -------------------------------------------------------------------------------------------
+    async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
+        turn = await self.engine.prepare(ctx)
+        record = StoredResponse(
+            response=turn.shell,
+            tenant_id=ctx.tenant_id,
+            space_id=ctx.space_id,
+            principal=ctx.principal.id,
+            model_alias=turn.model.alias,
+            input_items=turn.input_items,
+            chain=turn.chain,
+            idempotency_key=ctx.extras.get("idempotency_key"),
+            aimable={"governance_applied": ctx.governance_applied, "iteration_count": 0},
+        )
+        if turn.request.get("background"):
+            await self._background(turn, record, send, render)
+        elif ctx.stream:
+            await self._stream(turn, record, send, receive)
+        else:
+            async with cancel_on_disconnect(receive, ctx) as finished:
+                response = await self.engine.complete(turn)
+                await self._finish(turn, record, response)
+                finished.set()
+                await send_bytes(send, 200, _headers(ctx), json_bytes(render(record)))
+
+    async def _stream(self, turn: Turn, record: StoredResponse, send: Send, receive: Receive) -> None:
+        events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
+        live = self.live.open(turn.id, self.records, persist=self._stored(turn))
+        await send({"type": "http.response.start", "status": 200, "headers": _headers(turn.ctx, SSE_HEADERS)})
+        final = turn.shell
+        try:
+            async with cancel_on_disconnect(receive, turn.ctx) as finished:
+                final = await self._pump(events, live, send)
+                finished.set()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if turn.ctx.outcome == "disconnected":
+                final = {**final, "status": "cancelled"}
+            await self._finish(turn, record, final)
+            await live.close()
+            self.live.forget(turn.id)
+
+    async def _pump(self, events: AsyncIterator[JSON], live: Any, send: Send | None) -> JSON:
+        """Publish every event (to the live log, and to the client when there is one); the final response."""
+        final: JSON = {}
+        async for event in events:
+            frame = format_sse(event)
+            await live.publish(frame)
+            if send is not None:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if isinstance(event.get("response"), dict):
+                final = event["response"]
+        return final
+
+    async def _background(self, turn: Turn, record: StoredResponse, send: Send, render: Render) -> None:
+        record.response = {**turn.shell, "status": "queued", "background": True}
+        record.owner = self.instance
+        await self.records.save(record)
+        live = self.live.open(turn.id, self.records, persist=True)
+        self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
+        if turn.ctx.stream:
+            await send({"type": "http.response.start", "status": 200, "headers": _headers(turn.ctx, SSE_HEADERS)})
+        else:
+            await send_bytes(send, 200, _headers(turn.ctx), json_bytes(render(record)))
+            send = None  # type: ignore[assignment]
+        final: JSON = record.response
+        watcher = asyncio.ensure_future(self._watch_cancel(turn.id))
+        try:
+            record.response = {**record.response, "status": "in_progress"}
+            await self.records.save(record)
+            final = await self._pump(await self.engine.open_stream(turn), live, send)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            final, turn.ctx.outcome = {**record.response, "status": "cancelled"}, "cancelled"
+        except UpstreamError as exc:
+            final = {**record.response, "status": "failed", "error": {"code": "server_error", "message": exc.message}}
+            turn.ctx.outcome, turn.ctx.error = "upstream_error", exc
+        finally:
+            watcher.cancel()
+            await self._finish(turn, record, final)
+            await live.close()
+            self.live.forget(turn.id)
+            self.jobs.pop(turn.id, None)
+            if send is not None:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch_cancel(self, response_id: str) -> None:
+        """A cancel asked through another replica reaches the job here."""
+        while True:
+            await asyncio.sleep(0.5)
+            if await self.records.cancel_requested(response_id):
+                job = self.jobs.get(response_id)
+                if job is not None:
+                    job.cancel()
+                return
+
+    def _stored(self, turn: Turn) -> bool:
+        return turn.request.get("store") is not False
+
+    async def _finish(self, turn: Turn, record: StoredResponse, response: JSON) -> None:
+        record.response = {**turn.shell, **response, "id": turn.id}
+        record.finished_at = int(time.time())
+        usage = usage_of(record.response)
+        turn.ctx.usage = usage
+        record.cost_micros = cost_micros(usage, turn.model.pricing)
+        record.aimable["iteration_count"] = 1
+        if self._stored(turn):
+            await self.records.save(record)
+
+    # --- read, resume, cancel, delete -----------------------------------------------------------------------
+    async def get(self, ctx: RequestContext, response_id: str) -> StoredResponse | None:
+        record = await self.records.load(response_id, ctx.tenant_id, ctx.space_id)
+        if record is not None and not record.terminal and response_id not in self.jobs:
+            await self._repair(record)
+        return record
+
+    async def _repair(self, record: StoredResponse) -> None:
+        """A background response whose owner is gone ends as failed (after a restart, say)."""
+        if not record.owner:
+            return
+        owner_alive = record.owner != self.instance and await self.records.store.get(f"instance:{record.owner}")
+        if not owner_alive:
+            record.response = {
+                **record.response,
+                "status": "failed",
+                "error": {"code": "server_error", "message": INTERRUPTED},
+            }
+            record.finished_at = int(time.time())
+            await self.records.save(record)
+
+    async def heartbeat(self) -> None:
+        """Keep this instance's liveness key fresh while it runs (background jobs' owners are checked by it)."""
+        while True:
+            await self.records.store.set(f"instance:{self.instance}", b"1", HEARTBEAT_SECONDS * 3)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def replay(self, record: StoredResponse, after: int, send: Send) -> None:
+        """SSE frames after sequence number ``after``: from the live stream here, else from the stored log,
+        following it until the response ends."""
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        live = self.live.get(record.id)
+        if live is not None:
+            async for frame in live.follow(after):
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        else:
+            await self._replay_stored(record, after, send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _replay_stored(self, record: StoredResponse, after: int, send: Send) -> None:
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline:
+            frames = await self.records.events(record.id, after)
+            for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            after += len(frames)
+            if record.terminal:
+                return
+            await asyncio.sleep(0.2)
+            fresh = await self.records.load(record.id, record.tenant_id, record.space_id)
+            if fresh is None:
+                return
+            record = fresh
+
+    async def cancel(self, record: StoredResponse) -> StoredResponse:
+        """Cancel a background response in flight (here, or through the store on another replica); returns the
+        record once it is cancelled, or as it stands after 5 s."""
+        job = self.jobs.get(record.id)
+        if job is not None:
+            job.cancel()
+        else:
+            await self.records.request_cancel(record.id)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            fresh = await self.records.load(record.id, record.tenant_id, record.space_id)
+            if fresh is None or fresh.terminal:
+                return fresh or record
+            await asyncio.sleep(0.05)
+        return record
+
+
+def _headers(ctx: RequestContext, base: list[tuple[bytes, bytes]] = JSON_HEADERS) -> list[tuple[bytes, bytes]]:
+    return [*base, (b"x-request-id", ctx.request_id.encode("latin-1"))]
