@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from config.catalog import Space
 from gateway.catalog import AllowedModel
@@ -35,7 +36,7 @@ class AddAllowedModel(BaseModel):
     tenant_model_id: UUID
 
 
-def _validated(adapter: TypeAdapter[Any], raw: Any, loc: tuple[str, ...]) -> Any:
+def validated(adapter: TypeAdapter[Any], raw: Any, loc: tuple[str, ...]) -> Any:
     try:
         return adapter.validate_python(raw)
     except ValidationError as exc:
@@ -43,14 +44,18 @@ def _validated(adapter: TypeAdapter[Any], raw: Any, loc: tuple[str, ...]) -> Any
         raise InvalidRequest(err["msg"], loc=loc + tuple(err["loc"]), kind=err["type"], input=raw) from None
 
 
-async def _space_context(request: Request, route: str, admin: bool = False) -> tuple[Gateway, RequestContext]:
+def space_context(gw: Gateway, scope: Scope, route: str) -> RequestContext:
     """401 for a bad key, 422 for a malformed space id, 404 for another tenant's space, 403 without rights."""
+    headers = dict(scope["headers"])
+    gw.catalog.authenticate(bearer_key(headers))
+    space_id = validated(_UUID, scope["path_params"]["space_id"], ("path", "space_id"))
+    return gw.context(headers, route, {}, space_id=str(space_id))
+
+
+async def _space_context(request: Request, route: str, admin: bool = False) -> tuple[Gateway, RequestContext]:
     gw: Gateway = request.app.state.gateway
-    headers = dict(request.scope["headers"])
-    principal = gw.catalog.authenticate(bearer_key(headers))
-    space_id = _validated(_UUID, request.path_params["space_id"], ("path", "space_id"))
-    ctx = gw.context(headers, route, {}, space_id=str(space_id))
-    if admin and not principal.is_admin:
+    ctx = space_context(gw, request.scope, route)
+    if admin and not ctx.principal.is_admin:
         raise PermissionDenied("This key may not change the space's allowed models (admin role required).")
     return gw, ctx
 
@@ -87,7 +92,7 @@ def _position(cursor: str) -> tuple[str, str]:
 
 async def list_allowed(request: Request) -> Response:
     gw, ctx = await _space_context(request, "spaces.models.list")
-    limit = _validated(_LIMIT, request.query_params.get("limit", "20"), ("query", "limit"))
+    limit = validated(_LIMIT, request.query_params.get("limit", "20"), ("query", "limit"))
     entries = await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space)
     cursor = request.query_params.get("cursor")
     if cursor:
@@ -123,7 +128,7 @@ async def add_allowed(request: Request) -> Response:
     if key is None:
         raise BadRequest("The Idempotency-Key header is required for this request.")
     body = parse_json_object(await read_body(request.receive, ctx.headers, gw.settings.max_body_bytes))
-    payload = _validated(TypeAdapter(AddAllowedModel), body, ("body",))
+    payload = validated(TypeAdapter(AddAllowedModel), body, ("body",))
     rkey = record_key((ctx.tenant_id, ctx.space_id, ctx.principal.id, ctx.route), key)
     fp = fingerprint("POST", f"/v1/spaces/{ctx.space_id}/models", body)
     reply = await gw.idempotency.run_once(rkey, fp, lambda: _add(gw, ctx, payload.tenant_model_id), _native_reply)
@@ -133,7 +138,7 @@ async def add_allowed(request: Request) -> Response:
 
 async def remove_allowed(request: Request) -> Response:
     gw, ctx = await _space_context(request, "spaces.models.delete", admin=True)
-    model_id = _validated(_UUID, request.path_params["tenant_model_id"], ("path", "tenant_model_id"))
+    model_id = validated(_UUID, request.path_params["tenant_model_id"], ("path", "tenant_model_id"))
     if not await gw.catalog.disallow(ctx.space, model_id):
         raise NotFound(f"Model '{model_id}' is not allowed in this space.")
     return Response(status_code=204)

@@ -28,7 +28,7 @@ class LiveStream:
         self._flushed = 0
         self._flushed_at = time.monotonic()
         self._changed = asyncio.Event()
-        self.task: asyncio.Task[object] | None = None  # the producer, for cancellation
+        self.latest: dict[str, object] | None = None  # the response object as of the last lifecycle event
 
     async def publish(self, frame: bytes) -> None:
         self.frames.append(frame)

@@ -21,7 +21,7 @@ from gateway.http import json_bytes, send_bytes
 from gateway.pricing import cost_micros
 from gateway.responses.engine import ResponsesEngine, Turn, usage_of
 from gateway.responses.events import format_sse
-from gateway.responses.live import LiveStreams
+from gateway.responses.live import LiveStream, LiveStreams
 from gateway.responses.records import ResponseRecords, StoredResponse
 
 JSON = dict[str, Any]
@@ -40,7 +40,8 @@ class ResponsesService:
         self.engine = engine
         self.records = records
         self.live = LiveStreams()
-        self.jobs: dict[str, asyncio.Task[Any]] = {}
+        self.jobs: dict[str, asyncio.Task[Any]] = {}  # responses running in this process, by id
+        self.cancelling: set[str] = set()  # ids whose task was cancelled through the API
         self.instance = os.urandom(8).hex()
 
     # --- create -------------------------------------------------------------------------------------------
@@ -71,31 +72,41 @@ class ResponsesService:
     async def _stream(self, turn: Turn, record: StoredResponse, send: Send, receive: Receive) -> None:
         events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
         live = self.live.open(turn.id, self.records, persist=self._stored(turn))
+        self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
+        if self._stored(turn):  # retrievable (and resumable) while it runs
+            record.owner = self.instance
+            await self.records.save(record)
         await send({"type": "http.response.start", "status": 200, "headers": _headers(turn.ctx, SSE_HEADERS)})
-        final = turn.shell
         try:
             async with cancel_on_disconnect(receive, turn.ctx) as finished:
-                final = await self._pump(events, live, send)
+                await self._pump(events, live, send)
                 finished.set()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if turn.id not in self.cancelling:  # not a cancel through the API: let it through
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            turn.ctx.outcome = "cancelled"
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            if turn.ctx.outcome == "disconnected":
+            final = live.latest or turn.shell
+            if turn.ctx.outcome in ("disconnected", "cancelled"):
                 final = {**final, "status": "cancelled"}
+            self.jobs.pop(turn.id, None)
+            self.cancelling.discard(turn.id)
             await self._finish(turn, record, final)
             await live.close()
             self.live.forget(turn.id)
 
-    async def _pump(self, events: AsyncIterator[JSON], live: Any, send: Send | None) -> JSON:
-        """Publish every event (to the live log, and to the client when there is one); the final response."""
-        final: JSON = {}
+    async def _pump(self, events: AsyncIterator[JSON], live: LiveStream, send: Send | None) -> None:
+        """Publish every event to the live log (``live.latest`` tracks the response) and to the client."""
         async for event in events:
             frame = format_sse(event)
+            if isinstance(event.get("response"), dict):
+                live.latest = event["response"]
             await live.publish(frame)
             if send is not None:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
-            if isinstance(event.get("response"), dict):
-                final = event["response"]
-        return final
 
     async def _background(self, turn: Turn, record: StoredResponse, send: Send, render: Render) -> None:
         record.response = {**turn.shell, "status": "queued", "background": True}
@@ -108,21 +119,24 @@ class ResponsesService:
         else:
             await send_bytes(send, 200, _headers(turn.ctx), json_bytes(render(record)))
             send = None  # type: ignore[assignment]
-        final: JSON = record.response
+        failure: JSON | None = None
         watcher = asyncio.ensure_future(self._watch_cancel(turn.id))
         try:
             record.response = {**record.response, "status": "in_progress"}
             await self.records.save(record)
-            final = await self._pump(await self.engine.open_stream(turn), live, send)
+            await self._pump(await self.engine.open_stream(turn), live, send)
         except asyncio.CancelledError:
+            if turn.id not in self.cancelling:
+                raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            final, turn.ctx.outcome = {**record.response, "status": "cancelled"}, "cancelled"
+            failure, turn.ctx.outcome = {"status": "cancelled"}, "cancelled"
         except UpstreamError as exc:
-            final = {**record.response, "status": "failed", "error": {"code": "server_error", "message": exc.message}}
+            failure = {"status": "failed", "error": {"code": "server_error", "message": exc.message}}
             turn.ctx.outcome, turn.ctx.error = "upstream_error", exc
         finally:
             watcher.cancel()
-            await self._finish(turn, record, final)
+            self.cancelling.discard(turn.id)
+            await self._finish(turn, record, {**(live.latest or record.response), **(failure or {})})
             await live.close()
             self.live.forget(turn.id)
             self.jobs.pop(turn.id, None)
@@ -134,10 +148,16 @@ class ResponsesService:
         while True:
             await asyncio.sleep(0.5)
             if await self.records.cancel_requested(response_id):
-                job = self.jobs.get(response_id)
-                if job is not None:
-                    job.cancel()
+                self._cancel_here(response_id)
                 return
+
+    def _cancel_here(self, response_id: str) -> bool:
+        job = self.jobs.get(response_id)
+        if job is None:
+            return False
+        self.cancelling.add(response_id)
+        job.cancel()
+        return True
 
     def _stored(self, turn: Turn) -> bool:
         return turn.request.get("store") is not False
@@ -209,10 +229,7 @@ class ResponsesService:
     async def cancel(self, record: StoredResponse) -> StoredResponse:
         """Cancel a background response in flight (here, or through the store on another replica); returns the
         record once it is cancelled, or as it stands after 5 s."""
-        job = self.jobs.get(record.id)
-        if job is not None:
-            job.cancel()
-        else:
+        if not self._cancel_here(record.id):
             await self.records.request_cancel(record.id)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
