@@ -79,11 +79,14 @@ def _event_json(event: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-async def iter_sse_json(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+async def iter_sse_json(
+    first: bytes, chunks: AsyncIterator[bytes], until_done: bool = False
+) -> AsyncIterator[dict[str, Any]]:
     """Each SSE event's ``data`` as a parsed JSON object (for streams the gateway must translate).
 
     Comments and empty events are skipped; ``[DONE]`` ends the iteration; data that is not a JSON object
-    raises ``UpstreamError`` (code ``upstream_malformed``)."""
+    raises ``UpstreamError`` (code ``upstream_malformed``). With ``until_done`` (Chat Completions streams), an
+    upstream that stops before ``[DONE]`` raises ``UpstreamError`` (code ``upstream_stream_cut``)."""
     pending = b""
     chunk: bytes | None = first
     while chunk is not None:
@@ -99,6 +102,10 @@ async def iter_sse_json(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIter
         chunk = await anext(chunks, None)
     if pending.strip().startswith(b"data:") and _DONE not in pending:
         yield _parse(pending.strip()[5:].lstrip())
+    elif _DONE in pending:
+        return
+    if until_done:
+        raise UpstreamError("The upstream stream ended before completion.", code="upstream_stream_cut")
 
 
 def _parse(payload: bytes) -> dict[str, Any]:

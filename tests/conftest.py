@@ -28,6 +28,8 @@ MODEL_IDS = {
     "up": "c72a0d0e-4d59-484a-8eb2-e698c46393dc",
     "fake-echo": "c917cc96-a19c-48f9-af27-11db5ca24fbd",
     "extra": "e39da1cd-a9d9-483b-bf02-c4f972216645",
+    "fake-slow": "8ff75ad9-dfbb-43d9-a1e2-ce53b9318b3c",
+    "fake-tool": "e37b3b2b-fb61-4a7a-86cd-dcc289578bee",
 }
 
 
@@ -64,12 +66,22 @@ def catalogue(upstream_url: str, upstream_model: str = "ok", **deployment: Any) 
                         "alias": "extra",
                         "deployment": {"type": "fake", "model": "echo"},
                     },
+                    {
+                        "id": MODEL_IDS["fake-slow"],
+                        "alias": "fake-slow",
+                        "deployment": {"type": "fake", "model": "slow-1500"},
+                    },
+                    {
+                        "id": MODEL_IDS["fake-tool"],
+                        "alias": "fake-tool",
+                        "deployment": {"type": "fake", "model": "tool-call"},
+                    },
                 ],
                 "spaces": [
                     {
                         "id": SPACE,
                         "name": "main",
-                        "models": ["up", "fake-echo"],
+                        "models": ["up", "fake-echo", "fake-slow", "fake-tool"],
                         "default_model": "fake-echo",
                     },
                     {

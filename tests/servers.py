@@ -72,9 +72,7 @@ def throwaway_redis() -> Iterator[str]:
     """A redis-server of our own on a free port, keeping nothing on disk; stopped by PID on exit."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError(
-            "no Redis answers on 6379 and redis-server is not installed (make test installs it)"
-        )
+        raise RuntimeError("no Redis answers on 6379 and redis-server is not installed (make test installs it)")
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
         proc = subprocess.Popen(

@@ -47,16 +47,13 @@ def test_stream_forwards_usage_when_asked(gateway):
 
 def test_fake_provider_echo_stream_and_tool_call(gateway):
     c = client(gateway)
-    assert (
-        c.chat.completions.create(model="fake-echo", messages=MESSAGES).choices[0].message.content
-        == "hello there"
-    )
+    assert c.chat.completions.create(model="fake-echo", messages=MESSAGES).choices[0].message.content == "hello there"
     streamed = c.chat.completions.create(model="fake-echo", messages=MESSAGES, stream=True)
     assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == "hello there"
 
 
 def test_models_list_is_exactly_the_space_allow_list(gateway):
-    assert [m.id for m in client(gateway).models.list()] == ["up", "fake-echo"]
+    assert [m.id for m in client(gateway).models.list()] == ["up", "fake-echo", "fake-slow", "fake-tool"]
     assert [m.id for m in client(gateway, project=RESTRICTED).models.list()] == ["fake-echo"]
     assert client(gateway).models.retrieve("up").id == "up"
 

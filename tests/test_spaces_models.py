@@ -57,18 +57,16 @@ def test_list_has_the_documented_shape(gateway, prefix):
     }
     assert first["alias"] == "up" and first["context_window"] == 4096 and first["is_default"] is False
     assert first["added_at"].endswith("Z")
-    assert [m["is_default"] for m in body["data"]] == [False, True]
+    assert [m["is_default"] for m in body["data"]] == [False, True, False, False]
 
 
 def test_cursor_pagination(gateway):
-    r = httpx2.get(models_url(gateway), headers=AUTH, params={"limit": 1})
+    r = httpx2.get(models_url(gateway), headers=AUTH, params={"limit": 2})
     page1 = r.json()
-    assert [m["alias"] for m in page1["data"]] == ["up"] and page1["meta"]["has_more"] is True
-    r = httpx2.get(
-        models_url(gateway), headers=AUTH, params={"limit": 1, "cursor": page1["meta"]["next_cursor"]}
-    )
+    assert [m["alias"] for m in page1["data"]] == ["up", "fake-echo"] and page1["meta"]["has_more"] is True
+    r = httpx2.get(models_url(gateway), headers=AUTH, params={"limit": 2, "cursor": page1["meta"]["next_cursor"]})
     page2 = r.json()
-    assert [m["alias"] for m in page2["data"]] == ["fake-echo"] and page2["meta"] == {
+    assert [m["alias"] for m in page2["data"]] == ["fake-slow", "fake-tool"] and page2["meta"] == {
         "next_cursor": None,
         "has_more": False,
     }
@@ -129,16 +127,11 @@ def test_auth_and_space_errors(gateway):
         "detail": "Invalid API key."
     }
     member = {"Authorization": f"Bearer {MEMBER_KEY}"}
-    assert (
-        httpx2.get(models_url(gateway, SPACE), headers=member).status_code == 403
-    )  # no rights on that space
+    assert httpx2.get(models_url(gateway, SPACE), headers=member).status_code == 403  # no rights on that space
     assert httpx2.get(models_url(gateway, RESTRICTED), headers=member).status_code == 200
     assert add(gateway, "extra", "m", headers=member).status_code == 403  # members may not change it
     assert httpx2.get(models_url(gateway, FOREIGN_SPACE), headers=AUTH).status_code == 404
-    assert (
-        httpx2.get(models_url(gateway, SPACE), headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code
-        == 404
-    )
+    assert httpx2.get(models_url(gateway, SPACE), headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code == 404
     assert httpx2.get(models_url(gateway, str(uuid.uuid4())), headers=AUTH).status_code == 404
 
 

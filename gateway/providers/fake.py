@@ -3,7 +3,8 @@
 The deployment's ``model`` picks the behaviour:
 
 ``echo``          answer with the last user message (streamed word by word when ``stream`` is true)
-``tool-call``     call the request's first tool with ``{"echo": <last user message>}`` (echo if no tools)
+``tool-call``     call the request's first tool with ``{"echo": <last user message>}`` (echo if no tools); once
+                  the conversation ends with a tool result, answer ``tool said: <result>``
 ``error-<code>``  the upstream answers HTTP ``<code>`` with an OpenAI error body
 ``slow-<ms>``     echo after ``<ms>`` milliseconds (streams pause that long before the first chunk)
 """
@@ -131,7 +132,11 @@ class FakeProvider:
             raise error_from_status(status, orjson.dumps(error), "1" if status == 429 else None)
         answer = _Answer(body)
         tools = body.get("tools")
-        if behaviour == "tool-call" and isinstance(tools, list) and tools and isinstance(tools[0], dict):
+        messages = body.get("messages") or [{}]
+        if behaviour == "tool-call" and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+            answer.text = f"tool said: {messages[-1].get('content')}"
+            answer.completion_tokens = len(answer.text.split())
+        elif behaviour == "tool-call" and isinstance(tools, list) and tools and isinstance(tools[0], dict):
             answer.tool = tools[0].get("function") or tools[0]
         delay = int(behaviour[5:]) / 1000 if behaviour.startswith("slow-") and behaviour[5:].isdigit() else 0.0
         return answer, delay

@@ -138,7 +138,7 @@ async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[JSON]:
     try:
         for event in machine.start():
             yield event
-        async for chunk in iter_sse_json(first, chunks):
+        async for chunk in iter_sse_json(first, chunks, until_done=True):
             if "error" in chunk and not chunk.get("choices"):
                 error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
                 raise UpstreamError(str(error.get("message") or "Upstream failed mid-stream."))

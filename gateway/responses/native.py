@@ -43,7 +43,22 @@ def upstream_body(turn: "Turn", dep: Deployment, stream: bool) -> JSON:
 
 def merge_response(shell: JSON, upstream: JSON) -> JSON:
     """The upstream's answer under the gateway's shell (id, model alias, echoed request)."""
-    return {**shell, **{k: upstream[k] for k in _UPSTREAM_FIELDS if k in upstream}}
+    merged = {**shell, **{k: upstream[k] for k in _UPSTREAM_FIELDS if k in upstream}}
+    usage = merged.get("usage")
+    if isinstance(usage, dict):  # every detail key present, as OpenAI's schema requires
+        merged["usage"] = {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "total_tokens": 0,
+            **usage,
+            "input_tokens_details": {
+                "cached_tokens": 0,
+                "cache_write_tokens": 0,
+                **(usage.get("input_tokens_details") or {}),
+            },
+            "output_tokens_details": {"reasoning_tokens": 0, **(usage.get("output_tokens_details") or {})},
+        }
+    return merged
 
 
 async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[JSON]:

@@ -83,7 +83,8 @@ class ResponsesService:
                 finished.set()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if turn.id not in self.cancelling:  # not a cancel through the API: let it through
+            if turn.id not in self.cancelling:  # the gateway is stopping
+                turn.ctx.outcome = "interrupted"
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             turn.ctx.outcome = "cancelled"
@@ -92,6 +93,8 @@ class ResponsesService:
             final = live.latest or turn.shell
             if turn.ctx.outcome in ("disconnected", "cancelled"):
                 final = {**final, "status": "cancelled"}
+            elif turn.ctx.outcome == "interrupted":
+                final = {**final, "status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
             self.jobs.pop(turn.id, None)
             self.cancelling.discard(turn.id)
             await self._finish(turn, record, final)
@@ -126,7 +129,8 @@ class ResponsesService:
             await self.records.save(record)
             await self._pump(await self.engine.open_stream(turn), live, send)
         except asyncio.CancelledError:
-            if turn.id not in self.cancelling:
+            if turn.id not in self.cancelling:  # the gateway is stopping
+                failure = {"status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             failure, turn.ctx.outcome = {"status": "cancelled"}, "cancelled"

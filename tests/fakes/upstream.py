@@ -11,7 +11,8 @@
 ``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
 
-``POST /v1/messages`` speaks Anthropic's Messages API (whole and streamed) for the litellm bridge.
+``POST /v1/messages`` speaks Anthropic's Messages API (whole and streamed) for the litellm bridge, and
+``POST /v1/responses`` OpenAI's Responses API (for ``api: responses`` deployments).
 """
 
 import asyncio
@@ -77,6 +78,8 @@ class Upstream:
             model = "status-503" if self.counts[model] <= int(model[6:].split("-")[0]) else "ok"
         if scope["path"].endswith("/messages"):
             await anthropic(body, send)
+        elif scope["path"].endswith("/responses"):
+            await responses_api(body, send)
         elif body.get("stream"):
             await self._stream(model, body, receive, send)
         else:
@@ -205,5 +208,87 @@ async def anthropic(body: dict[str, Any], send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     for name, data in events:
         frame = b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def responses_api(body: dict[str, Any], send: Any) -> None:
+    """OpenAI's own ``/v1/responses`` (for ``api: responses`` deployments): echoes the last user text, or calls
+    the first tool until the input ends with its output. Streams the core event sequence."""
+    items = body.get("input") or []
+    last = items[-1] if items else {}
+    text, call = "", None
+    if last.get("type") == "function_call_output":
+        text = f"tool said: {last.get('output')}"
+    elif body.get("tools"):
+        call = {
+            "id": "fc_up",
+            "type": "function_call",
+            "call_id": "call_up",
+            "name": body["tools"][0]["name"],
+            "arguments": "{}",
+            "status": "completed",
+        }
+    else:
+        for item in reversed(items):
+            if item.get("role") == "user":
+                content = item.get("content")
+                text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+                break
+    output = (
+        [call]
+        if call
+        else [
+            {
+                "id": "msg_up",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+    )
+    usage = {
+        "input_tokens": 7,
+        "input_tokens_details": {"cached_tokens": 2},
+        "output_tokens": 4,
+        "output_tokens_details": {"reasoning_tokens": 1},
+        "total_tokens": 11,
+    }
+    response = {
+        "id": "resp_upstream",
+        "object": "response",
+        "created_at": 1,
+        "status": "completed",
+        "model": body.get("model"),
+        "output": output,
+        "usage": usage,
+    }
+    if not body.get("stream"):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": orjson.dumps(response)})
+        return
+    shell = {**response, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": shell},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**output[0], "status": "in_progress"}},
+    ]
+    if not call:
+        events.append(
+            {
+                "type": "response.output_text.delta",
+                "item_id": "msg_up",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": text,
+            }
+        )
+    events += [
+        {"type": "response.output_item.done", "output_index": 0, "item": output[0]},
+        {"type": "response.completed", "response": response},
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for event in events:
+        frame = b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
