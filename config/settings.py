@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     upstream_read_timeout: float = Field(600.0, gt=0, description="Longest silence from an upstream.")
     upstream_max_connections: int = Field(1000, gt=0)
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0)
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often a replica proves it is alive (x3 = expiry).")
     response_ttl_seconds: int = Field(30 * 24 * 3600, gt=0, description="How long stored responses are kept.")
     log_level: str = "info"
     access_log: bool = Field(False, description="One log line per request (costs throughput).")

@@ -52,7 +52,8 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
-        self.responses = ResponsesService(ResponsesEngine(self.dispatcher, records, self.resolve_model), records)
+        engine = ResponsesEngine(self.dispatcher, records, self.resolve_model)
+        self.responses = ResponsesService(engine, records, settings.heartbeat_seconds)
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

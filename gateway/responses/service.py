@@ -31,12 +31,12 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-HEARTBEAT_SECONDS = 5.0
 INTERRUPTED = "interrupted: the gateway instance running this response stopped before it finished"
 
 
 class ResponsesService:
-    def __init__(self, engine: ResponsesEngine, records: ResponseRecords) -> None:
+    def __init__(self, engine: ResponsesEngine, records: ResponseRecords, heartbeat_seconds: float = 5.0) -> None:
+        self.heartbeat_seconds = heartbeat_seconds
         self.engine = engine
         self.records = records
         self.live = LiveStreams()
@@ -200,8 +200,8 @@ class ResponsesService:
     async def heartbeat(self) -> None:
         """Keep this instance's liveness key fresh while it runs (background jobs' owners are checked by it)."""
         while True:
-            await self.records.store.set(f"instance:{self.instance}", b"1", HEARTBEAT_SECONDS * 3)
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await self.records.store.set(f"instance:{self.instance}", b"1", self.heartbeat_seconds * 3)
+            await asyncio.sleep(self.heartbeat_seconds)
 
     async def replay(self, record: StoredResponse, after: int, send: Send) -> None:
         """SSE frames after sequence number ``after``: from the live stream here, else from the stored log,

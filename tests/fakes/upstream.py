@@ -218,6 +218,11 @@ async def responses_api(body: dict[str, Any], send: Any) -> None:
     items = body.get("input") or []
     last = items[-1] if items else {}
     text, call = "", None
+    for item in reversed(items):
+        if item.get("role") == "user":
+            content = item.get("content")
+            text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+            break
     if last.get("type") == "function_call_output":
         text = f"tool said: {last.get('output')}"
     elif body.get("tools"):
@@ -226,15 +231,9 @@ async def responses_api(body: dict[str, Any], send: Any) -> None:
             "type": "function_call",
             "call_id": "call_up",
             "name": body["tools"][0]["name"],
-            "arguments": "{}",
+            "arguments": orjson.dumps({"echo": text}).decode(),
             "status": "completed",
         }
-    else:
-        for item in reversed(items):
-            if item.get("role") == "user":
-                content = item.get("content")
-                text = content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
-                break
     output = (
         [call]
         if call
