@@ -108,6 +108,6 @@ def test_model_not_allowed_is_403_and_never_reaches_llama(llama_gateway, llama):
 
 
 def test_models_are_the_space_allow_list(llama_gateway):
-    assert [m.id for m in client(llama_gateway).models.list()] == ["up", "fake-echo"]
+    assert [m.id for m in client(llama_gateway).models.list()] == ["up", "fake-echo", "fake-slow", "fake-tool"]
     assert client(llama_gateway).models.retrieve("up").id == "up"
     assert [m.id for m in client(llama_gateway, key=MEMBER_KEY).models.list()] == ["fake-echo"]
