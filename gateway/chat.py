@@ -7,7 +7,6 @@ whole SSE events while a watcher notes usage; a client that disconnects cancels 
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from starlette.types import Receive, Send
 
 from gateway.context import RequestContext, Usage
@@ -16,6 +15,7 @@ from gateway.errors import UpstreamError
 from gateway.http import Headers, send_bytes
 from gateway.runtime import Gateway
 from gateway.sse import ChatStreamWatcher, error_event
+from gateway.upstream import upstream_json
 
 SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -43,11 +43,7 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
     model = gw.resolve_model(ctx)
     async with cancel_on_disconnect(receive, ctx) as finished:
         data = await gw.dispatcher.chat(model, upstream_body(ctx))
-        try:
-            parsed = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("Upstream answered with malformed JSON.", code="upstream_malformed") from None
-        ctx.usage = Usage.from_chat(parsed.get("usage")) if isinstance(parsed, dict) else None
+        ctx.usage = Usage.from_chat(upstream_json(data).get("usage"))
         ctx.status_code = 200
         finished.set()
         await send_bytes(send, 200, response_headers(ctx, [(b"content-type", b"application/json")]), data)

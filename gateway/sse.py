@@ -13,6 +13,7 @@ import orjson
 
 from gateway.context import Usage
 from gateway.errors import UpstreamError
+from gateway.upstream import upstream_json
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"[DONE]"
@@ -98,21 +99,11 @@ async def iter_sse_json(
                 continue
             if payload == _DONE:
                 return
-            yield _parse(payload)
+            yield upstream_json(payload, "a stream event")
         chunk = await anext(chunks, None)
     if pending.strip().startswith(b"data:") and _DONE not in pending:
-        yield _parse(pending.strip()[5:].lstrip())
+        yield upstream_json(pending.strip()[5:].lstrip(), "a stream event")
     elif _DONE in pending:
         return
     if until_done:
         raise UpstreamError("The upstream stream ended before completion.", code="upstream_stream_cut")
-
-
-def _parse(payload: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise UpstreamError("Upstream sent a stream event that is not a JSON object.", code="upstream_malformed")
-    return data

@@ -94,3 +94,14 @@ async def map_upstream_errors() -> AsyncIterator[None]:
 
 def json_body(data: Any) -> bytes:
     return orjson.dumps(data)
+
+
+def upstream_json(data: bytes, what: str = "an answer") -> dict[str, Any]:
+    """An upstream's JSON object, or UpstreamError (``upstream_malformed``): never a 500 for its garbage."""
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise UpstreamError(f"Upstream sent {what} that is not a JSON object.", code="upstream_malformed")
+    return parsed

@@ -62,8 +62,8 @@ class OpenAIProvider:
             target = self._targets[id(dep)] = _Target(dep, self.defaults)
         return target
 
-    async def _post(self, t: _Target, body: dict[str, Any], url: str | None = None) -> aiohttp.ClientResponse:
-        resp = await self.session.post(url or t.url, data=json_body(body), headers=t.headers, timeout=t.timeout)
+    async def _post(self, t: _Target, body: dict[str, Any], url: str) -> aiohttp.ClientResponse:
+        resp = await self.session.post(url, data=json_body(body), headers=t.headers, timeout=t.timeout)
         if resp.status >= 300:
             try:
                 data = await resp.read()
@@ -72,31 +72,29 @@ class OpenAIProvider:
             raise error_from_status(resp.status, data, resp.headers.get("Retry-After"), t.secret)
         return resp
 
-    async def chat(self, deployment: Deployment, body: dict[str, Any]) -> bytes:
+    async def _whole(self, deployment: Deployment, body: dict[str, Any], responses: bool) -> bytes:
         t = self._target(deployment)
         async with map_upstream_errors():
-            resp = await self._post(t, body)
+            resp = await self._post(t, body, t.responses_url if responses else t.url)
             try:
                 return await resp.read()
             finally:
                 resp.release()
 
-    async def open_stream(self, deployment: Deployment, body: dict[str, Any]) -> _Stream:
+    async def _stream(self, deployment: Deployment, body: dict[str, Any], responses: bool) -> _Stream:
         t = self._target(deployment)
         async with map_upstream_errors():
-            return _Stream(await self._post(t, body))
+            return _Stream(await self._post(t, body, t.responses_url if responses else t.url))
+
+    async def chat(self, deployment: Deployment, body: dict[str, Any]) -> bytes:
+        return await self._whole(deployment, body, responses=False)
+
+    async def open_stream(self, deployment: Deployment, body: dict[str, Any]) -> _Stream:
+        return await self._stream(deployment, body, responses=False)
 
     async def responses(self, deployment: Deployment, body: dict[str, Any]) -> bytes:
         """A non-streaming call to the upstream's own ``/responses`` (deployments with ``api: responses``)."""
-        t = self._target(deployment)
-        async with map_upstream_errors():
-            resp = await self._post(t, body, t.responses_url)
-            try:
-                return await resp.read()
-            finally:
-                resp.release()
+        return await self._whole(deployment, body, responses=True)
 
     async def open_responses_stream(self, deployment: Deployment, body: dict[str, Any]) -> _Stream:
-        t = self._target(deployment)
-        async with map_upstream_errors():
-            return _Stream(await self._post(t, body, t.responses_url))
+        return await self._stream(deployment, body, responses=True)

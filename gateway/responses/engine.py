@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from config.catalog import TenantModel
 from config.deployments import Deployment, OpenAIDeployment
 from gateway.context import RequestContext, Usage
@@ -29,6 +27,7 @@ from gateway.responses.records import ResponseRecords
 from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
 from gateway.responses.validate import validate_create
 from gateway.sse import iter_sse_json
+from gateway.upstream import upstream_json
 
 JSON = dict[str, Any]
 
@@ -106,9 +105,9 @@ class ResponsesEngine:
         async def attempt(dep: Deployment) -> JSON:
             if _is_native(dep):
                 data = await self._native(dep).responses(dep, native.upstream_body(turn, dep, stream=False))
-                return native.merge_response(turn.shell, _parse(data))
+                return native.merge_response(turn.shell, upstream_json(data))
             data = await self.dispatcher.provider(dep).chat(dep, {**chat_body, "model": dep.model})
-            return chat_to_response(_parse(data), shell=turn.shell)
+            return chat_to_response(upstream_json(data), shell=turn.shell)
 
         return await self.dispatcher.run(turn.model, attempt)
 
@@ -152,13 +151,3 @@ async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[JSON]:
     finally:
         await aclose(chunks)
         await stream.close()
-
-
-def _parse(data: bytes) -> JSON:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise UpstreamError("Upstream answered with malformed JSON.", code="upstream_malformed")
-    return parsed
