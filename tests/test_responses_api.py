@@ -253,3 +253,17 @@ def test_upstream_cut_mid_stream_ends_in_response_failed(start_gateway, upstream
 def test_max_output_tokens_maps_to_incomplete(gateway):
     r = client(gateway).responses.create(model="up", input="x")
     assert r.status == "completed" and r.incomplete_details is None
+
+
+@pytest.mark.parametrize("upstream_model", ["malformed-sse", "stall"])
+def test_garbled_or_stalled_upstream_stream_ends_in_response_failed(start_gateway, upstream, upstream_model):
+    cat = catalogue(upstream[1], upstream_model)
+    cat["tenants"][0]["models"][0]["deployment"]["timeouts"] = {"idle": 0.3}
+    base = start_gateway(cat)
+    events = list(client(base).responses.create(model="up", input="x", stream=True))
+    assert events[-1].type == "response.failed" and events[-1].response.error.code == "server_error"
+    connector = base.app.state.gateway.session.connector
+    deadline = time.monotonic() + 5
+    while connector._acquired and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not connector._acquired  # the upstream connection went back (or was closed), none leaked
