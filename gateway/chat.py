@@ -25,7 +25,7 @@ SSE_HEADERS: Headers = [
 
 
 def response_headers(ctx: RequestContext, base: Headers) -> Headers:
-    return [*base, (b"x-request-id", ctx.request_id.encode("latin-1"))]
+    return [*base, (b"x-request-id", ctx.request_id.encode("latin-1")), *ctx.response_headers]
 
 
 def upstream_body(ctx: RequestContext) -> dict[str, Any]:
@@ -44,6 +44,7 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
     async with cancel_on_disconnect(receive, ctx) as finished:
         data = await gw.dispatcher.chat(model, upstream_body(ctx))
         ctx.usage = Usage.from_chat(upstream_json(data).get("usage"))
+        ctx.cost_micros = gw.prices.cost(model, ctx.usage)
         ctx.status_code = 200
         finished.set()
         await send_bytes(send, 200, response_headers(ctx, [(b"content-type", b"application/json")]), data)
@@ -69,6 +70,7 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             ctx.usage = watcher.usage
+            ctx.cost_micros = gw.prices.cost(model, ctx.usage)
             await aclose(chunks)
             await upstream.close()
 

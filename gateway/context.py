@@ -57,12 +57,15 @@ class RequestContext:
     body: dict[str, Any]
     headers: dict[bytes, bytes]
     stream: bool = False
+    native: bool = False  # answers in the native (FastAPI-style) shapes
     model: TenantModel | None = None
     usage: Usage | None = None
+    cost_micros: int = 0  # what ``usage`` cost, in micro-dollars (set with usage)
     status_code: int | None = None
     outcome: str = "pending"
     error: BaseException | None = None
     governance_applied: list[str] = field(default_factory=list)
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # policies' extra headers
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -10,9 +10,15 @@ A policy is a class with a ``Params`` pydantic model (validated at start, ``extr
 ``async after(ctx) -> None``
     Runs in reverse order for every policy whose ``before`` returned, on every exit path: success,
     rejection by a later policy, upstream error, client disconnect, cancellation. ``ctx.outcome``,
-    ``ctx.status_code``, ``ctx.error`` and ``ctx.usage`` say what happened; for streams it runs after the
-    last byte, with the final usage. Reservations and claims are released here. Its errors are logged,
-    never raised over the request's own outcome.
+    ``ctx.status_code``, ``ctx.error``, ``ctx.usage`` and ``ctx.cost_micros`` say what happened; for
+    streams it runs after the last byte, with the final usage. Reservations and claims are released here.
+    Its errors are logged, never raised over the request's own outcome.
+
+``wrap_send(ctx, send) -> send`` (optional)
+    Sees every ASGI message of the answer on its way out (status and headers, then body chunks: whole SSE
+    events for streams), and may change them: capture them for replay, mask text. Wrapped only for policies
+    whose ``before`` returned; the last policy in the chain sees the messages first. Error answers raised
+    inside the chain pass through it too, rendered in the caller's shape.
 
 Policies are named in the catalogue by a short alias (``policies.ALIASES``) or ``"module:Class"``; the
 built-ins go through the same loader as third-party ones. The names of the policies whose ``before``
@@ -26,10 +32,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.types import Send
 
 from config.catalog import PolicySpec
 from gateway.context import Reply, RequestContext
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, render_error
 from gateway.importer import ImportFromStringError, import_from_string
 
 log = logging.getLogger("gateway.policy")
@@ -58,6 +65,10 @@ class Policy:
         """Record or release; runs on every exit path for every policy whose ``before`` returned."""
         return None
 
+    def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
+        """Return a ``send`` that sees (and may change) the answer's messages; the default adds nothing."""
+        return send
+
 
 class PolicyConfigError(Exception):
     """A policy named in the catalogue cannot be loaded or its params are invalid."""
@@ -68,25 +79,31 @@ class PolicyChain:
 
     def __init__(self, policies: Sequence[Policy]) -> None:
         self.policies = tuple(policies)
+        # only policies that override wrap_send cost anything per message
+        self.wrapping = frozenset(id(p) for p in self.policies if type(p).wrap_send is not Policy.wrap_send)
 
-    async def run(self, ctx: RequestContext, call: Callable[[], Awaitable[None]]) -> Reply | None:
-        """Run ``before`` hooks, then ``call`` (which answers the client), then ``after`` hooks.
+    async def run(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
+        """Run ``before`` hooks, then ``call(send)`` (which answers the client), then ``after`` hooks.
 
-        Returns the Reply a policy short-circuited with (the caller sends it), else None.
+        A Reply from a ``before`` hook is sent as the answer. A GatewayError raised before the answer started
+        is rendered here (through the policies' ``wrap_send``), in the shape of the caller's surface.
         """
         ran: list[Policy] = []
+        sends = [send]  # the send as wrapped by each policy that ran so far: sends[-1] is the outermost
         try:
-            for policy in self.policies:
-                reply = await policy.before(ctx)
-                ran.append(policy)
-                ctx.governance_applied.append(policy.name)
-                if reply is not None:
-                    ctx.outcome, ctx.status_code = "replayed", reply.status
-                    return reply
-            await call()
-            if ctx.outcome == "pending":
-                ctx.outcome = "ok"
-            return None
+            await self._before(ctx, sends, ran)
+            if ctx.outcome != "replayed":
+                await call(sends[-1])
+                if ctx.outcome == "pending":
+                    ctx.outcome = "ok"
+        except GatewayError as exc:
+            _record_failure(ctx, exc)
+            if ctx.status_code is not None:  # the answer had started: nothing more can be said
+                raise
+            status, headers, body = render_error(exc, ctx.native)
+            ctx.status_code = status
+            await sends[-1]({"type": "http.response.start", "status": status, "headers": headers})
+            await sends[-1]({"type": "http.response.body", "body": body})
         except asyncio.CancelledError as exc:
             ctx.outcome, ctx.error = ("disconnected" if ctx.outcome == "pending" else ctx.outcome), exc
             raise
@@ -99,6 +116,20 @@ class PolicyChain:
                     await policy.after(ctx)
                 except Exception:
                     log.exception("policy %s failed in after()", policy.name)
+
+    async def _before(self, ctx: RequestContext, sends: list[Send], ran: list[Policy]) -> None:
+        """The ``before`` hooks in order, wrapping the send as they go. A Reply is sent here, unwrapped."""
+        for policy in self.policies:
+            reply = await policy.before(ctx)
+            ran.append(policy)
+            ctx.governance_applied.append(policy.name)
+            if id(policy) in self.wrapping:
+                sends.append(policy.wrap_send(ctx, sends[-1]))
+            if reply is not None:
+                ctx.outcome, ctx.status_code = "replayed", reply.status
+                await sends[0]({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+                await sends[0]({"type": "http.response.body", "body": reply.body})
+                return
 
 
 def _record_failure(ctx: RequestContext, exc: BaseException) -> None:

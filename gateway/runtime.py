@@ -21,6 +21,7 @@ from gateway.errors import InvalidRequest, NotFound
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.policy import PolicyChain, load_policy
+from gateway.pricing import PriceBook
 from gateway.providers import build_providers
 from gateway.responses.engine import ResponsesEngine
 from gateway.responses.records import ResponseRecords
@@ -37,6 +38,7 @@ class Gateway:
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         self.store = open_store(redis_url, settings.redis_prefix)
         self.catalog = Catalog(catalogue, self.store)
+        self.prices = PriceBook(catalogue)
         self.idempotency = IdempotencyRecords(self.store, settings.idempotency_ttl_seconds)
         self.chains: dict[str, PolicyChain] = {}
         for tenant in catalogue.tenants:
@@ -53,7 +55,7 @@ class Gateway:
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
         engine = ResponsesEngine(self.dispatcher, records, self.resolve_model)
-        self.responses = ResponsesService(engine, records, settings.heartbeat_seconds)
+        self.responses = ResponsesService(engine, records, self.prices, settings.heartbeat_seconds)
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

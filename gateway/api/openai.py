@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import chat
 from gateway.catalog import AllowedModel
 from gateway.errors import InvalidRequest, NotFound
-from gateway.http import json_bytes, parse_json_object, read_body, send_bytes
+from gateway.http import json_bytes, parse_json_object, read_body
 from gateway.runtime import Gateway
 
 JSON = "application/json"
@@ -45,15 +45,13 @@ class ChatCompletions:
         validate_chat_body(ctx.body)
         ctx.stream = ctx.body.get("stream") is True
 
-        async def call() -> None:
+        async def call(out: Send) -> None:
             if ctx.stream:
-                await chat.stream(gw, ctx, send, receive)
+                await chat.stream(gw, ctx, out, receive)
             else:
-                await chat.complete(gw, ctx, send, receive)
+                await chat.complete(gw, ctx, out, receive)
 
-        reply = await gw.chain(ctx).run(ctx, call)
-        if reply is not None:
-            await send_bytes(send, reply.status, reply.headers, reply.body)
+        await gw.chain(ctx).run(ctx, send, call)
 
 
 def _model_object(entry: AllowedModel, owner: str) -> dict[str, Any]:

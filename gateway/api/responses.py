@@ -33,13 +33,10 @@ class CreateResponse:
         ctx.body = parse_json_object(raw)
         ctx.stream = ctx.body.get("stream") is True
 
-        async def call() -> None:
-            await gw.responses.create(ctx, send, receive, openai_response)
+        async def call(out: Send) -> None:
+            await gw.responses.create(ctx, out, receive, openai_response)
 
-        reply = await gw.chain(ctx).run(ctx, call)
-        if reply is not None:
-            await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
-            await send({"type": "http.response.body", "body": reply.body})
+        await gw.chain(ctx).run(ctx, send, call)
 
 
 async def _record(request: Request) -> tuple[Gateway, StoredResponse]:

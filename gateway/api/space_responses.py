@@ -36,6 +36,7 @@ class CreateSpaceResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
         ctx = space_context(gw, scope, "spaces.responses.create")
+        ctx.native = True
         ctx.body = parse_json_object(await read_body(receive, ctx.headers, gw.settings.max_body_bytes))
         ctx.stream = ctx.body.get("stream") is True
         header_key = parse_key(ctx.headers.get(b"idempotency-key"))
@@ -44,13 +45,10 @@ class CreateSpaceResponse:
             raise Unprocessable("The Idempotency-Key header and the body's idempotency_key differ.")
         ctx.extras["idempotency_key"] = header_key or body_key
 
-        async def call() -> None:
-            await gw.responses.create(ctx, send, receive, lambda record: _data(record))
+        async def call(out: Send) -> None:
+            await gw.responses.create(ctx, out, receive, _data)
 
-        reply = await gw.chain(ctx).run(ctx, call)
-        if reply is not None:
-            await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
-            await send({"type": "http.response.body", "body": reply.body})
+        await gw.chain(ctx).run(ctx, send, call)
 
 
 async def _record(request: Request, route: str) -> tuple[Gateway, StoredResponse]:

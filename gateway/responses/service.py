@@ -18,7 +18,7 @@ from gateway.context import RequestContext
 from gateway.disconnect import cancel_on_disconnect
 from gateway.errors import JSON_HEADERS, UpstreamError
 from gateway.http import json_bytes, send_bytes
-from gateway.pricing import cost_micros
+from gateway.pricing import PriceBook
 from gateway.responses.engine import ResponsesEngine, Turn, usage_of
 from gateway.responses.events import format_sse
 from gateway.responses.live import LiveStream, LiveStreams
@@ -35,7 +35,10 @@ INTERRUPTED = "interrupted: the gateway instance running this response stopped b
 
 
 class ResponsesService:
-    def __init__(self, engine: ResponsesEngine, records: ResponseRecords, heartbeat_seconds: float = 5.0) -> None:
+    def __init__(
+        self, engine: ResponsesEngine, records: ResponseRecords, prices: PriceBook, heartbeat_seconds: float = 5.0
+    ) -> None:
+        self.prices = prices
         self.heartbeat_seconds = heartbeat_seconds
         self.engine = engine
         self.records = records
@@ -169,9 +172,8 @@ class ResponsesService:
     async def _finish(self, turn: Turn, record: StoredResponse, response: JSON) -> None:
         record.response = {**turn.shell, **response, "id": turn.id}
         record.finished_at = int(time.time())
-        usage = usage_of(record.response)
-        turn.ctx.usage = usage
-        record.cost_micros = cost_micros(usage, turn.model.pricing)
+        turn.ctx.usage = usage_of(record.response)
+        turn.ctx.cost_micros = record.cost_micros = self.prices.cost(turn.model, turn.ctx.usage)
         record.aimable["iteration_count"] = 1
         if self._stored(turn):
             await self.records.save(record)
@@ -245,4 +247,4 @@ class ResponsesService:
 
 
 def _headers(ctx: RequestContext, base: list[tuple[bytes, bytes]] = JSON_HEADERS) -> list[tuple[bytes, bytes]]:
-    return [*base, (b"x-request-id", ctx.request_id.encode("latin-1"))]
+    return [*base, (b"x-request-id", ctx.request_id.encode("latin-1")), *ctx.response_headers]
