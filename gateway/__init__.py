@@ -4,6 +4,7 @@ from gateway.context import Reply, RequestContext, Usage
 from gateway.errors import (
     AuthenticationFailed,
     BadRequest,
+    BudgetExceeded,
     Conflict,
     GatewayError,
     InvalidRequest,
@@ -24,6 +25,7 @@ from gateway.store import Script, Store
 __all__ = [
     "AuthenticationFailed",
     "BadRequest",
+    "BudgetExceeded",
     "Conflict",
     "GatewayError",
     "InvalidRequest",

@@ -10,6 +10,7 @@
     ├── PayloadTooLarge               413     invalid_request_error
     ├── Unprocessable                 422     invalid_request_error   (same Idempotency-Key, another body)
     ├── RateLimited                   429     rate_limit_error
+    ├── BudgetExceeded                429     insufficient_quota      (x-should-retry: false)
     ├── StoreUnavailable              503     server_error
     └── UpstreamError                 502     upstream_error
         ├── UpstreamRejected          (the upstream's own 4xx/429 status, passed through)
@@ -118,6 +119,18 @@ class Unprocessable(GatewayError):
 class RateLimited(GatewayError):
     status_code = 429
     error_type = "rate_limit_error"
+
+
+class BudgetExceeded(GatewayError):
+    """A hard budget would be exceeded: 429 ``insufficient_quota``, and clients are told not to retry."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+    def __init__(self, message: str, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.headers.setdefault("x-should-retry", "false")
 
 
 class StoreUnavailable(GatewayError):

@@ -19,9 +19,7 @@ class AllowList(Policy):
                 raise InvalidRequest("'model' is required: this space has no default model.", param="model")
         model = ctx.catalog.tenant_model(ctx.principal.tenant, alias)
         if model is None or not await ctx.catalog.is_allowed(ctx.space, model):
-            allowed = [
-                a.model.alias for a in await ctx.catalog.allowed_models(ctx.principal.tenant, ctx.space)
-            ]
+            allowed = [a.model.alias for a in await ctx.catalog.allowed_models(ctx.principal.tenant, ctx.space)]
             raise PermissionDenied(
                 f"Model '{alias}' is not allowed in space '{ctx.space.name or ctx.space.id}'. "
                 f"Allowed models: {', '.join(allowed) or '(none)'}.",

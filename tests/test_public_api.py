@@ -8,6 +8,7 @@ def test_exported_names():
         [
             "AuthenticationFailed",
             "BadRequest",
+            "BudgetExceeded",
             "Conflict",
             "GatewayError",
             "InvalidRequest",
