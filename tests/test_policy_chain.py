@@ -94,7 +94,7 @@ def test_after_runs_when_the_client_disconnects_mid_stream(recorded):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"use": "no_such_policy"}, "unknown policy 'no_such_policy': use a built-in \\(allow_list\\)"),
+        ({"use": "no_such_policy"}, "unknown policy 'no_such_policy': use a built-in \\(allow_list, audit"),
         ({"use": "tests.plugins.missing:X"}, 'Could not import module "tests.plugins.missing"'),
         ({"use": "tests.plugins.recorder:Nope"}, 'Attribute "Nope" not found'),
         ({"use": "tests.conftest:catalogue"}, "is not a gateway.Policy subclass"),
