@@ -25,6 +25,15 @@ class CircuitBreakers:
         self._seen: dict[str, tuple[float, float]] = {}  # key -> (checked at, open until) local cache
         self._probing: set[str] = set()
 
+    def known_closed(self, key: str) -> bool:
+        """The cheap check of the hot path: closed as of a fresh local look, so no store read is due."""
+        seen = self._seen.get(key)
+        return seen is not None and seen[1] == 0.0 and time.time() - seen[0] <= _RECHECK_SECONDS
+
+    def needs_report(self, key: str) -> bool:
+        """Whether a success must be written to the store (a probe, or a circuit seen open)."""
+        return key in self._probing or self._seen.get(key, (0.0, 0.0))[1] != 0.0
+
     async def allow(self, key: str, cfg: Breaker) -> bool:
         """May a request go to this deployment now? In half-open state only the one probe may."""
         now = time.time()

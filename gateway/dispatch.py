@@ -63,29 +63,49 @@ class Dispatcher:
         self.breakers = breakers
         self.defaults = defaults
         self.rng = random.Random()
+        self._keys: dict[tuple[object, int], str] = {}
 
     def provider(self, dep: Deployment) -> Provider:
         return self.providers["litellm" if dep.type not in self.providers else dep.type]
 
-    def first_byte(self, dep: Deployment) -> float:
-        return dep.timeouts.first_byte or self.defaults.first_byte or 600.0
+    def first_byte(self, dep: Deployment) -> float | None:
+        """The first-byte deadline of one attempt, or None when the idle timeout already implies it (the
+        upstream client's read timeout then covers the wait, with no timer of our own per request)."""
+        first_byte = dep.timeouts.first_byte or self.defaults.first_byte or 600.0
+        idle = dep.timeouts.idle or self.defaults.idle
+        return None if idle is not None and dep.type != "fake" and first_byte >= idle else first_byte
+
+    def _key(self, model: TenantModel, index: int) -> str:
+        key = self._keys.get((model.id, index))
+        if key is None:
+            key = self._keys[(model.id, index)] = f"{model.id}:{index}"
+        return key
+
+    async def _attempt(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
+        deadline = self.first_byte(dep)
+        if deadline is None:
+            return await attempt(dep)
+        try:
+            async with asyncio.timeout(deadline):
+                return await attempt(dep)
+        except TimeoutError:
+            raise UpstreamTimeout("Upstream did not answer in time.") from None
 
     async def run(self, model: TenantModel, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
         last: UpstreamError | None = None
+        breakers = self.breakers
         for index, dep in order(model, self.rng):
-            key = f"{model.id}:{index}"
-            if not await self.breakers.allow(key, model.routing.breaker):
+            key = self._key(model, index)
+            if not (breakers.known_closed(key) or await breakers.allow(key, model.routing.breaker)):
                 continue
             for n in range(model.routing.retries + 1):
                 try:
-                    async with asyncio.timeout(self.first_byte(dep)):
-                        result = await attempt(dep)
-                except TimeoutError:
-                    exc: UpstreamError = UpstreamTimeout("Upstream did not answer in time.")
+                    result = await self._attempt(dep, attempt)
                 except UpstreamError as err:
-                    exc = err
+                    exc: UpstreamError = err
                 else:
-                    await self.breakers.success(key)
+                    if breakers.needs_report(key):
+                        await breakers.success(key)
                     return result
                 if not retryable(exc):
                     raise exc

@@ -41,8 +41,11 @@ class _Target:
         if self.secret:
             self.headers["Authorization"] = f"Bearer {self.secret}"
         t = dep.timeouts
-        self.timeout = aiohttp.ClientTimeout(
-            total=None, connect=t.connect or defaults.connect, sock_read=t.idle or defaults.idle
+        # only deployments with timeouts of their own pay for a per-request timeout object
+        self.timeout = (
+            aiohttp.ClientTimeout(total=None, connect=t.connect or defaults.connect, sock_read=t.idle or defaults.idle)
+            if t.connect or t.idle
+            else None
         )
 
 
@@ -63,7 +66,10 @@ class OpenAIProvider:
         return target
 
     async def _post(self, t: _Target, body: dict[str, Any], url: str) -> aiohttp.ClientResponse:
-        resp = await self.session.post(url, data=json_body(body), headers=t.headers, timeout=t.timeout)
+        if t.timeout is None:
+            resp = await self.session.post(url, data=json_body(body), headers=t.headers)
+        else:
+            resp = await self.session.post(url, data=json_body(body), headers=t.headers, timeout=t.timeout)
         if resp.status >= 300:
             try:
                 data = await resp.read()

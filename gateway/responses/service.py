@@ -70,6 +70,7 @@ class ResponsesService:
                 response = await self.engine.complete(turn)
                 await self._finish(turn, record, response)
                 finished.set()
+                ctx.status_code = 200
                 await send_bytes(send, 200, _headers(ctx), json_bytes(render(record)))
 
     async def _stream(self, turn: Turn, record: StoredResponse, send: Send, receive: Receive) -> None:
@@ -79,6 +80,7 @@ class ResponsesService:
         if self._stored(turn):  # retrievable (and resumable) while it runs
             record.owner = self.instance
             await self.records.save(record)
+        turn.ctx.status_code = 200
         await send({"type": "http.response.start", "status": 200, "headers": _headers(turn.ctx, SSE_HEADERS)})
         try:
             async with cancel_on_disconnect(receive, turn.ctx) as finished:
@@ -121,8 +123,10 @@ class ResponsesService:
         live = self.live.open(turn.id, self.records, persist=True)
         self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
         if turn.ctx.stream:
+            turn.ctx.status_code = 200
             await send({"type": "http.response.start", "status": 200, "headers": _headers(turn.ctx, SSE_HEADERS)})
         else:
+            turn.ctx.status_code = 200
             await send_bytes(send, 200, _headers(turn.ctx), json_bytes(render(record)))
             send = None  # type: ignore[assignment]
         failure: JSON | None = None
