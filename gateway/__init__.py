@@ -1,5 +1,6 @@
 """The gateway's extension API: what policy and provider authors may import. Cheap to import."""
 
+from gateway.audit import AuditLog
 from gateway.context import Reply, RequestContext, Usage
 from gateway.errors import (
     AuthenticationFailed,
@@ -19,25 +20,32 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.idempotency import IdempotencyRecords, fingerprint, parse_key, record_key
 from gateway.policy import Policy, PolicyParams
+from gateway.pricing import PriceBook, usd
+from gateway.spend import SpendCounters
 from gateway.store import Script, Store
 
 __all__ = [
+    "AuditLog",
     "AuthenticationFailed",
     "BadRequest",
     "BudgetExceeded",
     "Conflict",
     "GatewayError",
+    "IdempotencyRecords",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
     "Policy",
     "PolicyParams",
+    "PriceBook",
     "RateLimited",
     "Reply",
     "RequestContext",
     "Script",
+    "SpendCounters",
     "Store",
     "StoreUnavailable",
     "Unprocessable",
@@ -46,4 +54,8 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "fingerprint",
+    "parse_key",
+    "record_key",
+    "usd",
 ]

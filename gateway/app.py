@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings, load_catalogue
-from gateway.api import health, openai, responses, space_responses, spaces
+from gateway.api import audit, health, openai, responses, space_responses, spaces, usage
 from gateway.errors import GatewayError, NotFound, is_native, render_error
 from gateway.runtime import Gateway
 
@@ -74,6 +74,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/models/{model:path}", openai.retrieve_model, methods=["GET"]),
         *spaces.routes(""),
         *spaces.routes("/api-proxy"),
+        *audit.routes(""),
+        *audit.routes("/api-proxy"),
+        *usage.routes(""),
+        *usage.routes("/api-proxy"),
         *space_responses.routes(gw, ""),
         *space_responses.routes(gw, "/api-proxy"),
     ]

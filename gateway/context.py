@@ -1,11 +1,15 @@
 """What one request carries through auth, the policy chain, the provider and back."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.catalog import Space, TenantModel
 from gateway.catalog import Catalog, Principal
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.pricing import PriceBook
 
 
 @dataclass(slots=True)
@@ -61,11 +65,15 @@ class RequestContext:
     model: TenantModel | None = None
     usage: Usage | None = None
     cost_micros: int = 0  # what ``usage`` cost, in micro-dollars (set with usage)
+    prices: "PriceBook | None" = None  # the runtime's price book (to price estimates, e.g. budgets)
     status_code: int | None = None
     outcome: str = "pending"
     error: BaseException | None = None
     governance_applied: list[str] = field(default_factory=list)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # policies' extra headers
+    # text filters for what the gateway keeps of the answer (output guardrails' masks): a stored response's
+    # output text passes through them, and its event log is not kept (its frames were not filtered)
+    redactors: list[Callable[[str], str]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,14 +1,19 @@
 """Idempotency-Key records (IETF draft semantics): claim atomically, replay the stored answer, refuse misuse.
 
-A record lives under (tenant, space, principal, route, key). The first request claims it (``set_nx``) and
+A record lives under (tenant, space, principal, route, key). The first request claims it atomically and
 later stores its answer; a retry with the same fingerprint (method, path, canonical body) replays that
 answer with ``Idempotent-Replayed: true``; a retry while the first is still running gets 409 with
 ``Retry-After``; the same key with another body gets 422.
+
+Each decision is one store round trip: ``claim`` is a script that either claims the key or returns the record
+already there; ``release`` deletes the claim only while it is still this request's (a claim that expired and
+was taken by another request is left alone).
 """
 
 import base64
 import hashlib
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -19,6 +24,31 @@ from gateway.store import Store
 
 MAX_KEY_LENGTH = 255
 CLAIM_TTL_SECONDS = 300  # a claim whose holder died is released by expiry after this long
+
+# claim: KEYS[1] = record key; ARGV = claim value, claim TTL in ms. The record already there, or nil (claimed).
+_CLAIM_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+# release: KEYS[1] = record key; ARGV[1] = this request's claim value. Deletes only an unchanged claim.
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _claim_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> bytes | None:
+    current: bytes | None = data.get(keys[0])
+    if current is not None:
+        return current
+    data.put(keys[0], args[0], int(args[1]) / 1000)
+    return None
+
+
+def _release_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
+    return int(data.get(keys[0]) == args[0] and data.delete(keys[0]))
 
 
 def parse_key(raw: bytes | str | None) -> str | None:
@@ -45,39 +75,54 @@ def record_key(scope: tuple[str, ...], key: str) -> str:
     return "idem:" + ":".join(scope) + ":" + hashlib.sha256(key.encode()).hexdigest()
 
 
-class IdempotencyRecords:
-    """Claim, complete, release and replay idempotency records in the store."""
+def _claim_value(fp: str, owner: str) -> bytes:
+    return orjson.dumps({"fp": fp, "state": "in_flight", "owner": owner})
 
-    def __init__(self, store: Store, ttl_seconds: int) -> None:
+
+def replay_of(raw: bytes, fp: str) -> Reply:
+    """The stored answer of a finished record, marked ``Idempotent-Replayed: true``.
+
+    Raises Unprocessable (422) when the record was made for another body, Conflict (409, ``Retry-After: 1``)
+    while it is still in flight.
+    """
+    record = orjson.loads(raw)
+    if record["fp"] != fp:
+        raise Unprocessable(
+            "This Idempotency-Key was already used with a different request body.",
+            code="idempotency_key_reused",
+        )
+    if record["state"] != "done":
+        raise Conflict(
+            "A request with this Idempotency-Key is still being processed.",
+            code="idempotency_in_progress",
+            headers={"Retry-After": "1"},
+        )
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in record["headers"]]
+    headers.append((b"idempotent-replayed", b"true"))
+    return Reply(record["status"], base64.b64decode(record["body"]), headers)
+
+
+class IdempotencyRecords:
+    """Claim, complete, release and replay idempotency records in the store.
+
+    ``ttl_seconds`` is how long a finished answer is kept for replay; ``claim_ttl_seconds`` how long a claim
+    outlives a holder that died without releasing it.
+    """
+
+    def __init__(self, store: Store, ttl_seconds: int, claim_ttl_seconds: int = CLAIM_TTL_SECONDS) -> None:
         self.store = store
         self.ttl = ttl_seconds
+        self.claim_ttl = claim_ttl_seconds
+        self._claim = store.script(_CLAIM_LUA, _claim_in_memory)
+        self._release = store.script(_RELEASE_LUA, _release_in_memory)
 
-    async def claim(self, rkey: str, fp: str) -> Reply | None:
-        """None when this request now owns the key; the stored Reply when it already finished.
+    async def claim(self, rkey: str, fp: str, owner: str = "") -> Reply | None:
+        """None when this request now owns the key; the stored Reply when it already finished (one round trip).
 
         Raises Conflict (409) while another request holds it, Unprocessable (422) for another body.
         """
-        claim = orjson.dumps({"fp": fp, "state": "in_flight"})
-        if await self.store.set_nx(rkey, claim, CLAIM_TTL_SECONDS):
-            return None
-        raw = await self.store.get(rkey)
-        if raw is None:  # expired between the two calls: try once more
-            return None if await self.store.set_nx(rkey, claim, CLAIM_TTL_SECONDS) else await self.claim(rkey, fp)
-        record = orjson.loads(raw)
-        if record["fp"] != fp:
-            raise Unprocessable(
-                "This Idempotency-Key was already used with a different request body.",
-                code="idempotency_key_reused",
-            )
-        if record["state"] != "done":
-            raise Conflict(
-                "A request with this Idempotency-Key is still being processed.",
-                code="idempotency_in_progress",
-                headers={"Retry-After": "1"},
-            )
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in record["headers"]]
-        headers.append((b"idempotent-replayed", b"true"))
-        return Reply(record["status"], base64.b64decode(record["body"]), headers)
+        raw = await self._claim([rkey], [_claim_value(fp, owner), self.claim_ttl * 1000])
+        return None if raw is None else replay_of(raw, fp)
 
     async def complete(self, rkey: str, fp: str, reply: Reply) -> None:
         """Store the finished answer for replay for the retention period."""
@@ -90,27 +135,29 @@ class IdempotencyRecords:
         }
         await self.store.set(rkey, orjson.dumps(record), self.ttl)
 
+    async def release(self, rkey: str, fp: str, owner: str = "") -> bool:
+        """Give the key back (the request failed in a way that must not be replayed), if the claim made by
+        ``claim(rkey, fp, owner)`` is still there; True when it was."""
+        return bool(await self._release([rkey], [_claim_value(fp, owner)]))
+
     async def run_once(
         self, rkey: str, fp: str, produce: Callable[[], Awaitable[Reply]], on_error: Callable[[GatewayError], Reply]
     ) -> Reply:
         """Replay the stored answer, or produce it once and store it. Errors the caller caused are stored
         (rendered by ``on_error``) and replayed like successes; anything else releases the key and raises."""
-        replayed = await self.claim(rkey, fp)
+        owner = os.urandom(8).hex()
+        replayed = await self.claim(rkey, fp, owner)
         if replayed is not None:
             return replayed
         try:
             reply = await produce()
         except GatewayError as exc:
             if exc.status_code >= 500:  # not the caller's doing: a retry must run again
-                await self.release(rkey)
+                await self.release(rkey, fp, owner)
                 raise
             reply = on_error(exc)
         except BaseException:
-            await self.release(rkey)
+            await self.release(rkey, fp, owner)
             raise
         await self.complete(rkey, fp, reply)
         return reply
-
-    async def release(self, rkey: str) -> None:
-        """Give the key back (the request failed in a way that must not be replayed)."""
-        await self.store.delete(rkey)

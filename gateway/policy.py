@@ -97,8 +97,9 @@ class PolicyChain:
                 if ctx.outcome == "pending":
                     ctx.outcome = "ok"
         except GatewayError as exc:
+            started = ctx.status_code is not None  # before _record_failure sets it
             _record_failure(ctx, exc)
-            if ctx.status_code is not None:  # the answer had started: nothing more can be said
+            if started:  # the answer had started: nothing more can be said
                 raise
             status, headers, body = render_error(exc, ctx.native)
             ctx.status_code = status

@@ -13,6 +13,7 @@ import aiohttp
 from config import Catalogue, Settings
 from config.catalog import TenantModel
 from config.deployments import Timeouts
+from gateway.audit import AuditLog
 from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
 from gateway.context import RequestContext
@@ -40,6 +41,7 @@ class Gateway:
         self.catalog = Catalog(catalogue, self.store)
         self.prices = PriceBook(catalogue)
         self.idempotency = IdempotencyRecords(self.store, settings.idempotency_ttl_seconds)
+        self.audit = AuditLog(self.store)
         self.chains: dict[str, PolicyChain] = {}
         for tenant in catalogue.tenants:
             for space in tenant.spaces:
@@ -71,6 +73,11 @@ class Gateway:
         self._heartbeat = asyncio.ensure_future(self.responses.heartbeat())
 
     async def stop(self) -> None:
+        for chain in self.chains.values():  # policies holding clients of their own (webhooks) close them
+            for policy in chain.policies:
+                aclose = getattr(policy, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self.session is not None:
@@ -97,6 +104,7 @@ class Gateway:
             store=self.store,
             body=body,
             headers=headers,
+            prices=self.prices,
         )
 
     def chain(self, ctx: RequestContext) -> PolicyChain:

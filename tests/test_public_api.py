@@ -6,21 +6,25 @@ import gateway
 def test_exported_names():
     assert sorted(gateway.__all__) == sorted(
         [
+            "AuditLog",
             "AuthenticationFailed",
             "BadRequest",
             "BudgetExceeded",
             "Conflict",
             "GatewayError",
+            "IdempotencyRecords",
             "InvalidRequest",
             "NotFound",
             "PayloadTooLarge",
             "PermissionDenied",
             "Policy",
             "PolicyParams",
+            "PriceBook",
             "RateLimited",
             "Reply",
             "RequestContext",
             "Script",
+            "SpendCounters",
             "Store",
             "StoreUnavailable",
             "Unprocessable",
@@ -29,6 +33,10 @@ def test_exported_names():
             "UpstreamRejected",
             "UpstreamTimeout",
             "UpstreamUnavailable",
+            "fingerprint",
+            "parse_key",
+            "record_key",
+            "usd",
         ]
     )
     for name in gateway.__all__:

@@ -113,6 +113,7 @@ async def _add(gw: Gateway, ctx: RequestContext, model_id: UUID) -> Reply:
     entry = await gw.catalog.allow(ctx.space, model)
     if entry is None:
         raise Conflict(f"Model '{model.alias}' is already allowed in this space.", code="already_allowed")
+    await gw.audit.admin_change(ctx, "allowed_models.add", str(model.id))
     return Reply(201, json_bytes({"data": allowed_model_data(entry, ctx.space)}), list(JSON_HEADERS))
 
 
@@ -141,6 +142,7 @@ async def remove_allowed(request: Request) -> Response:
     model_id = validated(_UUID, request.path_params["tenant_model_id"], ("path", "tenant_model_id"))
     if not await gw.catalog.disallow(ctx.space, model_id):
         raise NotFound(f"Model '{model_id}' is not allowed in this space.")
+    await gw.audit.admin_change(ctx, "allowed_models.remove", str(model_id))
     return Response(status_code=204)
 
 

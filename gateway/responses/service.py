@@ -75,7 +75,7 @@ class ResponsesService:
 
     async def _stream(self, turn: Turn, record: StoredResponse, send: Send, receive: Receive) -> None:
         events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
-        live = self.live.open(turn.id, self.records, persist=self._stored(turn))
+        live = self.live.open(turn.id, self.records, persist=self._stored(turn) and not turn.ctx.redactors)
         self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
         if self._stored(turn):  # retrievable (and resumable) while it runs
             record.owner = self.instance
@@ -120,7 +120,7 @@ class ResponsesService:
         record.response = {**turn.shell, "status": "queued", "background": True}
         record.owner = self.instance
         await self.records.save(record)
-        live = self.live.open(turn.id, self.records, persist=True)
+        live = self.live.open(turn.id, self.records, persist=not turn.ctx.redactors)
         self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
         if turn.ctx.stream:
             turn.ctx.status_code = 200
@@ -174,7 +174,7 @@ class ResponsesService:
         return turn.request.get("store") is not False
 
     async def _finish(self, turn: Turn, record: StoredResponse, response: JSON) -> None:
-        record.response = {**turn.shell, **response, "id": turn.id}
+        record.response = redact({**turn.shell, **response, "id": turn.id}, turn.ctx.redactors)
         record.finished_at = int(time.time())
         turn.ctx.usage = usage_of(record.response)
         turn.ctx.cost_micros = record.cost_micros = self.prices.cost(turn.model, turn.ctx.usage)
@@ -248,6 +248,24 @@ class ResponsesService:
                 return fresh or record
             await asyncio.sleep(0.05)
         return record
+
+
+def redact(response: JSON, redactors: list[Callable[[str], str]]) -> JSON:
+    """The response with every output text passed through the redactors (nothing to do without any)."""
+    if not redactors:
+        return response
+    output = []
+    for item in response.get("output") or []:
+        parts = []
+        for part in item.get("content") or []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                text = part["text"]
+                for redactor in redactors:
+                    text = redactor(text)
+                part = {**part, "text": text}
+            parts.append(part)
+        output.append({**item, "content": parts} if "content" in item else item)
+    return {**response, "output": output}
 
 
 def _headers(ctx: RequestContext, base: list[tuple[bytes, bytes]] = JSON_HEADERS) -> list[tuple[bytes, bytes]]:

@@ -10,6 +10,7 @@
 ``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``)
 ``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
+``pieces-<n>``    echoes the last user message; streamed in pieces of n characters (splits inside words)
 
 ``POST /v1/messages`` speaks Anthropic's Messages API (whole and streamed) for the litellm bridge, and
 ``POST /v1/responses`` OpenAI's Responses API (for ``api: responses`` deployments).
@@ -46,6 +47,19 @@ COMPLETION = {
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi from upstream"}, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
 }
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+    return ""
+
+
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    message = {"role": "assistant", "content": _last_user_text(body)}
+    return {**COMPLETION, "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
 
 
 class Upstream:
@@ -111,6 +125,8 @@ class Upstream:
             await self._answer(send, 200, b"{not json", json_h)
         elif model == "hang":
             await self._wait_gone(receive)
+        elif model.startswith("pieces-"):
+            await self._answer(send, 200, orjson.dumps(_echo(self.requests[-1])), json_h)
         else:
             await self._answer(send, 200, orjson.dumps(COMPLETION), json_h)
 
@@ -131,6 +147,15 @@ class Upstream:
 
         if model == "malformed-sse":
             await part(b"data: {not json\n\n")
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            return
+        if model.startswith("pieces-"):
+            text, size = _last_user_text(body), int(model[7:])
+            for i in range(0, len(text), size):
+                await part(_chunk(text[i : i + size]))
+            await part(_chunk(finish="stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await part(_chunk(usage=True))
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
             return
         if model == "stall":

@@ -1,0 +1,73 @@
+"""audit: records every request a policy (or validation inside the chain) refused in the space's audit log.
+
+Who (principal and key name), when, what (route, space, model alias, status, error code and message); never
+the prompt or a secret unless ``include_prompts: true``. Put it first in the chain: its ``after`` runs only if
+its ``before`` did, so it sees the refusals of every policy after it. Entries are read through
+``GET /v1/spaces/{space_id}/audit``.
+"""
+
+import logging
+from typing import Any
+
+from pydantic import Field
+
+from gateway import AuditLog, GatewayError, Policy, PolicyParams, Reply, RequestContext, StoreUnavailable
+
+log = logging.getLogger("gateway.policy.audit")
+PROMPT_FIELDS = ("messages", "input", "instructions")
+
+
+class Audit(Policy):
+    name = "audit"
+
+    class Params(PolicyParams):
+        include_prompts: bool = False
+        ttl_days: int = Field(400, ge=1)
+
+    def __init__(self, params: PolicyParams) -> None:
+        super().__init__(params)
+        assert isinstance(params, Audit.Params)
+        self.include_prompts = params.include_prompts
+        self.ttl_seconds = params.ttl_days * 24 * 3600
+        self._logs: dict[int, AuditLog] = {}
+
+    def _log(self, ctx: RequestContext) -> AuditLog:
+        audit = self._logs.get(id(ctx.store))
+        if audit is None:
+            audit = AuditLog(ctx.store, self.ttl_seconds)
+            self._logs = {id(ctx.store): audit}
+        return audit
+
+    async def before(self, ctx: RequestContext) -> Reply | None:
+        return None
+
+    async def after(self, ctx: RequestContext) -> None:
+        if ctx.outcome != "rejected":
+            return
+        try:
+            await self._log(ctx).record(
+                ctx.tenant_id, ctx.space_id, "policy_denial", "request.rejected", self._fields(ctx)
+            )
+        except StoreUnavailable:
+            log.error("audit entry lost (store unreachable): %s refused on %s", ctx.route, ctx.space_id)
+
+    def _fields(self, ctx: RequestContext) -> dict[str, Any]:
+        error = ctx.error
+        alias = ctx.model.alias if ctx.model is not None else ctx.body.get("model")
+        fields: dict[str, Any] = {
+            "principal": ctx.principal.id,
+            "key": ctx.principal.key.name,
+            "space_id": ctx.space_id,
+            "route": ctx.route,
+            "request_id": ctx.request_id,
+            "model": alias[:200] if isinstance(alias, str) else None,
+            "status": ctx.status_code,
+            "error": {
+                "code": error.code if isinstance(error, GatewayError) else None,
+                "message": error.message if isinstance(error, GatewayError) else type(error).__name__,
+            },
+            "policies": list(ctx.governance_applied),
+        }
+        if self.include_prompts:
+            fields["request"] = {k: ctx.body[k] for k in PROMPT_FIELDS if k in ctx.body}
+        return fields
