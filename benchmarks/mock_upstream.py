@@ -116,9 +116,9 @@ class Answers:
         self.ok = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
         self.not_found = b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nnot found"
         bad = b'{"error":{"message":"invalid JSON body","type":"invalid_request_error"}}'
-        self.bad_request = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-            len(bad),
-            bad,
+        self.bad_request = (
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(bad), bad)
         )
 
 
