@@ -1,16 +1,22 @@
 """Loopback servers for tests: ASGI apps under uvicorn in a background thread, and a throwaway Redis."""
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+import yaml
 
 
 def free_port() -> int:
@@ -102,3 +108,40 @@ def throwaway_redis() -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def spawn_gateway(
+    catalogue: dict[str, Any], folder: Path, redis_url: str, prefix: str, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A gateway as its own process (``python -m gateway``) on the given Redis and prefix, once ready.
+
+    ``env`` adds ``GATEWAY_*`` settings. The caller stops it (or kills it, to play a crash)."""
+    config = folder / f"gateway-{uuid.uuid4().hex[:8]}.yaml"
+    config.write_text(yaml.safe_dump(catalogue))
+    port = free_port()
+    environ = {**os.environ, "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix, **env}
+    command = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=environ)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    return proc, base
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError("the gateway process did not start")
+
+
+@contextlib.contextmanager
+def gateway_process(catalogue: dict[str, Any], folder: Path, redis_url: str, prefix: str, **env: str) -> Iterator[str]:
+    """``spawn_gateway`` as a context: yields the base URL, stops the process by PID on exit."""
+    proc, base = spawn_gateway(catalogue, folder, redis_url, prefix, **env)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)

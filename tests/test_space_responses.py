@@ -1,10 +1,7 @@
 """Native Responses routes of a space (seed 000), on both prefixes."""
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -15,7 +12,7 @@ import yaml
 from config import Settings
 from gateway.app import create_app
 from tests.conftest import ADMIN_KEY, MEMBER_KEY, RESTRICTED, SPACE, catalogue
-from tests.servers import free_port, serve
+from tests.servers import serve, spawn_gateway
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -103,28 +100,8 @@ def test_stream_on_the_native_route(gateway):
 def test_a_crash_ends_a_background_job_as_failed_not_stuck(start_gateway, upstream, redis_url, redis_prefix, tmp_path):
     settings = {"redis_url": redis_url, "redis_prefix": redis_prefix + uuid.uuid4().hex + ":"}
     cat = catalogue(upstream[1], "hang")
-    config = tmp_path / "crash.yaml"
-    config.write_text(yaml.safe_dump(cat))
-    port = free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_REDIS_URL": redis_url,
-        "GATEWAY_REDIS_PREFIX": settings["redis_prefix"],
-        "GATEWAY_HEARTBEAT_SECONDS": "0.2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )
+    proc, crashing = spawn_gateway(cat, tmp_path, redis_url, settings["redis_prefix"], GATEWAY_HEARTBEAT_SECONDS="0.2")
     try:
-        crashing = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx2.get(crashing + "/readyz").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.05)
         job = httpx2.post(url(crashing), headers=AUTH, json={"model": "up", "input": "x", "background": True}).json()
         assert job["data"]["status"] == "queued"
         time.sleep(0.3)

@@ -1,10 +1,7 @@
 """The budget policy: atomic reservations against every budget, settled or released on every exit path."""
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -15,12 +12,11 @@ from typing import Any
 import httpx2
 import pytest
 import redis
-import yaml
 
 from config.catalog import PolicySpec
 from gateway.policy import PolicyConfigError, load_policy
 from tests.conftest import ADMIN_KEY, SPACE, TENANT, catalogue
-from tests.servers import free_port, throwaway_redis
+from tests.servers import spawn_gateway, throwaway_redis
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # output only, 1000 USD/Mtok: the fake upstream's 3 output tokens cost 3000 micro-dollars, and so does the
@@ -81,28 +77,6 @@ class State:
         return state
 
 
-def spawn(cat: dict[str, Any], tmp_path: Any, redis_url: str, prefix: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A second gateway *process* on the same Redis and prefix."""
-    config = tmp_path / f"budget-{uuid.uuid4().hex[:8]}.yaml"
-    config.write_text(yaml.safe_dump(cat))
-    port = free_port()
-    env = {**os.environ, "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(base + "/readyz").status_code == 200:
-                return proc, base
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the second gateway did not start")
-
-
 async def _burst(bases: list[str], n: int) -> list[httpx2.Response]:
     async with httpx2.AsyncClient(timeout=30, limits=httpx2.Limits(max_connections=n)) as client:
         calls = [
@@ -127,7 +101,7 @@ def test_fifty_concurrent_requests_across_two_processes_never_overspend(
 ):
     prefix = redis_prefix + uuid.uuid4().hex + ":"
     cat = budget_catalogue(upstream[1], space_day("0.0329"))  # room for 10 requests of 3000 micro-dollars
-    proc, other = spawn(cat, tmp_path, redis_url, prefix)
+    proc, other = spawn_gateway(cat, tmp_path, redis_url, prefix)
     try:
         here = start_gateway(cat, redis_url=redis_url, redis_prefix=prefix)
         check_burst(burst([here, other]), admitted=10)
@@ -204,7 +178,7 @@ def test_released_after_upstream_errors_and_client_disconnects(start_gateway, up
 def test_a_dead_process_reservation_expires(start_gateway, upstream, redis_url, redis_prefix, tmp_path):
     prefix = redis_prefix + uuid.uuid4().hex + ":"
     cat = budget_catalogue(upstream[1], space_day("0.003"), reservation_ttl_seconds=3)  # one request at a time
-    proc, doomed = spawn(cat, tmp_path, redis_url, prefix)
+    proc, doomed = spawn_gateway(cat, tmp_path, redis_url, prefix)
     survivor = start_gateway(cat, redis_url=redis_url, redis_prefix=prefix)
     state = State(redis_url=redis_url, prefix=prefix)
     hanging = threading.Thread(target=_post_quietly, args=(doomed, body("hang")), daemon=True)

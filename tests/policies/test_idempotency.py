@@ -3,25 +3,20 @@ byte (errors and streams included), 409 in flight, 422 for another body, Last-Ev
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
 import openai
 import pytest
 import redis
-import yaml
 
 from gateway import Policy, PolicyParams, Reply, RequestContext
 from tests.conftest import ADMIN_KEY, SPACE, catalogue
-from tests.servers import free_port, throwaway_redis
+from tests.servers import gateway_process, throwaway_redis
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CHAT = "/v1/chat/completions"
@@ -68,33 +63,6 @@ def on_redis(start_gateway, upstream, redis_url, redis_prefix) -> Callable[..., 
         return start_gateway(cat, redis_url=redis_url, redis_prefix=prefix), prefix
 
     return start
-
-
-@contextlib.contextmanager
-def gateway_process(cat: dict[str, Any], tmp_path: Path, redis_url: str, prefix: str) -> Iterator[str]:
-    """A second gateway as its own process (``python -m gateway``) on the same Redis and prefix."""
-    config = tmp_path / f"process-{uuid.uuid4().hex[:8]}.yaml"
-    config.write_text(yaml.safe_dump(cat))
-    port = free_port()
-    env = {**os.environ, "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "the gateway process did not start"
-            try:
-                if httpx2.get(base + "/readyz").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def post(base: str, path: str, body: dict[str, Any], key: str | None = None, **headers: str) -> httpx2.Response:

@@ -1,12 +1,9 @@
 """The rate_limit policy: limits shared by two gateway processes on one Redis, OpenAI's x-ratelimit headers,
 Retry-After, per-key and per-space limits, tokens counted after the fact, and store outages (open and closed)."""
 
+import contextlib
 import hashlib
-import os
 import re
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +11,11 @@ from typing import Any
 
 import httpx2
 import pytest
-import yaml
 
 from config.catalog import PolicySpec
 from gateway.policy import PolicyConfigError, load_policy
 from tests.conftest import ADMIN_KEY, RESTRICTED, SPACE, catalogue
-from tests.servers import free_port, throwaway_redis
+from tests.servers import gateway_process, throwaway_redis
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CI_KEY = "sk-test-ci"
@@ -49,29 +45,8 @@ def chat(base: str, key: str = ADMIN_KEY, content: str = "hi", **headers: str) -
 @pytest.fixture
 def second_process(tmp_path: Path) -> Iterator[Any]:
     """Starts ``python -m gateway`` for a catalogue on Redis; stopped (by its pid) after the test."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(cat: dict[str, Any], redis_url: str, prefix: str) -> str:
-        config = tmp_path / f"rl-{uuid.uuid4().hex[:8]}.yaml"
-        config.write_text(yaml.safe_dump(cat))
-        port = free_port()
-        env = {**os.environ, "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix}
-        cmd = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--log-level", "warning"]
-        procs.append(subprocess.Popen(cmd, env=env))
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx2.get(base + "/readyz").status_code == 200:
-                    return base
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError("the second gateway did not start")
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
+    with contextlib.ExitStack() as stack:
+        yield lambda cat, redis_url, prefix: stack.enter_context(gateway_process(cat, tmp_path, redis_url, prefix))
 
 
 def test_two_processes_on_one_redis_share_the_limit(start_gateway, upstream, redis_url, redis_prefix, second_process):
