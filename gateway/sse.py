@@ -80,10 +80,11 @@ def _event_json(event: bytes) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-async def iter_sse_json(
+async def iter_sse_batches(
     first: bytes, chunks: AsyncIterator[bytes], until_done: bool = False
-) -> AsyncIterator[dict[str, Any]]:
-    """Each SSE event's ``data`` as a parsed JSON object (for streams the gateway must translate).
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The ``data`` of the SSE events of each network read, parsed as JSON objects (for streams the gateway
+    must translate); batching per read lets the caller answer with one write per read, not one per event.
 
     Comments and empty events are skipped; ``[DONE]`` ends the iteration; data that is not a JSON object
     raises ``UpstreamError`` (code ``upstream_malformed``). With ``until_done`` (Chat Completions streams), an
@@ -93,17 +94,23 @@ async def iter_sse_json(
     while chunk is not None:
         pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
         *events, pending = pending.split(b"\n\n")
+        batch: list[dict[str, Any]] = []
         for event in events:
             payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
             if not payload:
                 continue
             if payload == _DONE:
+                if batch:
+                    yield batch
                 return
-            yield upstream_json(payload, "a stream event")
+            batch.append(upstream_json(payload, "a stream event"))
+        if batch:
+            yield batch
         chunk = await anext(chunks, None)
-    if pending.strip().startswith(b"data:") and _DONE not in pending:
-        yield upstream_json(pending.strip()[5:].lstrip(), "a stream event")
-    elif _DONE in pending:
+    tail = pending.strip()
+    if tail.startswith(b"data:") and _DONE not in tail:
+        yield [upstream_json(tail[5:].lstrip(), "a stream event")]
+    elif _DONE in tail:
         return
     if until_done:
         raise UpstreamError("The upstream stream ended before completion.", code="upstream_stream_cut")

@@ -26,7 +26,7 @@ from gateway.responses.inputs import normalize_input
 from gateway.responses.records import ResponseRecords
 from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
 from gateway.responses.validate import validate_create
-from gateway.sse import iter_sse_json
+from gateway.sse import iter_sse_batches
 from gateway.upstream import upstream_json
 
 JSON = dict[str, Any]
@@ -111,7 +111,7 @@ class ResponsesEngine:
 
         return await self.dispatcher.run(turn.model, attempt)
 
-    async def open_stream(self, turn: Turn) -> AsyncIterator[JSON]:
+    async def open_stream(self, turn: Turn) -> AsyncIterator[list[JSON]]:
         """Open the upstream (errors raise here) and return the Responses event stream."""
         chat_body = self._chat_body(turn, stream=True)
 
@@ -131,23 +131,30 @@ class ResponsesEngine:
         return provider
 
 
-async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[JSON]:
+async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[list[JSON]]:
+    """Responses events, in batches (one per upstream read), for a translated Chat Completions stream."""
     stream, chunks, first = opened
     machine = ChatStreamToEvents(shell)
     try:
-        for event in machine.start():
-            yield event
-        async for chunk in iter_sse_json(first, chunks, until_done=True):
-            if "error" in chunk and not chunk.get("choices"):
-                error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-                raise UpstreamError(str(error.get("message") or "Upstream failed mid-stream."))
-            for event in machine.feed(chunk):
-                yield event
-        for event in machine.finish():
-            yield event
+        yield machine.start()
+        async for batch in iter_sse_batches(first, chunks, until_done=True):
+            events: list[JSON] = []
+            for chunk in batch:
+                if "error" in chunk and not chunk.get("choices"):
+                    if events:
+                        yield events
+                    raise UpstreamError(_error_message(chunk["error"]))
+                events.extend(machine.feed(chunk))
+            if events:
+                yield events
+        yield machine.finish()
     except UpstreamError as exc:
-        for event in machine.fail("server_error", exc.message):
-            yield event
+        yield machine.fail("server_error", exc.message)
     finally:
         await aclose(chunks)
         await stream.close()
+
+
+def _error_message(error: Any) -> str:
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message or "Upstream failed mid-stream.")

@@ -30,8 +30,8 @@ class LiveStream:
         self._changed = asyncio.Event()
         self.latest: dict[str, object] | None = None  # the response object as of the last lifecycle event
 
-    async def publish(self, frame: bytes) -> None:
-        self.frames.append(frame)
+    async def publish(self, frames: list[bytes]) -> None:
+        self.frames.extend(frames)
         self._wake()
         pending = len(self.frames) - self._flushed
         if self.persist and (pending >= FLUSH_EVERY or time.monotonic() - self._flushed_at > FLUSH_SECONDS):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from config.deployments import Deployment
 from gateway.disconnect import aclose
 from gateway.errors import UpstreamError
-from gateway.sse import iter_sse_json
+from gateway.sse import iter_sse_batches
 
 if TYPE_CHECKING:
     from gateway.dispatch import Opened
@@ -61,28 +61,31 @@ def merge_response(shell: JSON, upstream: JSON) -> JSON:
     return merged
 
 
-async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[JSON]:
-    """The upstream's events, renumbered from 0, lifecycle events carrying the gateway's response object."""
+async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[list[JSON]]:
+    """The upstream's events in batches, renumbered from 0, lifecycle events carrying the gateway's response."""
     stream, chunks, first = opened
     sequence = 0
     latest = dict(shell)
     terminal = False
     try:
         try:
-            async for event in iter_sse_json(first, chunks):
-                if isinstance(event.get("response"), dict):
-                    latest = merge_response(shell, event["response"])
-                    event = {**event, "response": latest}
-                terminal = event.get("type") in ("response.completed", "response.incomplete", "response.failed")
-                yield {**event, "sequence_number": sequence}
-                sequence += 1
+            async for batch in iter_sse_batches(first, chunks):
+                out = []
+                for event in batch:
+                    if isinstance(event.get("response"), dict):
+                        latest = merge_response(shell, event["response"])
+                        event = {**event, "response": latest}
+                    terminal = event.get("type") in ("response.completed", "response.incomplete", "response.failed")
+                    out.append({**event, "sequence_number": sequence})
+                    sequence += 1
+                yield out
         except UpstreamError as exc:
             message = exc.message
         else:
             message = "The upstream stream ended before completion."
         if not terminal:
             failed = {**latest, "status": "failed", "error": {"code": "server_error", "message": message}}
-            yield {"type": "response.failed", "sequence_number": sequence, "response": failed}
+            yield [{"type": "response.failed", "sequence_number": sequence, "response": failed}]
     finally:
         await aclose(chunks)
         await stream.close()

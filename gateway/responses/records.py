@@ -7,7 +7,7 @@ is. Records are scoped to a tenant and space: another's id is answered as if it 
 """
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -68,7 +68,7 @@ class ResponseRecords:
         if not record.expires_at:
             record.expires_at = self.expires_at()
         ttl = max(1, record.expires_at - int(time.time()))
-        await self.store.set(_key(record.id), orjson.dumps(asdict(record)), ttl)
+        await self.store.set(_key(record.id), orjson.dumps(record), ttl)  # orjson encodes dataclasses natively
 
     async def load(self, response_id: str, tenant_id: str, space_id: str) -> StoredResponse | None:
         """The record, or None when unknown, expired, or another tenant's or space's."""

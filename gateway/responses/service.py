@@ -106,15 +106,17 @@ class ResponsesService:
             await live.close()
             self.live.forget(turn.id)
 
-    async def _pump(self, events: AsyncIterator[JSON], live: LiveStream, send: Send | None) -> None:
-        """Publish every event to the live log (``live.latest`` tracks the response) and to the client."""
-        async for event in events:
-            frame = format_sse(event)
-            if isinstance(event.get("response"), dict):
-                live.latest = event["response"]
-            await live.publish(frame)
+    async def _pump(self, events: AsyncIterator[list[JSON]], live: LiveStream, send: Send | None) -> None:
+        """Publish every event to the live log (``live.latest`` tracks the response) and to the client, one
+        write per batch."""
+        async for batch in events:
+            frames = [format_sse(event) for event in batch]
+            for event in batch:
+                if "response" in event:
+                    live.latest = event["response"]
+            await live.publish(frames)
             if send is not None:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
 
     async def _background(self, turn: Turn, record: StoredResponse, send: Send, render: Render) -> None:
         record.response = {**turn.shell, "status": "queued", "background": True}
