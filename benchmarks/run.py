@@ -433,13 +433,16 @@ def validate(port: int, auth: bool) -> None:
 # -------------------------------------------------------------------------------------------------- load
 
 
-def run_wrk(wrk: str, port: int, body: dict, auth: bool, connections: int, seconds: int) -> dict:
+def run_wrk(wrk: str, port: int, body: dict, auth: bool, connections: int, seconds: float,
+            path: str = "/v1/chat/completions", script: Path = WRK_SCRIPT,
+            extra_env: dict[str, str] | None = None) -> dict:
     env = dict(os.environ)
     env["BENCH_BODY"] = json.dumps(body, separators=(",", ":"))
     env["BENCH_AUTH"] = f"Bearer {API_KEY}" if auth else ""
+    env.update(extra_env or {})
     argv = [
-        "taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-        "-s", str(WRK_SCRIPT), f"http://127.0.0.1:{port}/v1/chat/completions",
+        "taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+        "-s", str(script), f"http://127.0.0.1:{port}{path}",
     ]
     res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
     for line in res.stdout.splitlines():
@@ -906,6 +909,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# docs/benchmarks.md also holds the sections of benchmarks/run_engine.py, between these two lines: a rewrite
+# by this script keeps them as they are.
+ENGINE_BEGIN = "<!-- run_engine.py: begin -->"
+ENGINE_END = "<!-- run_engine.py: end -->"
+
+
+def write_docs(text: str) -> None:
+    """Write docs/benchmarks.md, keeping the block of run_engine.py's sections when there is one."""
+    old = DOCS.read_text() if DOCS.exists() else ""
+    start, end = old.find(ENGINE_BEGIN), old.find(ENGINE_END)
+    if start >= 0 and end > start:
+        text = text.rstrip("\n") + "\n\n" + old[start:end + len(ENGINE_END)] + "\n"
+    DOCS.parent.mkdir(exist_ok=True)
+    DOCS.write_text(text)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -999,8 +1018,7 @@ def report(args: argparse.Namespace, meta: dict, samples: dict[str, list[Sample]
     for name, errs in failed.items():
         print(f"\n{name}: {len(errs)} failed run(s); first: {errs[0][:2000]}")
     if args.docs == "yes" or (args.docs == "auto" and args.targets == ALL_TARGETS and not failed):
-        DOCS.parent.mkdir(exist_ok=True)
-        DOCS.write_text(render_docs(meta, summary, checks, args.targets))
+        write_docs(render_docs(meta, summary, checks, args.targets))
         log(f"\nwrote {DOCS.relative_to(REPO)}")
     else:
         log(f"\n{DOCS.relative_to(REPO)} not rewritten (--docs yes to force)")
@@ -1013,7 +1031,7 @@ def rerender(args: argparse.Namespace) -> int:
     checks = judge(summary)
     print(results_table(summary, targets), checks_table(checks), detail_table(summary, targets), sep="\n\n")
     if args.docs != "no":
-        DOCS.write_text(render_docs(meta, summary, checks, targets))
+        write_docs(render_docs(meta, summary, checks, targets))
         log(f"\nwrote {DOCS.relative_to(REPO)} from {(RESULTS / 'latest.json').relative_to(REPO)}")
     return 0
 
