@@ -11,21 +11,11 @@ from starlette.types import Receive, Send
 
 from gateway.context import RequestContext, Usage
 from gateway.disconnect import aclose, cancel_on_disconnect
-from gateway.errors import UpstreamError
-from gateway.http import Headers, send_bytes
+from gateway.errors import JSON_HEADERS, UpstreamError
+from gateway.http import SSE_HEADERS, send_bytes
 from gateway.runtime import Gateway
 from gateway.sse import ChatStreamWatcher, error_event
 from gateway.upstream import upstream_json
-
-SSE_HEADERS: Headers = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-
-
-def response_headers(ctx: RequestContext, base: Headers) -> Headers:
-    return [*base, (b"x-request-id", ctx.request_id.encode("latin-1")), *ctx.response_headers]
 
 
 def upstream_body(ctx: RequestContext) -> dict[str, Any]:
@@ -47,7 +37,7 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
         ctx.cost_micros = gw.prices.cost(model, ctx.usage)
         ctx.status_code = 200
         finished.set()
-        await send_bytes(send, 200, response_headers(ctx, [(b"content-type", b"application/json")]), data)
+        await send_bytes(send, 200, ctx.answer_headers(JSON_HEADERS), data)
 
 
 async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive) -> None:
@@ -59,7 +49,7 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
     async with cancel_on_disconnect(receive, ctx) as finished:
         upstream, chunks, first = await gw.dispatcher.stream(model, upstream_body(ctx))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": response_headers(ctx, SSE_HEADERS)})
+            await send({"type": "http.response.start", "status": 200, "headers": ctx.answer_headers(SSE_HEADERS)})
             ctx.status_code = 200
             await _relay(ctx, send, watcher, first, chunks)
             finished.set()

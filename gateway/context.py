@@ -84,6 +84,10 @@ class RequestContext:
     def space_id(self) -> str:
         return str(self.space.id)
 
+    def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The headers of this request's answer: ``base``, the request id, and what policies added."""
+        return [*base, (b"x-request-id", self.request_id.encode("latin-1")), *self.response_headers]
+
     def header(self, name: str) -> str | None:
         """A request header by lower-case name, decoded as latin-1 (HTTP's own charset)."""
         value = self.headers.get(name.encode())

@@ -8,6 +8,11 @@ from starlette.types import Receive, Send
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
 Headers = list[tuple[bytes, bytes]]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:

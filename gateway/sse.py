@@ -71,8 +71,13 @@ class ChatStreamWatcher:
         return b"\n\n".join(kept)
 
 
+def event_data(event: bytes) -> bytes:
+    """The ``data`` of one SSE event (its ``data:`` lines joined)."""
+    return b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
 def _event_json(event: bytes) -> dict[str, Any] | None:
-    payload = b"".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    payload = event_data(event)
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -96,7 +101,7 @@ async def iter_sse_batches(
         *events, pending = pending.split(b"\n\n")
         batch: list[dict[str, Any]] = []
         for event in events:
-            payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+            payload = event_data(event)
             if not payload:
                 continue
             if payload == _DONE:

@@ -82,6 +82,3 @@ class LiveStreams:
 
     def forget(self, response_id: str) -> None:
         self.streams.pop(response_id, None)
-
-    def __len__(self) -> int:
-        return len(self.streams)

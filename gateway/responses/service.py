@@ -17,7 +17,7 @@ from starlette.types import Receive, Send
 from gateway.context import RequestContext
 from gateway.disconnect import cancel_on_disconnect
 from gateway.errors import JSON_HEADERS, UpstreamError
-from gateway.http import json_bytes, send_bytes
+from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.pricing import PriceBook
 from gateway.responses.engine import ResponsesEngine, Turn, usage_of
 from gateway.responses.events import format_sse
@@ -26,11 +26,6 @@ from gateway.responses.records import ResponseRecords, StoredResponse
 
 JSON = dict[str, Any]
 Render = Callable[[StoredResponse], JSON]
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 INTERRUPTED = "interrupted: the gateway instance running this response stopped before it finished"
 
 
@@ -71,7 +66,7 @@ class ResponsesService:
                 await self._finish(turn, record, response)
                 finished.set()
                 ctx.status_code = 200
-                await send_bytes(send, 200, _headers(ctx), json_bytes(render(record)))
+                await send_bytes(send, 200, ctx.answer_headers(JSON_HEADERS), json_bytes(render(record)))
 
     async def _stream(self, turn: Turn, record: StoredResponse, send: Send, receive: Receive) -> None:
         events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
@@ -81,7 +76,7 @@ class ResponsesService:
             record.owner = self.instance
             await self.records.save(record)
         turn.ctx.status_code = 200
-        await send({"type": "http.response.start", "status": 200, "headers": _headers(turn.ctx, SSE_HEADERS)})
+        await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
         try:
             async with cancel_on_disconnect(receive, turn.ctx) as finished:
                 await self._pump(events, live, send)
@@ -126,10 +121,10 @@ class ResponsesService:
         self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
         if turn.ctx.stream:
             turn.ctx.status_code = 200
-            await send({"type": "http.response.start", "status": 200, "headers": _headers(turn.ctx, SSE_HEADERS)})
+            await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
         else:
             turn.ctx.status_code = 200
-            await send_bytes(send, 200, _headers(turn.ctx), json_bytes(render(record)))
+            await send_bytes(send, 200, turn.ctx.answer_headers(JSON_HEADERS), json_bytes(render(record)))
             send = None  # type: ignore[assignment]
         failure: JSON | None = None
         watcher = asyncio.ensure_future(self._watch_cancel(turn.id))
@@ -268,7 +263,3 @@ def redact(response: JSON, redactors: list[Callable[[str], str]]) -> JSON:
             parts.append(part)
         output.append({**item, "content": parts} if "content" in item else item)
     return {**response, "output": output}
-
-
-def _headers(ctx: RequestContext, base: list[tuple[bytes, bytes]] = JSON_HEADERS) -> list[tuple[bytes, bytes]]:
-    return [*base, (b"x-request-id", ctx.request_id.encode("latin-1")), *ctx.response_headers]
