@@ -250,9 +250,12 @@ def test_upstream_cut_mid_stream_ends_in_response_failed(start_gateway, upstream
     assert c.responses.retrieve(failed.id).status == "failed"
 
 
-def test_max_output_tokens_maps_to_incomplete(gateway):
-    r = client(gateway).responses.create(model="up", input="x")
-    assert r.status == "completed" and r.incomplete_details is None
+def test_max_output_tokens_maps_to_incomplete(start_gateway, upstream):
+    base = start_gateway(catalogue(upstream[1], "length"))
+    r = client(base).responses.create(model="up", input="x", max_output_tokens=3)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert upstream[0].requests[-1]["max_completion_tokens"] == 3
+    assert client(base).responses.retrieve(r.id).status == "incomplete"
 
 
 @pytest.mark.parametrize("upstream_model", ["malformed-sse", "stall"])

@@ -10,6 +10,7 @@
 ``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``)
 ``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
+``length``        a completion cut by the output token limit (``finish_reason: length``)
 ``pieces-<n>``    echoes the last user message; streamed in pieces of n characters (splits inside words)
 
 ``POST /v1/messages`` speaks Anthropic's Messages API (whole and streamed) for the litellm bridge, and
@@ -123,6 +124,9 @@ class Upstream:
             await self._answer(send, 401, err, json_h)
         elif model == "malformed":
             await self._answer(send, 200, b"{not json", json_h)
+        elif model == "length":  # cut by the output token limit
+            cut = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "finish_reason": "length"}]}
+            await self._answer(send, 200, orjson.dumps(cut), json_h)
         elif model == "hang":
             await self._wait_gone(receive)
         elif model.startswith("pieces-"):
