@@ -20,11 +20,11 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.idempotency import IdempotencyRecords, fingerprint, parse_key, record_key
-from gateway.policy import Policy, PolicyParams
+from gateway.idempotency import IdempotencyRecords, fingerprint, parse_key, record_key, replay_of
+from gateway.policy import Policy, PolicyParams, StoreStep
 from gateway.pricing import PriceBook, usd
 from gateway.spend import SpendCounters
-from gateway.store import Script, Store
+from gateway.store import Halt, Script, Store
 
 __all__ = [
     "AuditLog",
@@ -33,6 +33,7 @@ __all__ = [
     "BudgetExceeded",
     "Conflict",
     "GatewayError",
+    "Halt",
     "IdempotencyRecords",
     "InvalidRequest",
     "NotFound",
@@ -47,6 +48,7 @@ __all__ = [
     "Script",
     "SpendCounters",
     "Store",
+    "StoreStep",
     "StoreUnavailable",
     "Unprocessable",
     "Usage",
@@ -57,5 +59,6 @@ __all__ = [
     "fingerprint",
     "parse_key",
     "record_key",
+    "replay_of",
     "usd",
 ]

@@ -5,13 +5,22 @@ is the truth, changed through the native allowed-models API, so every replica se
 """
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from config.catalog import ApiKey, Catalogue, Space, Tenant, TenantModel
 from gateway.errors import AuthenticationFailed, NotFound, PermissionDenied
-from gateway.store import Store
+from gateway.store import Halt, Store
+
+# is a model allowed in a space: KEYS[1] the space's models hash, ARGV[1] the model id; a 0 halts a batch
+_ALLOWED_LUA = "return redis.call('HEXISTS', KEYS[1], ARGV[1])"
+
+
+def _allowed_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
+    return int(args[0] in (data.get(keys[0]) or ()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +72,7 @@ class Catalog:
 
     def __init__(self, catalogue: Catalogue, store: Store) -> None:
         self.store = store
+        self.allowed_check = store.script(_ALLOWED_LUA, _allowed_in_memory, Halt("r == 0", lambda r: not r))
         self.tenants = catalogue.tenants
         self._keys: dict[str, Principal] = {}
         self._tenants: dict[str, _TenantIndex] = {}
@@ -121,9 +131,9 @@ class Catalog:
                         stamp = now_iso(position).encode()
                         await self.store.hsetnx(_models_key(space.id), str(model.id), stamp)
 
-    async def is_allowed(self, space: Space, model: TenantModel) -> bool:
-        """One store read: is ``model`` allowed in ``space`` right now."""
-        return await self.store.hget(_models_key(space.id), str(model.id)) is not None
+    def allowed_call(self, space: Space, model: TenantModel) -> tuple[list[str], list[str]]:
+        """The keys and args of ``allowed_check`` (1 when ``model`` is allowed in ``space`` right now, else 0)."""
+        return [_models_key(space.id)], [str(model.id)]
 
     async def allowed_models(self, tenant: Tenant, space: Space) -> list[AllowedModel]:
         """The space's allowed models, in the order they were added."""

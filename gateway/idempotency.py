@@ -7,7 +7,8 @@ answer with ``Idempotent-Replayed: true``; a retry while the first is still runn
 
 Each decision is one store round trip: ``claim`` is a script that either claims the key or returns the record
 already there; ``release`` deletes the claim only while it is still this request's (a claim that expired and
-was taken by another request is left alone).
+was taken by another request is left alone). Each also exists as a call (script, keys, args) that the
+``idempotency`` policy hands to the chain, to run with the other policies' store work in one round trip.
 """
 
 import base64
@@ -20,7 +21,7 @@ import orjson
 
 from gateway.context import Reply
 from gateway.errors import BadRequest, Conflict, GatewayError, Unprocessable
-from gateway.store import Store
+from gateway.store import Call, Halt, Store
 
 MAX_KEY_LENGTH = 255
 CLAIM_TTL_SECONDS = 300  # a claim whose holder died is released by expiry after this long
@@ -31,6 +32,11 @@ local current = redis.call('GET', KEYS[1])
 if current then return current end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
+"""
+# complete: KEYS[1] = record key; ARGV = the finished record, its TTL in ms.
+_COMPLETE_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 # release: KEYS[1] = record key; ARGV[1] = this request's claim value. Deletes only an unchanged claim.
 _RELEASE_LUA = """
@@ -45,6 +51,11 @@ def _claim_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> byt
         return current
     data.put(keys[0], args[0], int(args[1]) / 1000)
     return None
+
+
+def _complete_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
+    data.put(keys[0], args[0], int(args[1]) / 1000)
+    return 1
 
 
 def _release_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
@@ -113,19 +124,17 @@ class IdempotencyRecords:
         self.store = store
         self.ttl = ttl_seconds
         self.claim_ttl = claim_ttl_seconds
-        self._claim = store.script(_CLAIM_LUA, _claim_in_memory)
+        # a record already there (not nil) halts a batch: the request is answered from it
+        self._claim = store.script(_CLAIM_LUA, _claim_in_memory, Halt("r ~= false", lambda r: r is not None))
+        self._complete = store.script(_COMPLETE_LUA, _complete_in_memory)
         self._release = store.script(_RELEASE_LUA, _release_in_memory)
 
-    async def claim(self, rkey: str, fp: str, owner: str = "") -> Reply | None:
-        """None when this request now owns the key; the stored Reply when it already finished (one round trip).
+    def claim_call(self, rkey: str, fp: str, owner: str) -> Call:
+        """The claim as a call: its result is None when claimed, else the record already there (``replay_of``)."""
+        return self._claim, [rkey], [_claim_value(fp, owner), self.claim_ttl * 1000]
 
-        Raises Conflict (409) while another request holds it, Unprocessable (422) for another body.
-        """
-        raw = await self._claim([rkey], [_claim_value(fp, owner), self.claim_ttl * 1000])
-        return None if raw is None else replay_of(raw, fp)
-
-    async def complete(self, rkey: str, fp: str, reply: Reply) -> None:
-        """Store the finished answer for replay for the retention period."""
+    def complete_call(self, rkey: str, fp: str, reply: Reply) -> Call:
+        """Store the finished answer for replay for the retention period, as a call."""
         record = {
             "fp": fp,
             "state": "done",
@@ -133,12 +142,31 @@ class IdempotencyRecords:
             "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in reply.headers],
             "body": base64.b64encode(reply.body).decode(),
         }
-        await self.store.set(rkey, orjson.dumps(record), self.ttl)
+        return self._complete, [rkey], [orjson.dumps(record), self.ttl * 1000]
+
+    def release_call(self, rkey: str, fp: str, owner: str) -> Call:
+        """Give the key back if the claim made by ``claim(rkey, fp, owner)`` is still there, as a call."""
+        return self._release, [rkey], [_claim_value(fp, owner)]
+
+    async def claim(self, rkey: str, fp: str, owner: str = "") -> Reply | None:
+        """None when this request now owns the key; the stored Reply when it already finished (one round trip).
+
+        Raises Conflict (409) while another request holds it, Unprocessable (422) for another body.
+        """
+        script, keys, args = self.claim_call(rkey, fp, owner)
+        raw = await script(keys, args)
+        return None if raw is None else replay_of(raw, fp)
+
+    async def complete(self, rkey: str, fp: str, reply: Reply) -> None:
+        """Store the finished answer for replay for the retention period."""
+        script, keys, args = self.complete_call(rkey, fp, reply)
+        await script(keys, args)
 
     async def release(self, rkey: str, fp: str, owner: str = "") -> bool:
         """Give the key back (the request failed in a way that must not be replayed), if the claim made by
         ``claim(rkey, fp, owner)`` is still there; True when it was."""
-        return bool(await self._release([rkey], [_claim_value(fp, owner)]))
+        script, keys, args = self.release_call(rkey, fp, owner)
+        return bool(await script(keys, args))
 
     async def run_once(
         self, rkey: str, fp: str, produce: Callable[[], Awaitable[Reply]], on_error: Callable[[GatewayError], Reply]

@@ -2,33 +2,41 @@
 
 A policy is a class with a ``Params`` pydantic model (validated at start, ``extra="forbid"``) and two hooks:
 
-``async before(ctx) -> Reply | None``
+``async before(ctx) -> Reply | StoreStep | None``
     Runs in chain order before the upstream call. May change ``ctx.body``/``ctx.model``; raise a
     ``GatewayError`` to reject (undo its own partial work first: its ``after`` will not run); or return a
     ``Reply`` to answer without calling the upstream (later policies' ``before`` then do not run).
+    A policy whose decision needs the store returns a ``StoreStep`` instead of calling the store itself: the
+    chain runs every policy's step together, in chain order, in one store round trip once the last
+    ``before`` has returned, and hands each result to the step's ``then``, which decides as ``before``
+    would have (raise, return a Reply, or None). A step whose result means "stop" (a rejection or a replay)
+    must say so through its script's ``Halt``, so that the later steps do not run; the policies after it
+    then count as not having run. If a later ``before`` raises, the pending steps are dropped unrun.
 
-``async after(ctx) -> None``
+``async after(ctx) -> StoreStep | None``
     Runs in reverse order for every policy whose ``before`` returned, on every exit path: success,
     rejection by a later policy, upstream error, client disconnect, cancellation. ``ctx.outcome``,
     ``ctx.status_code``, ``ctx.error``, ``ctx.usage`` and ``ctx.cost_micros`` say what happened; for
     streams it runs after the last byte, with the final usage. Reservations and claims are released here.
+    The store work it returns as a ``StoreStep`` runs with the other policies' in one round trip.
     Its errors are logged, never raised over the request's own outcome.
 
 ``wrap_send(ctx, send) -> send`` (optional)
     Sees every ASGI message of the answer on its way out (status and headers, then body chunks: whole SSE
-    events for streams), and may change them: capture them for replay, mask text. Wrapped only for policies
-    whose ``before`` returned; the last policy in the chain sees the messages first. Error answers raised
-    inside the chain pass through it too, rendered in the caller's shape.
+    events for streams), and may change them: capture them for replay, mask text. Wrapped, once the
+    ``before`` phase is over, only for policies that ran; the last policy in the chain sees the messages
+    first. Error answers raised inside the chain pass through it too, rendered in the caller's shape.
 
 Policies are named in the catalogue by a short alias (``policies.ALIASES``) or ``"module:Class"``; the
-built-ins go through the same loader as third-party ones. The names of the policies whose ``before``
-returned are recorded in ``ctx.governance_applied``.
+built-ins go through the same loader as third-party ones. The names of the policies that ran are recorded in
+``ctx.governance_applied``.
 """
 
 import asyncio
 import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -36,8 +44,9 @@ from starlette.types import Send
 
 from config.catalog import PolicySpec
 from gateway.context import Reply, RequestContext
-from gateway.errors import GatewayError, UpstreamError, render_error
+from gateway.errors import GatewayError, StoreUnavailable, UpstreamError, render_error
 from gateway.importer import ImportFromStringError, import_from_string
+from gateway.store import Script
 
 log = logging.getLogger("gateway.policy")
 
@@ -46,6 +55,23 @@ class PolicyParams(BaseModel):
     """Base of every policy's ``Params``: unknown keys are an error at start."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(slots=True)
+class StoreStep:
+    """A policy's store work, run by the chain together with the other policies' in one round trip.
+
+    ``then(ctx, result)`` receives the script's result (in ``before``: raise to reject, return a Reply to
+    answer). ``unavailable(ctx, error)`` is called instead when the store cannot be reached: raise to fail
+    closed, return to go on without the step (the default fails closed in ``before``; in ``after`` the
+    error is logged).
+    """
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[Any]
+    then: "Callable[[RequestContext, Any], Awaitable[Reply | None]] | None" = None
+    unavailable: "Callable[[RequestContext, StoreUnavailable], None] | None" = None
 
 
 class Policy:
@@ -57,11 +83,11 @@ class Policy:
     def __init__(self, params: PolicyParams) -> None:
         self.params = params
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
+    async def before(self, ctx: RequestContext) -> Reply | StoreStep | None:
         """Check or change the request; raise to reject; return a Reply to answer without the upstream."""
         return None
 
-    async def after(self, ctx: RequestContext) -> None:
+    async def after(self, ctx: RequestContext) -> StoreStep | None:
         """Record or release; runs on every exit path for every policy whose ``before`` returned."""
         return None
 
@@ -83,17 +109,23 @@ class PolicyChain:
         self.wrapping = frozenset(id(p) for p in self.policies if type(p).wrap_send is not Policy.wrap_send)
 
     async def run(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
-        """Run ``before`` hooks, then ``call(send)`` (which answers the client), then ``after`` hooks.
+        """Run ``before`` hooks (and their store steps), then ``call(send)`` (which answers the client), then
+        ``after`` hooks (and theirs).
 
         A Reply from a ``before`` hook is sent as the answer. A GatewayError raised before the answer started
         is rendered here (through the policies' ``wrap_send``), in the shape of the caller's surface.
         """
         ran: list[Policy] = []
-        sends = [send]  # the send as wrapped by each policy that ran so far: sends[-1] is the outermost
+        outer: Send | None = None  # ``send`` wrapped by the policies that ran, once the before phase is over
         try:
-            await self._before(ctx, sends, ran)
-            if ctx.outcome != "replayed":
-                await call(sends[-1])
+            reply = await self._before(ctx, ran)
+            if reply is not None:
+                ctx.outcome, ctx.status_code = "replayed", reply.status
+                await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+                await send({"type": "http.response.body", "body": reply.body})
+            else:
+                outer = self._wrap(ctx, send, ran)
+                await call(outer)
                 if ctx.outcome == "pending":
                     ctx.outcome = "ok"
         except GatewayError as exc:
@@ -103,8 +135,9 @@ class PolicyChain:
                 raise
             status, headers, body = render_error(exc, ctx.native)
             ctx.status_code = status
-            await sends[-1]({"type": "http.response.start", "status": status, "headers": headers})
-            await sends[-1]({"type": "http.response.body", "body": body})
+            outer = outer or self._wrap(ctx, send, ran)
+            await outer({"type": "http.response.start", "status": status, "headers": headers})
+            await outer({"type": "http.response.body", "body": body})
         except asyncio.CancelledError as exc:
             ctx.outcome, ctx.error = ("disconnected" if ctx.outcome == "pending" else ctx.outcome), exc
             raise
@@ -112,25 +145,99 @@ class PolicyChain:
             _record_failure(ctx, exc)
             raise
         finally:
-            for policy in reversed(ran):
-                try:
-                    await policy.after(ctx)
-                except Exception:
-                    log.exception("policy %s failed in after()", policy.name)
+            await self._after(ctx, ran)
 
-    async def _before(self, ctx: RequestContext, sends: list[Send], ran: list[Policy]) -> None:
-        """The ``before`` hooks in order, wrapping the send as they go. A Reply is sent here, unwrapped."""
+    async def _before(self, ctx: RequestContext, ran: list[Policy]) -> Reply | None:
+        """The ``before`` hooks in order, then their store steps in one round trip. Returns the Reply to send,
+        if one answers; ``ran`` ends up holding the policies that count as having run."""
+        steps: list[tuple[int, StoreStep]] = []  # (index in ran of the policy, its step)
+        reply: Reply | None = None
         for policy in self.policies:
-            reply = await policy.before(ctx)
+            result = await policy.before(ctx)
             ran.append(policy)
             ctx.governance_applied.append(policy.name)
+            if isinstance(result, StoreStep):
+                steps.append((len(ran) - 1, result))
+            elif result is not None:
+                reply = result
+                break
+        if steps:
+            return await _before_steps(ctx, ran, steps) or reply
+        return reply
+
+    def _wrap(self, ctx: RequestContext, send: Send, ran: list[Policy]) -> Send:
+        for policy in ran:
             if id(policy) in self.wrapping:
-                sends.append(policy.wrap_send(ctx, sends[-1]))
-            if reply is not None:
-                ctx.outcome, ctx.status_code = "replayed", reply.status
-                await sends[0]({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
-                await sends[0]({"type": "http.response.body", "body": reply.body})
-                return
+                send = policy.wrap_send(ctx, send)
+        return send
+
+    async def _after(self, ctx: RequestContext, ran: list[Policy]) -> None:
+        """The ``after`` hooks in reverse order, then their store steps in one round trip; nothing raises."""
+        steps: list[tuple[Policy, StoreStep]] = []
+        for policy in reversed(ran):
+            try:
+                step = await policy.after(ctx)
+            except Exception:
+                log.exception("policy %s failed in after()", policy.name)
+                continue
+            if isinstance(step, StoreStep):
+                steps.append((policy, step))
+        if steps:
+            await _after_steps(ctx, steps)
+
+
+async def _before_steps(ctx: RequestContext, ran: list[Policy], steps: list[tuple[int, StoreStep]]) -> Reply | None:
+    """Run the before phase's steps in one round trip and hand each result to its ``then`` in chain order."""
+    try:
+        results = await ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
+    except StoreUnavailable as exc:
+        for _, step in steps:  # each decides: fail closed (raise) or go on without its check
+            if step.unavailable is None:
+                raise
+            step.unavailable(ctx, exc)
+        return None
+    for (index, step), result in zip(steps, results, strict=False):  # shorter when a step halted
+        try:
+            answer = await step.then(ctx, result) if step.then is not None else None
+        except BaseException:
+            _forget(ctx, ran, index)  # like a raising before: its after does not run, nor later ones'
+            raise
+        if answer is not None:
+            _forget(ctx, ran, index + 1)
+            return answer
+    return None
+
+
+async def _after_steps(ctx: RequestContext, steps: list[tuple[Policy, StoreStep]]) -> None:
+    """Run the after phase's steps in one round trip; log what fails."""
+    try:
+        results = await ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
+    except StoreUnavailable as exc:
+        results = []
+        for policy, step in steps:
+            try:
+                if step.unavailable is None:
+                    raise exc
+                step.unavailable(ctx, exc)
+            except Exception:
+                log.exception("policy %s: its store step in after() did not run", policy.name)
+    except Exception:
+        log.exception("the policies' store steps failed in after()")
+        return
+    for (policy, step), result in zip(steps, results, strict=False):
+        if step.then is not None:
+            try:
+                await step.then(ctx, result)
+            except Exception:
+                log.exception("policy %s failed in after()", policy.name)
+
+
+def _forget(ctx: RequestContext, ran: list[Policy], keep: int) -> None:
+    """Only the first ``keep`` policies of ``ran`` count as having run (their ``after`` runs)."""
+    dropped = len(ran) - keep
+    if dropped > 0:
+        del ran[keep:]
+        del ctx.governance_applied[-dropped:]
 
 
 def _record_failure(ctx: RequestContext, exc: BaseException) -> None:

@@ -5,8 +5,8 @@ One hash per (tenant, UTC day) and one per (tenant, space, UTC day). Each holds 
 and per API key (``k:<key name>:<name>``). The tenant id is a hash tag (``{…}``), so a tenant's keys share a
 Redis Cluster slot and one script may touch them all.
 
-Written by the ``cost`` policy in one round trip (one script, every increment and TTL); read by the native
-usage route in one round trip (one script, every day of the range).
+Written by the ``cost`` policy with one script (every increment and TTL, a step of the chain's round trip);
+read by the native usage route in one round trip (one script, every day of the range).
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from gateway.store import Script, Store
+from gateway.store import Call, Script, Store
 
 SPEND_TTL_SECONDS = 40 * 86400
 MAX_RANGE_DAYS = 366
@@ -142,7 +142,7 @@ class SpendCounters:
             self._store = store
         return self._incr, self._read
 
-    async def record(
+    def record_call(
         self,
         store: Store,
         *,
@@ -154,13 +154,13 @@ class SpendCounters:
         input_tokens: int,
         output_tokens: int,
         day: date | None = None,
-    ) -> None:
-        """Add one request to the tenant's and the space's counters of ``day`` (today, UTC): one round trip."""
+    ) -> Call:
+        """The call that adds one request to the tenant's and the space's counters of ``day`` (today, UTC)."""
         day = day or utc_today()
         prefixes = ["", f"k:{key_name}:"] + ([f"m:{model_id}:"] if model_id else [])
         keys = [tenant_spend_key(tenant_id, day), space_spend_key(tenant_id, space_id, day)]
         args = [int(self.ttl_seconds), cost_micros, input_tokens, output_tokens, *prefixes]
-        await self._scripts(store)[0](keys, args)
+        return self._scripts(store)[0], keys, args
 
     async def read_space(self, store: Store, tenant_id: str, space_id: str, first: date, last: date) -> SpaceUsage:
         """The space's counters from ``first`` to ``last`` inclusive (at most ``MAX_RANGE_DAYS``): one round trip."""

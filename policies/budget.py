@@ -1,11 +1,11 @@
 """budget: hard spending limits per tenant, space or API key, per UTC day, UTC month or in total.
 
-``before`` reserves the request's worst-case cost against every configured budget in one atomic script: all
-reservations are taken or none is (then 429 ``insufficient_quota`` naming the budget, ``x-should-retry:
-false``). A budget admits a reservation only while ``settled + live reservations + this one <= limit``.
-``after`` settles it on every exit path, in one script: the reservation is dropped and the real cost
-(``ctx.cost_micros``; the partial usage's cost after an error or a disconnect, 0 when no usage is known) is
-added to the settled spend.
+``before`` reserves the request's worst-case cost against every configured budget in one atomic script, a step
+of the chain's store round trip before the upstream call: all reservations are taken or none is (then 429
+``insufficient_quota`` naming the budget, ``x-should-retry: false``). A budget admits a reservation only while
+``settled + live reservations + this one <= limit``. ``after`` settles it on every exit path, in one script (a
+step of the round trip after the call): the reservation is dropped and the real cost (``ctx.cost_micros``; the
+partial usage's cost after an error or a disconnect, 0 when no usage is known) is added to the settled spend.
 
 Each reservation is a member of its budget's sorted set scored by its expiry; every script first drops the
 expired ones, so a reservation whose process died (or whose settle could not reach the store) frees itself
@@ -16,6 +16,7 @@ import logging
 import math
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -25,12 +26,13 @@ from pydantic import Field, model_validator
 
 from gateway import (
     BudgetExceeded,
+    Halt,
     Policy,
     PolicyParams,
-    Reply,
     RequestContext,
     Script,
     Store,
+    StoreStep,
     StoreUnavailable,
     Usage,
 )
@@ -179,6 +181,19 @@ _PERIOD_WORD = {"day": "daily", "month": "monthly", "total": "total"}
 _OUTPUT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 
 
+@dataclass(slots=True)
+class _Reservation:
+    keys: list[str]
+    rid: str
+    ttls: list[int]
+    amount: int
+    taken: bool = False  # the reserve step ran and took it
+
+
+def _not_settled(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("budget reservation of request %s not settled (store unreachable): it expires", ctx.request_id)
+
+
 class Budget(Policy):
     name = "budget"
 
@@ -209,11 +224,13 @@ class Budget(Policy):
     def scripts(self, store: Store) -> tuple[Script, Script]:
         """(reserve, settle) registered on this store (local work: Redis sees them at the first call)."""
         if self._scripts is None or self._store is not store:
-            self._scripts = (store.script(RESERVE_LUA, reserve_fallback), store.script(SETTLE_LUA, settle_fallback))
+            # a refusal (the 1-based index of the budget that refused) halts the chain's store round trip
+            reserve = store.script(RESERVE_LUA, reserve_fallback, Halt("r ~= 0", lambda r: int(r) != 0))
+            self._scripts = (reserve, store.script(SETTLE_LUA, settle_fallback))
             self._store = store
         return self._scripts
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
+    async def before(self, ctx: RequestContext) -> StoreStep | None:
         amount = self.worst_case(ctx)
         now = datetime.now(UTC)
         keys = [k for limit in self.params.limits for k in _keys(limit, ctx, now)]
@@ -224,27 +241,28 @@ class Budget(Policy):
         args: list[Any] = [now_ms, expiry_ms, rid, amount]
         for limit, ttl in zip(self.params.limits, ttls, strict=True):
             args += [limit.micros, ttl]
-        try:
-            refused = int(await self.scripts(ctx.store)[0](keys, args))
-        except StoreUnavailable:
-            if self.params.on_store_error == "closed":
-                raise
-            log.warning("budget not checked for request %s: the store is unreachable", ctx.request_id)
-            return None
-        if refused:
-            raise BudgetExceeded(_message(self.params.limits[refused - 1], ctx, amount))
-        ctx.extras[self._slot] = (keys, rid, ttls)
-        return None
+        ctx.extras[self._slot] = _Reservation(keys, rid, ttls, amount)
+        return StoreStep(self.scripts(ctx.store)[0], keys, args, then=self.reserved, unavailable=self.unreachable)
 
-    async def after(self, ctx: RequestContext) -> None:
-        taken = ctx.extras.pop(self._slot, None)
-        if taken is None:
-            return
-        keys, rid, ttls = taken
-        try:
-            await self.scripts(ctx.store)[1](keys, [int(time.time() * 1000), rid, max(ctx.cost_micros, 0), *ttls])
-        except StoreUnavailable:
-            log.warning("budget reservation %s not settled (store unreachable): it expires by itself", rid)
+    async def reserved(self, ctx: RequestContext, refused: Any) -> None:
+        reservation: _Reservation = ctx.extras[self._slot]
+        if int(refused):
+            del ctx.extras[self._slot]
+            raise BudgetExceeded(_message(self.params.limits[int(refused) - 1], ctx, reservation.amount))
+        reservation.taken = True
+
+    def unreachable(self, ctx: RequestContext, error: StoreUnavailable) -> None:
+        if self.params.on_store_error == "closed":
+            raise error
+        ctx.extras.pop(self._slot, None)
+        log.warning("budget not checked for request %s: the store is unreachable", ctx.request_id)
+
+    async def after(self, ctx: RequestContext) -> StoreStep | None:
+        reservation = ctx.extras.pop(self._slot, None)
+        if not isinstance(reservation, _Reservation) or not reservation.taken:
+            return None
+        args = [int(time.time() * 1000), reservation.rid, max(ctx.cost_micros, 0), *reservation.ttls]
+        return StoreStep(self.scripts(ctx.store)[1], reservation.keys, args, unavailable=_not_settled)
 
     def worst_case(self, ctx: RequestContext) -> int:
         """The most this request can cost: a prompt estimate plus every output token it may produce."""

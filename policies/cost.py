@@ -6,9 +6,9 @@ policy shows it and counts it:
 * ``x-gateway-cost-usd: 0.000043`` on non-streaming answers of the OpenAI routes (usage is known before the
   answer starts). A stream's cost is only known after its last byte, too late for a header: it is in the
   counters and, on the native Responses route, in the stored response's ``usage.cost_usd``.
-* In ``after``, one store round trip adds the request to the tenant's and the space's counters of the UTC day
-  (cost, input and output tokens, one request; the same per model and per API key), read back through
-  ``GET /v1/spaces/{space_id}/usage``. Rejected and replayed requests are not counted.
+* In ``after``, one script (a step of the chain's store round trip) adds the request to the tenant's and the
+  space's counters of the UTC day (cost, input and output tokens, one request; the same per model and per API
+  key), read back through ``GET /v1/spaces/{space_id}/usage``. Rejected and replayed requests are not counted.
 
 Counting is best effort: when the store is unreachable the counters miss that request (logged); the answer is
 never changed for it.
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field
 from starlette.types import Message, Send
 
-from gateway import Policy, PolicyParams, RequestContext, SpendCounters, StoreUnavailable, usd
+from gateway import Policy, PolicyParams, RequestContext, SpendCounters, StoreStep, StoreUnavailable, usd
 
 log = logging.getLogger("policies.cost")
 _HEADER = b"x-gateway-cost-usd"
@@ -52,20 +52,22 @@ class Cost(Policy):
 
         return with_cost
 
-    async def after(self, ctx: RequestContext) -> None:
+    async def after(self, ctx: RequestContext) -> StoreStep | None:
         if ctx.outcome in ("rejected", "replayed") and ctx.usage is None:
-            return
+            return None
         usage = ctx.usage
-        try:
-            await self.counters.record(
-                ctx.store,
-                tenant_id=ctx.tenant_id,
-                space_id=ctx.space_id,
-                model_id=str(ctx.model.id) if ctx.model is not None else None,
-                key_name=ctx.principal.key.name,
-                cost_micros=ctx.cost_micros,
-                input_tokens=usage.input_tokens if usage else 0,
-                output_tokens=usage.output_tokens if usage else 0,
-            )
-        except StoreUnavailable:
-            log.warning("spend counters not updated for request %s: the store is unreachable", ctx.request_id)
+        script, keys, args = self.counters.record_call(
+            ctx.store,
+            tenant_id=ctx.tenant_id,
+            space_id=ctx.space_id,
+            model_id=str(ctx.model.id) if ctx.model is not None else None,
+            key_name=ctx.principal.key.name,
+            cost_micros=ctx.cost_micros,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+        )
+        return StoreStep(script, keys, args, unavailable=_not_counted)
+
+
+def _not_counted(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("spend counters not updated for request %s: the store is unreachable", ctx.request_id)

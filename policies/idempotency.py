@@ -1,12 +1,13 @@
 """idempotency: ``Idempotency-Key`` on the POST routes that create something (IETF draft semantics).
 
-A request with a key claims it atomically (one store round trip: a script that claims the key or returns the
-record already there). Its answer (status, headers and body, or the SSE bytes of a stream) is captured on its
-way out and stored in ``after`` for ``ttl_seconds``; a retry with the same key and body replays it with
-``Idempotent-Replayed: true``, errors included. A 5xx, a stream broken by the upstream, a client disconnect,
-a cancellation or an exception releases the claim instead, so a retry runs again (a crash is covered by the
-claim's TTL). A retry while the first is in flight gets 409 ``Retry-After: 1``; the same key with another body
-422. A request without a key passes untouched, at no store cost.
+A request with a key claims it atomically (a script that claims the key or returns the record already there,
+run as a step of the chain's store round trip). Its answer (status, headers and body, or the SSE bytes of a
+stream) is captured on its way out and stored in ``after`` for ``ttl_seconds``; a retry with the same key
+and body replays it with ``Idempotent-Replayed: true``, errors included. A 5xx, a stream broken by the
+upstream, a client disconnect, a cancellation or an exception releases the claim instead, so a retry runs
+again (a crash is covered by the claim's TTL). A retry while the first is in flight gets 409
+``Retry-After: 1``; the same key with another body 422. A request without a key passes untouched, at no
+store cost.
 
 Scope: (tenant, space, principal, route). Fingerprint: method, route and the canonical body (the native body
 field ``idempotency_key``, which counts as the header, left out). On a replayed Responses stream,
@@ -29,10 +30,12 @@ from gateway import (
     Reply,
     RequestContext,
     Store,
+    StoreStep,
     StoreUnavailable,
     fingerprint,
     parse_key,
     record_key,
+    replay_of,
 )
 
 log = logging.getLogger("policies.idempotency")
@@ -57,6 +60,7 @@ class _Capture:
     event_stream: bool = False
     failed: bool = False  # an event stream that ended in response.failed or error
     complete: bool = False  # the last body message went out
+    claimed: bool = False  # the claim step ran and this request holds the key
     stored: bool = False
 
     def start(self, message: Message) -> None:
@@ -106,29 +110,35 @@ class Idempotency(Policy):
             records = self._records = IdempotencyRecords(store, self.config.ttl_seconds, self.config.claim_ttl_seconds)
         return records
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
+    async def before(self, ctx: RequestContext) -> Reply | StoreStep | None:
         key = request_key(ctx)
         if key is None:
             return None
         records = self.records(ctx.store)
         rkey = record_key((ctx.tenant_id, ctx.space_id, ctx.principal.id, ctx.route), key)
         fp = fingerprint("POST", ctx.route, fingerprinted_body(ctx.body))
-        owner = os.urandom(8).hex()
-        try:
-            replay = await records.claim(rkey, fp, owner)
-        except StoreUnavailable:
-            if self.config.on_store_error == "closed":
-                raise
-            log.warning("idempotency skipped for request %s: the store is unreachable", ctx.request_id)
+        capture = ctx.extras[_STATE] = _Capture(records, rkey, fp, os.urandom(8).hex())
+        script, keys, args = records.claim_call(rkey, fp, capture.owner)
+        return StoreStep(script, keys, args, then=self.claimed, unavailable=self.unreachable)
+
+    async def claimed(self, ctx: RequestContext, record: Any) -> Reply | None:
+        """The claim's result: None when this request now holds the key, else the record already there."""
+        capture: _Capture = ctx.extras[_STATE]
+        if record is None:
+            capture.claimed = True
             return None
-        if replay is not None:
-            return resumed(ctx, replay)
-        ctx.extras[_STATE] = _Capture(records, rkey, fp, owner)
-        return None
+        del ctx.extras[_STATE]
+        return resumed(ctx, replay_of(record, capture.fp))  # or 409 in flight, 422 another body
+
+    def unreachable(self, ctx: RequestContext, error: StoreUnavailable) -> None:
+        if self.config.on_store_error == "closed":
+            raise error
+        ctx.extras.pop(_STATE, None)
+        log.warning("idempotency skipped for request %s: the store is unreachable", ctx.request_id)
 
     def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
         capture = ctx.extras.get(_STATE)
-        if not isinstance(capture, _Capture):
+        if not isinstance(capture, _Capture) or not capture.claimed:
             return send
         # a background response answers (queued) long before the request ends: store that answer at once
         early = ctx.body.get("background") is True and not ctx.stream
@@ -144,17 +154,23 @@ class Idempotency(Policy):
 
         return capturing
 
-    async def after(self, ctx: RequestContext) -> None:
+    async def after(self, ctx: RequestContext) -> StoreStep | None:
         capture = ctx.extras.pop(_STATE, None)
-        if not isinstance(capture, _Capture) or capture.stored:
-            return
+        if not isinstance(capture, _Capture) or not capture.claimed or capture.stored:
+            return None
         if _storable(ctx, capture):
-            await _store(capture)
-            return
-        try:
-            await capture.records.release(capture.rkey, capture.fp, capture.owner)
-        except StoreUnavailable:
-            log.warning("idempotency claim %s not released (store unreachable): it expires on its own", capture.rkey)
+            script, keys, args = capture.records.complete_call(capture.rkey, capture.fp, capture.reply())
+            return StoreStep(script, keys, args, unavailable=_not_stored)
+        script, keys, args = capture.records.release_call(capture.rkey, capture.fp, capture.owner)
+        return StoreStep(script, keys, args, unavailable=_not_released)
+
+
+def _not_stored(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("idempotency answer of request %s not stored (store unreachable): it expires", ctx.request_id)
+
+
+def _not_released(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("idempotency claim of request %s not released (store unreachable): it expires", ctx.request_id)
 
 
 def request_key(ctx: RequestContext) -> str | None:

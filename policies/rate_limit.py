@@ -2,9 +2,10 @@
 
 Each limit is a GCRA cell (a "theoretical arrival time" in the store): a limit of N per minute lets N go at
 once and then one every 60/N seconds. One Lua script decides a request atomically against every configured
-limit (Lua on Redis, the same logic in Python on the in-memory store): it takes one request from each request
-limit only when all limits allow it. Tokens are counted after the fact: ``after`` charges ``ctx.usage`` (input
-+ output tokens) to the token limits, and a new request is refused while a token limit is used up.
+limit (Lua on Redis, the same logic in Python on the in-memory store; a step of the chain's store round trip):
+it takes one request from each request limit only when all limits allow it. Tokens are counted after the
+fact: ``after`` charges ``ctx.usage`` (input + output tokens) to the token limits, and a new request is
+refused while a token limit is used up.
 
 Over a limit: 429 ``rate_limit_exceeded`` with ``Retry-After``; every answer carries OpenAI's
 ``x-ratelimit-*`` headers of the most constrained request and token limits.
@@ -18,10 +19,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from gateway import Policy, PolicyParams, RateLimited, Reply, RequestContext, StoreUnavailable
+from gateway import Halt, Policy, PolicyParams, RateLimited, RequestContext, StoreStep, StoreUnavailable
 
 log = logging.getLogger("gateway.policy.rate_limit")
 WINDOW_MS = 60_000
+_CELLS, _CHARGED = "rate_limit.cells", "rate_limit.charged"  # ctx.extras: the cells' keys, before/after the check
 
 # KEYS: the request limits' cells (ARGV[1] of them), then the token limits' cells.
 # ARGV[2..]: each cell's emission interval in ms (60000 / limit). Both kinds need one unit free; only request
@@ -157,30 +159,30 @@ class RateLimit(Policy):
         """The two scripts, registered once per store (a policy instance serves one app, so one store)."""
         scripts = self._scripts.get(id(ctx.store))
         if scripts is None:
-            scripts = (ctx.store.script(CHECK_LUA, check_fallback), ctx.store.script(CHARGE_LUA, charge_fallback))
+            # a refusal halts the chain's store round trip
+            check = ctx.store.script(CHECK_LUA, check_fallback, Halt("r[1] == 0", lambda r: int(r[0]) == 0))
+            scripts = (check, ctx.store.script(CHARGE_LUA, charge_fallback))
             self._scripts = {id(ctx.store): scripts}
         return scripts
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
+    async def before(self, ctx: RequestContext) -> StoreStep | None:
         if not self.cells:
             return None
-        keys = self._keys(ctx)
-        try:
-            result = await self._script(ctx)[0](keys, [self.n_requests, *self.intervals])
-        except StoreUnavailable:
-            if not self.fail_open:
-                raise
-            log.warning("rate limits skipped: the store is unreachable (on_store_error: open)")
-            return None
-        ctx.extras["rate_limit_keys"] = keys
+        keys = ctx.extras[_CELLS] = self._keys(ctx)
+        step = StoreStep(self._script(ctx)[0], keys, [self.n_requests, *self.intervals], then=self.checked)
+        if self.fail_open:
+            step.unavailable = _skipped
+        return step
+
+    async def checked(self, ctx: RequestContext, result: Any) -> None:
         allowed, retry_ms, *cells = (int(v) for v in result)
         headers = self._headers(cells)
         if not allowed:
             retry = max(1, math.ceil(retry_ms / 1000))
             headers["retry-after"] = str(retry)
             raise RateLimited(self._message(cells, retry), code="rate_limit_exceeded", headers=headers)
+        ctx.extras[_CHARGED] = ctx.extras.pop(_CELLS)  # tokens are charged to them in after
         ctx.response_headers.extend((k.encode(), v.encode()) for k, v in headers.items())
-        return None
 
     def _headers(self, cells: list[int]) -> dict[str, str]:
         """Per dimension, the limit with the fewest units left: its limit, remaining and reset."""
@@ -199,15 +201,21 @@ class RateLimit(Policy):
         what = ", ".join(f"{limit} {dim} per minute for this {scope}" for scope, dim, limit in spent) or "a limit"
         return f"Rate limit reached ({what}). Please retry after {retry} seconds."
 
-    async def after(self, ctx: RequestContext) -> None:
-        if not self.token_cells or ctx.usage is None or "rate_limit_keys" not in ctx.extras:
-            return
+    async def after(self, ctx: RequestContext) -> StoreStep | None:
+        keys = ctx.extras.get(_CHARGED)
+        if not keys or not self.token_cells or ctx.usage is None:
+            return None
         used = ctx.usage.input_tokens + ctx.usage.output_tokens
         if used <= 0:
-            return
-        keys = [ctx.extras["rate_limit_keys"][i] for i in self.token_cells]
+            return None
+        token_keys = [keys[i] for i in self.token_cells]
         intervals = [self.intervals[i] for i in self.token_cells]
-        try:
-            await self._script(ctx)[1](keys, [used, *intervals])
-        except StoreUnavailable:
-            log.warning("%d tokens not charged to the rate limits: the store is unreachable", used)
+        return StoreStep(self._script(ctx)[1], token_keys, [used, *intervals], unavailable=_not_charged)
+
+
+def _skipped(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("rate limits skipped: the store is unreachable (on_store_error: open)")
+
+
+def _not_charged(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("tokens of request %s not charged to the rate limits: the store is unreachable", ctx.request_id)

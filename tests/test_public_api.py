@@ -12,6 +12,7 @@ def test_exported_names():
             "BudgetExceeded",
             "Conflict",
             "GatewayError",
+            "Halt",
             "IdempotencyRecords",
             "InvalidRequest",
             "NotFound",
@@ -26,6 +27,7 @@ def test_exported_names():
             "Script",
             "SpendCounters",
             "Store",
+            "StoreStep",
             "StoreUnavailable",
             "Unprocessable",
             "Usage",
@@ -36,6 +38,7 @@ def test_exported_names():
             "fingerprint",
             "parse_key",
             "record_key",
+            "replay_of",
             "usd",
         ]
     )

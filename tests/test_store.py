@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.errors import StoreUnavailable
-from gateway.store import MemoryStore, Store
+from gateway.store import Halt, MemoryStore, Store
 from gateway.store.redis import RedisStore
 
 
@@ -100,6 +100,48 @@ async def test_scripts_run_atomically_with_the_same_result_on_both(store: Store)
     results = await asyncio.gather(*(script([key], [3, 10]) for _ in range(10)))
     assert sum(results) == 3
     assert int(await store.get(key)) == 9
+
+
+# add ARGV[1] to KEYS[1] and return the new value; a result above ARGV[2] halts a batch
+_ADD_LUA = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+return v
+"""
+
+
+def _add(data, keys, args):
+    value = int(data.get(keys[0]) or 0) + int(args[0])
+    data.put(keys[0], str(value).encode())  # as Redis keeps it
+    return value
+
+
+async def test_a_batch_runs_its_calls_in_order_in_one_unit(store: Store):
+    halting = store.script(_ADD_LUA, _add, Halt("r > 10", lambda r: int(r) > 10))
+    plain = store.script("return redis.call('GET', KEYS[1])", lambda data, keys, args: data.get(keys[0]))
+    claim = store.script(
+        "if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return false end return redis.call('GET', KEYS[1])",
+        lambda data, keys, args: None if data.get(keys[0]) is None and data.put(keys[0], args[0]) is None else 1,
+    )
+    a, b, c = k(), k(), k()
+    assert await store.batch([]) == []
+    # a false (nil) result keeps its place; each call sees its own keys and args, and the earlier calls' writes
+    results = await store.batch([(claim, [c], [b"x"]), (halting, [a], [4]), (plain, [a], []), (halting, [b], [1])])
+    assert [r if r is None else int(r) for r in results] == [None, 4, 4, 1]
+    # the second call halts (12 > 10): the third and fourth do not run
+    results = await store.batch([(halting, [a], [1]), (halting, [a], [7]), (halting, [b], [100]), (plain, [a], [])])
+    assert [int(r) for r in results] == [5, 12]
+    assert int(await store.get(b) or 0) == 1
+    # a single call is the script's own result
+    assert [int(r) for r in await store.batch([(halting, [b], [2])])] == [3]
+
+
+async def test_batches_are_atomic_under_concurrency(store: Store):
+    add = store.script(_ADD_LUA, _add, Halt("r > 10", lambda r: int(r) > 10))
+    key, other = k(), k()
+    # each batch adds 1 to both keys unless the first addition went over 10: exactly 10 batches get through
+    results = await asyncio.gather(*(store.batch([(add, [key], [1]), (add, [other], [1])]) for _ in range(30)))
+    assert sum(len(r) == 2 for r in results) == 10
+    assert int(await store.get(other) or 0) == 10
 
 
 async def test_unreachable_redis_raises_store_unavailable():

@@ -1,9 +1,9 @@
 """Shared state: the ``Store`` protocol, an in-memory store (one process) and a Redis store (replicas)."""
 
-from gateway.store.base import Script, Store
+from gateway.store.base import Call, Halt, Script, Store
 from gateway.store.memory import MemoryData, MemoryStore
 
-__all__ = ["MemoryData", "MemoryStore", "Script", "Store", "open_store"]
+__all__ = ["Call", "Halt", "MemoryData", "MemoryStore", "Script", "Store", "open_store"]
 
 
 def open_store(redis_url: str | None, prefix: str = "gw:") -> Store:

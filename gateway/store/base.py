@@ -4,18 +4,38 @@ Values are bytes; TTLs are seconds. Operations that must be atomic across replic
 commands (``set_nx``, ``incr``, ``append``) or a ``Script``: Lua on Redis, the same logic in Python on the
 in-memory store (where a synchronous function is atomic by construction on the event loop).
 Any failure to reach the store raises ``gateway.errors.StoreUnavailable``.
+
+Several script calls go to the store in one round trip with ``batch``: one atomic unit on Redis (the scripts
+are composed into one), run in order, stopping after the first whose result meets its ``Halt`` condition.
+That is how the policy chain pays one round trip for all its policies' store work before the upstream call
+and one after it.
 """
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 ScriptFallback = Callable[[Any, Sequence[str], Sequence[Any]], Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """When a script's result stops the rest of a batch: a Lua condition on its result ``r``, and the same
+    test in Python for the in-memory store (on the result as the fallback returns it)."""
+
+    lua: str
+    test: Callable[[Any], bool]
+
+
 class Script(Protocol):
+    halt: Halt | None
+
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run atomically with ``keys`` (store keys, unprefixed) and ``args``."""
         ...
+
+
+Call = tuple[Script, Sequence[str], Sequence[Any]]
 
 
 class Store(Protocol):
@@ -72,6 +92,18 @@ class Store(Protocol):
         """Entries ``start`` through ``end`` inclusive (negative counts from the end)."""
         ...
 
-    def script(self, lua: str, fallback: ScriptFallback) -> Script:
-        """Register an atomic script: ``lua`` runs on Redis, ``fallback(data, keys, args)`` in memory."""
+    def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
+        """Register an atomic script: ``lua`` runs on Redis, ``fallback(data, keys, args)`` in memory.
+
+        The Lua is a script body that reads ``KEYS`` and ``ARGV``; a batch runs it as a function of those two.
+        ``halt`` says which of its results stop a batch.
+        """
+        ...
+
+    async def batch(self, calls: Sequence[Call]) -> list[Any]:
+        """Run script calls (of this store's scripts) in order, atomically together, in one round trip.
+
+        Returns their results in order; a call whose result meets its script's ``Halt`` is the last one run,
+        so the list is shorter when one halted.
+        """
         ...

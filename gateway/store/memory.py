@@ -4,7 +4,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.store.base import Script, ScriptFallback
+from gateway.store.base import Call, Halt, Script, ScriptFallback
 
 _SWEEP_EVERY = 1024
 
@@ -53,12 +53,13 @@ class MemoryData:
 
 
 class _MemoryScript:
-    def __init__(self, data: MemoryData, fallback: ScriptFallback) -> None:
+    def __init__(self, data: MemoryData, fallback: ScriptFallback, halt: Halt | None) -> None:
         self._data = data
-        self._fallback = fallback
+        self.fallback = fallback
+        self.halt = halt
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._fallback(self._data, keys, args)
+        return self.fallback(self._data, keys, args)
 
 
 class MemoryStore:
@@ -152,5 +153,15 @@ class MemoryStore:
         stop = len(log) if end == -1 else (end + 1 if end >= 0 else len(log) + end + 1)
         return list(log[start:stop])
 
-    def script(self, lua: str, fallback: ScriptFallback) -> Script:
-        return _MemoryScript(self.data, fallback)
+    def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
+        return _MemoryScript(self.data, fallback, halt)
+
+    async def batch(self, calls: Sequence[Call]) -> list[Any]:
+        results = []
+        for script, keys, args in calls:  # no await in between: atomic
+            assert isinstance(script, _MemoryScript), "a script of another store"
+            result = script.fallback(self.data, keys, args)
+            results.append(result)
+            if script.halt is not None and script.halt.test(result):
+                break
+        return results

@@ -9,7 +9,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import StoreUnavailable
-from gateway.store.base import Script, ScriptFallback
+from gateway.store.base import Call, Halt, Script, ScriptFallback
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -31,8 +31,10 @@ def _ms(ttl: float | None) -> int | None:
 
 
 class _RedisScript:
-    def __init__(self, store: "RedisStore", lua: str) -> None:
+    def __init__(self, store: "RedisStore", lua: str, halt: Halt | None = None) -> None:
         self._store = store
+        self.lua = lua
+        self.halt = halt
         self._script = store.client.register_script(lua)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -48,6 +50,7 @@ class RedisStore:
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30, max_connections=512
         )
         self.prefix = prefix
+        self._composed: dict[tuple[Script, ...], _RedisScript] = {}
 
     def key(self, key: str) -> str:
         return self.prefix + key
@@ -127,5 +130,57 @@ class RedisStore:
         async with _reachable():
             return cast(list[bytes], await self.client.lrange(self.key(key), start, end))
 
-    def script(self, lua: str, fallback: ScriptFallback) -> Script:
-        return _RedisScript(self, lua)
+    def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
+        return _RedisScript(self, lua, halt)
+
+    async def batch(self, calls: Sequence[Call]) -> list[Any]:
+        if not calls:
+            return []
+        scripts = tuple(script for script, _, _ in calls)
+        if len(calls) == 1:  # no need for a composed script
+            return [await scripts[0]([*calls[0][1]], [*calls[0][2]])]
+        composed = self._composed.get(scripts)
+        if composed is None:
+            composed = self._composed[scripts] = _RedisScript(self, compose(scripts))  # type: ignore[arg-type]
+        counts: list[Any] = []
+        keys: list[str] = []
+        args: list[Any] = []
+        for _, call_keys, call_args in calls:
+            counts += (len(call_keys), len(call_args))
+            keys += call_keys
+            args += call_args
+        return cast(list[Any], await composed(keys, counts + args))
+
+
+def compose(scripts: Sequence[_RedisScript]) -> str:
+    """One Lua script that runs each script's body as a function of its own slice of KEYS and ARGV.
+
+    ARGV starts with each call's key count and arg count; the results come back as one array, cut after
+    the first call whose result meets its ``Halt`` condition (a nil result becomes false, so the array has
+    no holes and Redis returns it as a nil element).
+    """
+    n = len(scripts)
+    lines = [
+        "local function slice(t, from, count)",
+        "  local s = {}",
+        "  for i = 1, count do s[i] = t[from + i] end",
+        "  return s",
+        "end",
+    ]
+    for i, script in enumerate(scripts, 1):
+        lines += [f"local function call{i}(KEYS, ARGV)", script.lua, "end"]
+    lines += ["local out = {}", f"local ko, ao = 0, {2 * n}"]
+    for i, script in enumerate(scripts, 1):
+        lines += [
+            "do",
+            f"  local nk, na = tonumber(ARGV[{2 * i - 1}]), tonumber(ARGV[{2 * i}])",
+            f"  local r = call{i}(slice(KEYS, ko, nk), slice(ARGV, ao, na))",
+            "  ko, ao = ko + nk, ao + na",
+            "  if r == nil then r = false end",
+            f"  out[{i}] = r",
+        ]
+        if script.halt is not None:
+            lines.append(f"  if {script.halt.lua} then return out end")
+        lines.append("end")
+    lines.append("return out")
+    return "\n".join(lines)

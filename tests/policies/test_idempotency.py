@@ -13,8 +13,9 @@ import httpx2
 import openai
 import pytest
 import redis
+from starlette.types import Message, Send
 
-from gateway import Policy, PolicyParams, Reply, RequestContext
+from gateway import Policy, PolicyParams, RequestContext
 from tests.conftest import ADMIN_KEY, SPACE, catalogue
 from tests.servers import gateway_process, throwaway_redis
 
@@ -26,16 +27,21 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 class Pause(Policy):
-    """Holds every request for a moment after the idempotency claim, so concurrent retries find it in flight."""
+    """Holds every answer for a moment before it starts (the idempotency claim is held meanwhile), so that
+    concurrent retries find the key in flight."""
 
     name = "pause"
 
     class Params(PolicyParams):
         seconds: float
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
-        await asyncio.sleep(self.params.seconds)
-        return None
+    def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
+        async def paused(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await asyncio.sleep(self.params.seconds)
+            await send(message)
+
+        return paused
 
 
 def idem_catalogue(upstream_url: str, upstream_model: str = "ok", pause: float = 0, **params: Any) -> dict[str, Any]:
