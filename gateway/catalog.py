@@ -30,6 +30,10 @@ class Principal:
     tenant: Tenant
     key: ApiKey
     spaces: frozenset[str] | None  # None: every space of the tenant
+    tenant_id: str = ""  # str(tenant.id), formatted once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tenant_id", str(self.tenant.id))
 
     @property
     def id(self) -> str:

@@ -76,13 +76,12 @@ class RequestContext:
     redactors: list[Callable[[str], str]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def tenant_id(self) -> str:
-        return str(self.principal.tenant.id)
+    tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
+    space_id: str = field(init=False)
 
-    @property
-    def space_id(self) -> str:
-        return str(self.space.id)
+    def __post_init__(self) -> None:
+        self.tenant_id = self.principal.tenant_id
+        self.space_id = str(self.space.id)
 
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""

@@ -9,6 +9,7 @@ Written by the ``cost`` policy with one script (every increment and TTL, a step 
 read by the native usage route in one round trip (one script, every day of the range).
 """
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -56,7 +57,11 @@ def space_spend_key(tenant_id: str, space_id: str, day: date) -> str:
 
 def _incr_fallback(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
     ttl = float(args[0])
-    values = dict(zip(_NAMES, (int(args[1]), int(args[2]), int(args[3]), 1), strict=True))
+    values = [
+        (name, value)
+        for name, value in zip(_NAMES, (int(args[1]), int(args[2]), int(args[3]), 1), strict=True)
+        if value
+    ]
     for key in keys:
         counters = data.get(key)
         if counters is None:
@@ -65,9 +70,9 @@ def _incr_fallback(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
         else:
             data.expire(key, ttl)
         for prefix in args[4:]:
-            for name, value in values.items():
-                if value:
-                    counters[prefix + name] = counters.get(prefix + name, 0) + value
+            for name, value in values:
+                field = prefix + name
+                counters[field] = counters.get(field, 0) + value
     return 1
 
 
@@ -134,6 +139,7 @@ class SpendCounters:
         self._store: Store | None = None
         self._incr: Script | None = None
         self._read: Script | None = None
+        self._keys: dict[tuple[str, str, date | int], list[str]] = {}
 
     def _scripts(self, store: Store) -> tuple[Script, Script]:
         if self._store is not store or self._incr is None or self._read is None:
@@ -156,11 +162,21 @@ class SpendCounters:
         day: date | None = None,
     ) -> Call:
         """The call that adds one request to the tenant's and the space's counters of ``day`` (today, UTC)."""
-        day = day or utc_today()
+        keys = self._day_keys(tenant_id, space_id, day or int(time.time() // 86400))
         prefixes = ["", f"k:{key_name}:"] + ([f"m:{model_id}:"] if model_id else [])
-        keys = [tenant_spend_key(tenant_id, day), space_spend_key(tenant_id, space_id, day)]
         args = [int(self.ttl_seconds), cost_micros, input_tokens, output_tokens, *prefixes]
         return self._scripts(store)[0], keys, args
+
+    def _day_keys(self, tenant_id: str, space_id: str, day: date | int) -> list[str]:
+        """The tenant's and the space's hashes of ``day`` (a date or a day number since the epoch), cached."""
+        keys = self._keys.get((tenant_id, space_id, day))
+        if keys is None:
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            when = day if isinstance(day, date) else date(1970, 1, 1) + timedelta(days=day)
+            keys = [tenant_spend_key(tenant_id, when), space_spend_key(tenant_id, space_id, when)]
+            self._keys[(tenant_id, space_id, day)] = keys
+        return keys
 
     async def read_space(self, store: Store, tenant_id: str, space_id: str, first: date, last: date) -> SpaceUsage:
         """The space's counters from ``first`` to ``last`` inclusive (at most ``MAX_RANGE_DAYS``): one round trip."""

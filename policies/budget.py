@@ -14,7 +14,7 @@ after ``reservation_ttl_seconds``.
 
 import logging
 import math
-import secrets
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +39,7 @@ from gateway import (
 from gateway import usd as format_usd
 
 log = logging.getLogger("policies.budget")
+_KEY_CACHE_SIZE = 4096  # (caller, day) entries before the cache starts over
 
 _PURGE = """
 local function purge(h, z, now)
@@ -219,7 +220,13 @@ class Budget(Policy):
         self._store: Store | None = None
         self._scripts: tuple[Script, Script] | None = None
         ttl = self.params.reservation_ttl_seconds
-        self._key_ttl = {"day": 2 * 86400 + math.ceil(ttl), "month": 33 * 86400 + math.ceil(ttl), "total": 0}
+        key_ttl = {"day": 2 * 86400 + math.ceil(ttl), "month": 33 * 86400 + math.ceil(ttl), "total": 0}
+        self._ttls = [key_ttl[limit.period] for limit in self.params.limits]
+        self._limit_args = [
+            v for limit, t in zip(self.params.limits, self._ttls, strict=True) for v in (limit.micros, t)
+        ]
+        self._hold_ms = int(ttl * 1000)
+        self._key_cache: dict[tuple[str, str, str, int], list[str]] = {}
 
     def scripts(self, store: Store) -> tuple[Script, Script]:
         """(reserve, settle) registered on this store (local work: Redis sees them at the first call)."""
@@ -232,17 +239,23 @@ class Budget(Policy):
 
     async def before(self, ctx: RequestContext) -> StoreStep | None:
         amount = self.worst_case(ctx)
-        now = datetime.now(UTC)
-        keys = [k for limit in self.params.limits for k in _keys(limit, ctx, now)]
-        ttls = [self._key_ttl[limit.period] for limit in self.params.limits]
-        rid = secrets.token_hex(8)
         now_ms = int(time.time() * 1000)
-        expiry_ms = now_ms + int(self.params.reservation_ttl_seconds * 1000)
-        args: list[Any] = [now_ms, expiry_ms, rid, amount]
-        for limit, ttl in zip(self.params.limits, ttls, strict=True):
-            args += [limit.micros, ttl]
-        ctx.extras[self._slot] = _Reservation(keys, rid, ttls, amount)
+        keys = self._budget_keys(ctx, now_ms // 86_400_000)
+        rid = os.urandom(8).hex()
+        args: list[Any] = [now_ms, now_ms + self._hold_ms, rid, amount, *self._limit_args]
+        ctx.extras[self._slot] = _Reservation(keys, rid, self._ttls, amount)
         return StoreStep(self.scripts(ctx.store)[0], keys, args, then=self.reserved, unavailable=self.unreachable)
+
+    def _budget_keys(self, ctx: RequestContext, day: int) -> list[str]:
+        """Every budget's two keys for this caller on this UTC day (cached: formatting dates is slow)."""
+        who = (ctx.tenant_id, ctx.space_id, ctx.principal.key.name, day)
+        keys = self._key_cache.get(who)
+        if keys is None:
+            if len(self._key_cache) >= _KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            now = datetime.fromtimestamp(day * 86_400, UTC)
+            keys = self._key_cache[who] = [k for limit in self.params.limits for k in _keys(limit, ctx, now)]
+        return keys
 
     async def reserved(self, ctx: RequestContext, refused: Any) -> None:
         reservation: _Reservation = ctx.extras[self._slot]
@@ -283,9 +296,10 @@ class Budget(Policy):
         prompt = math.ceil(size / self.params.bytes_per_token)
         if body.get("previous_response_id") and model.context_window:
             prompt = max(prompt, model.context_window)  # the stored conversation is not in the body
-        plain = ctx.prices.cost(model, Usage(input_tokens=prompt, output_tokens=output))
-        thinking = ctx.prices.cost(model, Usage(input_tokens=prompt, output_tokens=output, reasoning_tokens=output))
-        return max(plain, thinking)
+        # every output token at the dearer of the output and reasoning prices
+        pricing = ctx.prices.pricing(model)
+        dearer = pricing is not None and (pricing.reasoning_per_mtok or 0) > pricing.output_per_mtok
+        return ctx.prices.cost(model, Usage(prompt, output, reasoning_tokens=output if dearer else 0))
 
 
 def _positive(value: Any) -> bool:

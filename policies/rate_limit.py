@@ -149,11 +149,20 @@ class RateLimit(Policy):
         self.intervals = [WINDOW_MS / limit for _, _, limit in self.cells]
         self.token_cells = [i for i, (_, dim, _) in enumerate(self.cells) if dim == "tokens"]
         self._scripts: dict[int, tuple[Any, Any]] = {}
+        self._key_cache: dict[tuple[str, str, str], list[str]] = {}
 
     def _keys(self, ctx: RequestContext) -> list[str]:
-        base = f"ratelimit:{{{ctx.tenant_id}:{ctx.space_id}}}:"
-        key_id = ctx.principal.key.sha256[:16]
-        return [base + (f"key:{key_id}:" if scope == "key" else "") + dim for scope, dim, _ in self.cells]
+        """The cells' keys for this caller (cached: the same few strings for every request of a key)."""
+        who = (ctx.tenant_id, ctx.space_id, ctx.principal.key.sha256)
+        keys = self._key_cache.get(who)
+        if keys is None:
+            if len(self._key_cache) >= 4096:
+                self._key_cache.clear()
+            base = f"ratelimit:{{{ctx.tenant_id}:{ctx.space_id}}}:"
+            key_id = ctx.principal.key.sha256[:16]
+            keys = [base + (f"key:{key_id}:" if scope == "key" else "") + dim for scope, dim, _ in self.cells]
+            self._key_cache[who] = keys
+        return keys
 
     def _script(self, ctx: RequestContext) -> tuple[Any, Any]:
         """The two scripts, registered once per store (a policy instance serves one app, so one store)."""
