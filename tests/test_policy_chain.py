@@ -104,3 +104,26 @@ def test_after_runs_when_the_client_disconnects_mid_stream(recorded):
 def test_policy_loading_errors_are_precise(spec, message):
     with pytest.raises(PolicyConfigError, match=message):
         load_policy(PolicySpec(**spec))
+
+
+@pytest.mark.parametrize("on_redis", [False, True], ids=["memory", "redis"])
+def test_a_third_party_store_step_is_batched_and_halts_the_policies_after_it(
+    start_gateway, upstream, redis_url, redis_prefix, on_redis
+):
+    prefix = redis_prefix + uuid.uuid4().hex + ":"
+    cat = catalogue(upstream[1])
+    cat["tenants"][0]["policies"] = [
+        {"use": "tests.plugins.recorder:Recorder", "log": "policy-log"},
+        {"use": "tests.plugins.recorder:DailyQuota", "requests": 2},
+        {"use": "allow_list"},
+    ]
+    store = {"redis_url": redis_url, "redis_prefix": prefix} if on_redis else {}
+    base = start_gateway(cat, **store)
+    assert [chat(base).status_code for _ in range(2)] == [200, 200]
+    refused = chat(base)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
+    if on_redis:
+        entries = redis.Redis.from_url(redis_url).lrange(prefix + "policy-log", 0, -1)
+        # the quota's step halted: it and allow_list after it count as not having run
+        assert entries[-1].decode() == "after:rejected:None:recorder"
+        assert entries[-3].decode() == "after:ok:3:recorder,daily_quota,allow_list"

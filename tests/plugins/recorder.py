@@ -1,6 +1,9 @@
 """A third-party policy package used by the tests: loaded by ``module:Class`` like any outside plugin."""
 
-from gateway import PermissionDenied, Policy, PolicyParams, Reply, RequestContext
+from collections.abc import Sequence
+from typing import Any
+
+from gateway import Halt, PermissionDenied, Policy, PolicyParams, RateLimited, Reply, RequestContext, Script, StoreStep
 
 
 class Recorder(Policy):
@@ -44,3 +47,47 @@ class Canned(Policy):
         if ctx.header("x-canned"):
             return Reply(200, b'{"canned": true}', [(b"content-type", b"application/json")])
         return None
+
+
+# take one request from the caller's daily quota (created at ARGV[1]); 0 when it is used up, which halts the
+# chain's store round trip
+TAKE_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', 86400) then end
+local left = redis.call('DECR', KEYS[1])
+if left < 0 then return 0 end
+return 1
+"""
+
+
+def take_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
+    current = data.get(keys[0])
+    left = int(current if current is not None else args[0]) - 1
+    data.put(keys[0], str(left).encode(), 86400)
+    return int(left >= 0)
+
+
+class DailyQuota(Policy):
+    """A store-backed policy written the batched way: its store work is a StoreStep (docs/policies.md)."""
+
+    name = "daily_quota"
+
+    class Params(PolicyParams):
+        requests: int
+
+    def __init__(self, params: PolicyParams) -> None:
+        super().__init__(params)
+        self._scripts: dict[int, Script] = {}
+
+    async def before(self, ctx: RequestContext) -> StoreStep:
+        script = self._scripts.get(id(ctx.store))
+        if script is None:
+            script = self._scripts[id(ctx.store)] = ctx.store.script(TAKE_LUA, take_in_memory, Halt("r == 0", _spent))
+        return StoreStep(script, [f"quota:{ctx.principal.key.name}"], [self.params.requests], then=self.taken)
+
+    async def taken(self, ctx: RequestContext, result: Any) -> None:
+        if not int(result):
+            raise RateLimited("Daily quota used up.", code="quota_exceeded")
+
+
+def _spent(result: Any) -> bool:
+    return not int(result)
