@@ -1,33 +1,23 @@
-"""The shared store on Redis (redis.asyncio + hiredis). Every key is prefixed; scripts run as EVALSHA."""
+"""The shared store on Redis, through the lean RESP client (``gateway.store.resp``). Every key is prefixed;
+scripts run as EVALSHA (loaded on first use); a batch of scripts is composed into one script, one round trip."""
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from gateway.errors import StoreUnavailable
 from gateway.store.base import Call, Halt, Script, ScriptFallback
-
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-@asynccontextmanager
-async def _reachable() -> AsyncIterator[None]:
-    try:
-        yield
-    except _UNREACHABLE:
-        raise StoreUnavailable("The gateway's store (Redis) is unreachable; try again shortly.") from None
+from gateway.store.resp import RespClient, RespError, script_sha
 
 
 def _px(ttl: float) -> int:
     return max(1, int(ttl * 1000))
 
 
-def _ms(ttl: float | None) -> int | None:
-    return None if ttl is None else _px(ttl)
+def _checked(replies: list[Any]) -> list[Any]:
+    """The replies of a pipeline; an error reply in it is a bug in the command, raised as such."""
+    for reply in replies:
+        if isinstance(reply, RespError):
+            raise reply
+    return replies
 
 
 class _RedisScript:
@@ -35,20 +25,18 @@ class _RedisScript:
         self._store = store
         self.lua = lua
         self.halt = halt
-        self._script = store.client.register_script(lua)
+        self.sha = script_sha(lua)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        async with _reachable():
-            return await self._script(keys=[self._store.key(k) for k in keys], args=list(args))
+        key = self._store.key
+        return await self._store.client.evalsha(self.sha, self.lua, [key(k) for k in keys], args)
 
 
 class RedisStore:
     """The ``Store`` shared by every replica pointing at the same Redis and prefix."""
 
     def __init__(self, url: str, prefix: str = "gw:") -> None:
-        self.client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30, max_connections=512
-        )
+        self.client = RespClient(url, connect_timeout=2.0, reply_timeout=5.0)
         self.prefix = prefix
         self._composed: dict[tuple[Script, ...], _RedisScript] = {}
 
@@ -56,79 +44,73 @@ class RedisStore:
         return self.prefix + key
 
     async def ping(self) -> None:
-        async with _reachable():
-            await self.client.ping()
+        await self.client.execute("PING")
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
     async def get(self, key: str) -> bytes | None:
-        async with _reachable():
-            return cast(bytes | None, await self.client.get(self.key(key)))
+        value: bytes | None = await self.client.execute("GET", self.key(key))
+        return value
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
-        async with _reachable():
-            return cast(list[bytes | None], await self.client.mget([self.key(k) for k in keys]))
+        values: list[bytes | None] = await self.client.execute("MGET", *(self.key(k) for k in keys))
+        return values
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        async with _reachable():
-            await self.client.set(self.key(key), value, px=_ms(ttl))
+        if ttl is None:
+            await self.client.execute("SET", self.key(key), value)
+        else:
+            await self.client.execute("SET", self.key(key), value, "PX", _px(ttl))
 
     async def set_nx(self, key: str, value: bytes, ttl: float | None = None) -> bool:
-        async with _reachable():
-            return bool(await self.client.set(self.key(key), value, px=_ms(ttl), nx=True))
+        expiry = () if ttl is None else ("PX", _px(ttl))
+        return await self.client.execute("SET", self.key(key), value, "NX", *expiry) is not None
 
     async def delete(self, *keys: str) -> int:
-        async with _reachable():
-            return int(await self.client.delete(*(self.key(k) for k in keys)))
+        return int(await self.client.execute("DEL", *(self.key(k) for k in keys))) if keys else 0
 
     async def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
-        async with _reachable():
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.incrby(self.key(key), amount)
-                if ttl is not None:
-                    pipe.pexpire(self.key(key), _px(ttl), nx=True)
-                result = await pipe.execute()
-            return int(result[0])
+        name = self.key(key)
+        commands: list[tuple[Any, ...]] = [("MULTI",), ("INCRBY", name, amount)]
+        if ttl is not None:
+            commands.append(("PEXPIRE", name, _px(ttl), "NX"))
+        replies = _checked(await self.client.execute_many([*commands, ("EXEC",)]))
+        return int(_checked(replies[-1])[0])
 
     async def hset(self, key: str, field: str, value: bytes) -> bool:
-        async with _reachable():
-            return bool(await self.client.hset(self.key(key), field, value))
+        return bool(await self.client.execute("HSET", self.key(key), field, value))
 
     async def hsetnx(self, key: str, field: str, value: bytes) -> bool:
-        async with _reachable():
-            return bool(await self.client.hsetnx(self.key(key), field, value))
+        return bool(await self.client.execute("HSETNX", self.key(key), field, value))
 
     async def hget(self, key: str, field: str) -> bytes | None:
-        async with _reachable():
-            return cast(bytes | None, await self.client.hget(self.key(key), field))
+        value: bytes | None = await self.client.execute("HGET", self.key(key), field)
+        return value
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        async with _reachable():
-            raw = cast(dict[bytes, bytes], await self.client.hgetall(self.key(key)))
-        return {k.decode(): v for k, v in raw.items()}
+        flat = await self.client.execute("HGETALL", self.key(key))
+        return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
     async def hdel(self, key: str, field: str) -> bool:
-        async with _reachable():
-            return bool(await self.client.hdel(self.key(key), field))
+        return bool(await self.client.execute("HDEL", self.key(key), field))
 
     async def append(self, key: str, value: bytes, ttl: float | None = None) -> int:
         return await self.extend(key, [value], ttl) - 1
 
     async def extend(self, key: str, values: list[bytes], ttl: float | None = None) -> int:
-        async with _reachable():
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(self.key(key), *values)
-                if ttl is not None:
-                    pipe.pexpire(self.key(key), _px(ttl))
-                result = await pipe.execute()
-            return int(result[0])
+        name = self.key(key)
+        commands: list[tuple[Any, ...]] = [("MULTI",), ("RPUSH", name, *values)]
+        if ttl is not None:
+            commands.append(("PEXPIRE", name, _px(ttl)))
+        replies = _checked(await self.client.execute_many([*commands, ("EXEC",)]))
+        return int(_checked(replies[-1])[0])
 
     async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
-        async with _reachable():
-            return cast(list[bytes], await self.client.lrange(self.key(key), start, end))
+        entries: list[bytes] = await self.client.execute("LRANGE", self.key(key), start, end)
+        return entries
 
     def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
         return _RedisScript(self, lua, halt)
@@ -138,7 +120,7 @@ class RedisStore:
             return []
         scripts = tuple(script for script, _, _ in calls)
         if len(calls) == 1:  # no need for a composed script
-            return [await scripts[0]([*calls[0][1]], [*calls[0][2]])]
+            return [await scripts[0](calls[0][1], calls[0][2])]
         composed = self._composed.get(scripts)
         if composed is None:
             composed = self._composed[scripts] = _RedisScript(self, compose(scripts))  # type: ignore[arg-type]
@@ -149,7 +131,8 @@ class RedisStore:
             counts += (len(call_keys), len(call_args))
             keys += call_keys
             args += call_args
-        return cast(list[Any], await composed(keys, counts + args))
+        results: list[Any] = await composed(keys, counts + args)
+        return results
 
 
 def compose(scripts: Sequence[_RedisScript]) -> str:
