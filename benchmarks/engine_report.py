@@ -18,7 +18,7 @@ GOV_LABELS = {
     "all-redis": "all five policies, Redis",
     "all-mem": "all five policies, in-memory store",
 }
-ORDER = ["responses", "store", "streams", "governance"]
+ORDER = ["responses", "store", "streams", "governance", "redis-client"]
 BACKENDS = {"memory": "in-memory store", "redis": "Redis"}
 
 
@@ -343,6 +343,44 @@ requests' scripts and bursts per request fall below one.
 {profiles_md(data)}"""
 
 
+REDIS_CLIENT_LABELS = {"redis-py": "redis-py 8.1 asyncio, as the store used it (socket timeout, health checks)",
+                       "redis-py-no-timeout": "redis-py 8.1 asyncio, no socket timeout nor health checks",
+                       "resp": "the gateway's `gateway/store/resp.py` (hiredis, auto-pipelined)"}
+REDIS_WORKLOAD_LABELS = {"c1": "c1, one-key script", "c64": "c64, one-key script",
+                         "c64-batch": "c64, 8 keys + 20 args, nested reply"}
+
+
+def render_redis_client(data: dict) -> str:
+    """CPU µs per call, median over repeats, per client and workload; the ratio to the gateway's client."""
+    runs = data["runs"]
+    med_cpu = {c: {w: med([r["cpu_us"] for r in rs]) for w, rs in ws.items()} for c, ws in runs.items()}
+    med_ops = {c: {w: med([r["ops_per_s"] for r in rs]) for w, rs in ws.items()} for c, ws in runs.items()}
+    workloads = list(REDIS_WORKLOAD_LABELS)
+    head = "| client | " + " | ".join(f"{REDIS_WORKLOAD_LABELS[w]}: CPU µs / call (calls/s)" for w in workloads)
+    lines = [head + " |", "|---" * (len(workloads) + 1) + "|"]
+    for c in runs:
+        cells = [f"{med_cpu[c][w]:.1f} ({med_ops[c][w]:,.0f})" for w in workloads]
+        lines.append(f"| {REDIS_CLIENT_LABELS.get(c, c)} | " + " | ".join(cells) + " |")
+    ratios = "; ".join(f"{REDIS_WORKLOAD_LABELS[w]} **{med_cpu['redis-py'][w] / med_cpu['resp'][w]:.1f}×**"
+                       for w in workloads if med_cpu["resp"][w])
+    repeats = max(len(rs) for ws in runs.values() for rs in ws.values())
+    return f"""### Redis client: CPU per script call
+
+{preamble(data["meta"])}
+Why the store has a client of its own. Each measurement is a process of its own on the gateway's core (uvloop,
+as the gateway runs; `benchmarks/redis_client.py`), calling EVALSHA on {redis_desc(data.get("redis") or {})};
+CPU is the process's, around the timed calls only, after a warm-up. {repeats} repeats, the clients interleaved;
+medians. The c64 batch-shaped script is the size of the chain's composed call before the upstream.
+
+{chr(10).join(lines)}
+
+redis-py's CPU per call ÷ the gateway client's: {ratios}. The gateway's client writes the calls of concurrent
+callers together once per event-loop iteration and parses with hiredis, with one reply-timeout check per
+connection instead of a timer per command. valkey-glide 2.6 and coredis 6.9, tried by hand on the same
+workloads, cost as much as redis-py (glide) or more (coredis), so neither took the job.
+"""
+
+
 INTRO = """## Responses engine and governance
 
 The sections below come from `benchmarks/run_engine.py`, on the same harness as the table above: the same mock
@@ -352,7 +390,7 @@ relay on core 0), the same check of foreign CPU use (a measurement during which 
 it: `--suite` runs some of the suites, and a run rewrites the sections of the suites it ran, no other."""
 
 RENDER = {"responses": render_responses, "store": render_store, "streams": render_streams,
-          "governance": render_governance}
+          "governance": render_governance, "redis-client": render_redis_client}
 
 
 def _sections_in(text: str) -> dict[str, str]:

@@ -310,3 +310,29 @@ def profile_misses(b: Bench, suite: str, data: dict) -> dict:
             b.stop(proc, redis=redis)
             b.procs.stop(mock)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- redis client
+
+REDIS_CLIENTS = ["redis-py", "redis-py-no-timeout", "resp"]
+REDIS_WORKLOADS = ["c1", "c64", "c64-batch"]
+
+
+def suite_redis_client(b: Bench) -> dict:
+    """CPU per script call of redis-py and of the gateway's own client, one process per measurement (on the
+    gateway's core), clients interleaved within each repeat."""
+    url = b.redis_url()
+    runs: dict = {c: {w: [] for w in REDIS_WORKLOADS} for c in REDIS_CLIENTS}
+    for rep in range(1, b.args.repeats + 1):
+        for workload in REDIS_WORKLOADS:
+            order = REDIS_CLIENTS if rep % 2 else REDIS_CLIENTS[::-1]
+            for name in order:
+                command = ["taskset", "-c", base.TARGET_CORE, str(b.pythons["gateway"]),
+                           str(base.BENCH_DIR / "redis_client.py"), name, workload, url, b.prefix]
+                done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+                if done.returncode != 0:
+                    raise BenchError(f"redis_client.py {name} {workload} failed: {done.stderr.strip()[-300:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                runs[name][workload].append(result)
+                log(f"[redis-client {rep}/{b.args.repeats}] {name} {workload}: {result['cpu_us']:.1f} µs CPU/call")
+    return {"runs": runs, "redis": b.redis}

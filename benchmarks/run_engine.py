@@ -9,6 +9,7 @@ Redis relay and a throwaway Redis on core 0):
   streams     1,000 Responses streams open at once on one gateway worker (slow mock upstream)
   governance  chat c1 / c64 with allow_list only (in-memory, Redis) vs idempotency + allow_list + rate_limit +
               budget + cost (Redis; in-memory too), and the Redis round trips per request through a counting relay
+  redis-client  CPU per EVALSHA: redis-py's asyncio client vs the gateway's own (gateway/store/resp.py)
 Redis: the machine's at 127.0.0.1:6379 when it answers (--redis auto), else a throwaway redis-server; every run
 uses its own key prefix and deletes its keys. Results: benchmarks/results/engine-latest.json (merged per suite);
 the sections of docs/benchmarks.md between run.py's ENGINE_BEGIN / ENGINE_END lines are rewritten by it.
@@ -40,7 +41,7 @@ from engine_suites import ALLOW_ONLY, CATALOG  # noqa: E402
 from run import BenchError, Proc, Processes, log  # noqa: E402
 
 RESULTS_FILE = base.RESULTS / "engine-latest.json"
-SUITES = ["responses", "store", "streams", "governance"]
+SUITES = ["responses", "store", "streams", "governance", "redis-client"]
 
 
 # ------------------------------------------------------------------------------------------------- harness
@@ -206,7 +207,7 @@ def run_suites(b: Bench, meta: dict, results: dict) -> list[str]:
     """Each suite in turn, into `results`; returns the suites that failed."""
     failed = []
     runners = {"responses": suites.suite_responses, "store": suites.suite_store, "streams": suites.suite_streams,
-               "governance": suites.suite_governance}
+               "governance": suites.suite_governance, "redis-client": suites.suite_redis_client}
     for suite in b.args.suites:
         t0 = time.monotonic()
         try:

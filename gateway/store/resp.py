@@ -1,9 +1,9 @@
 """A lean asyncio Redis client: RESP2 over ``asyncio.Protocol``, replies parsed by ``hiredis.Reader``.
 
-Why it exists: measured on a development machine, redis-py's asyncio client spends 38–63 µs of CPU per
-EVALSHA; this client spends 3–16 µs for the same call (the low end under concurrency, when pipelining
-batches many commands per write and read). The store issues a few scripts per request, so that difference
-is a sizeable part of the gateway's own overhead.
+Why it exists: redis-py's asyncio client spends 36–64 µs of CPU per EVALSHA; this client spends 3–8 µs
+under concurrency, when pipelining batches many callers' commands per write and read, and 34 µs for a lone
+caller, where the syscalls dominate (docs/benchmarks.md, "Redis client"). The store issues a script or two per
+request, so that difference is a sizeable part of the gateway's own overhead.
 
 Design:
 
