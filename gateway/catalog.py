@@ -81,6 +81,8 @@ class Catalog:
         self._keys: dict[str, Principal] = {}
         self._tenants: dict[str, _TenantIndex] = {}
         self._spaces: dict[str, tuple[Tenant, Space]] = {}
+        self.space_ids: dict[int, str] = {}  # id() of a catalogue space -> its id as a string, formatted once
+        self._allowed_calls: dict[tuple[str, str], tuple[list[str], list[str]]] = {}  # bounded by the catalogue
         for tenant in catalogue.tenants:
             index = _TenantIndex(tenant)
             for m in tenant.models:
@@ -88,6 +90,7 @@ class Catalog:
             self._tenants[str(tenant.id)] = index
             for s in tenant.spaces:
                 self._spaces[str(s.id)] = (tenant, s)
+                self.space_ids[id(s)] = str(s.id)
             for k in tenant.api_keys:
                 spaces = None if "*" in k.spaces else frozenset(k.spaces)
                 self._keys[k.sha256] = Principal(tenant, k, spaces)
@@ -135,9 +138,13 @@ class Catalog:
                         stamp = now_iso(position).encode()
                         await self.store.hsetnx(_models_key(space.id), str(model.id), stamp)
 
-    def allowed_call(self, space: Space, model: TenantModel) -> tuple[list[str], list[str]]:
-        """The keys and args of ``allowed_check`` (1 when ``model`` is allowed in ``space`` right now, else 0)."""
-        return [_models_key(space.id)], [str(model.id)]
+    def allowed_call(self, space_id: str, model: TenantModel) -> tuple[list[str], list[str]]:
+        """The keys and args of ``allowed_check`` (1 when ``model`` is allowed in the space right now, else 0);
+        cached, as they are the same few strings for every request."""
+        call = self._allowed_calls.get((space_id, model.alias))
+        if call is None:
+            call = self._allowed_calls[(space_id, model.alias)] = ([_models_key(space_id)], [str(model.id)])
+        return call
 
     async def allowed_models(self, tenant: Tenant, space: Space) -> list[AllowedModel]:
         """The space's allowed models, in the order they were added."""
@@ -161,7 +168,7 @@ class Catalog:
         return await self.store.hdel(_models_key(space.id), str(model_id))
 
 
-def _models_key(space_id: UUID) -> str:
+def _models_key(space_id: UUID | str) -> str:
     return f"space:{space_id}:models"
 
 

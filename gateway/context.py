@@ -81,7 +81,7 @@ class RequestContext:
 
     def __post_init__(self) -> None:
         self.tenant_id = self.principal.tenant_id
-        self.space_id = str(self.space.id)
+        self.space_id = self.catalog.space_ids.get(id(self.space)) or str(self.space.id)
 
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""

@@ -24,7 +24,7 @@ class AllowList(Policy):
         if model is None:
             await self.refuse(ctx, alias)
         ctx.model = model  # later policies (budgets) price the request with it; the step below may still refuse
-        keys, args = ctx.catalog.allowed_call(ctx.space, model)
+        keys, args = ctx.catalog.allowed_call(ctx.space_id, model)
         return StoreStep(ctx.catalog.allowed_check, keys, args, then=self.checked)
 
     async def checked(self, ctx: RequestContext, allowed: Any) -> None:
