@@ -74,3 +74,13 @@ def test_hash_key_command():
         timeout=60,
     ).stdout.strip()
     assert out == "11765d891df666fd89b04a73b5113ad8242697f8c5d1f2830a55d426e65bfa0e"
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(10_000, "10000 True"), (0, "700 False")])
+def test_the_server_process_tunes_the_garbage_collector(threshold, expected):
+    code = (
+        "import gc; from gateway.__main__ import tune_gc; "
+        f"tune_gc({threshold}); print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == expected
