@@ -5,7 +5,6 @@ writing and persisting. Every event or chunk returned is a fresh dict that later
 serialised, logged or stored for replay at any time.
 """
 
-import copy
 import time
 from typing import Any
 
@@ -27,6 +26,12 @@ from gateway.responses.translate import (
 )
 
 JSON = dict[str, Any]
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON data: a dozen times faster than ``copy.deepcopy`` through orjson (which the events are
+    serialised with anyway)."""
+    return value if value is None else orjson.loads(orjson.dumps(value))
 
 
 def format_sse(event: JSON) -> bytes:
@@ -92,7 +97,7 @@ class ChatStreamToEvents:
     """
 
     def __init__(self, shell: JSON) -> None:
-        self._base = copy.deepcopy(shell)
+        self._base = json_copy(shell)
         self._status: str = shell.get("status") or "in_progress"
         self._seq = 0
         self._started = False
@@ -118,7 +123,7 @@ class ChatStreamToEvents:
             "output": [item.to_dict() for item in self._items],
             "incomplete_details": incomplete,
             "error": dict(self._error) if self._error else None,
-            "usage": copy.deepcopy(self._usage),
+            "usage": json_copy(self._usage),
             "completed_at": self._completed_at,
         }
 
@@ -221,9 +226,24 @@ class ChatStreamToEvents:
         if kind == "refusal":
             events.append(self._event("response.refusal.delta", **_where(item, index), delta=text))
             return
-        part.logprobs.extend(logprobs)
-        converted = logprobs_from_chat({"content": logprobs}, with_bytes=False)
-        events.append(self._event("response.output_text.delta", **_where(item, index), delta=text, logprobs=converted))
+        converted: list[JSON] = []
+        if logprobs:
+            part.logprobs.extend(logprobs)
+            converted = logprobs_from_chat({"content": logprobs}, with_bytes=False)
+        # the most frequent event of all, built directly (same keys, same order as _event + _where)
+        seq = self._seq
+        self._seq = seq + 1
+        events.append(
+            {
+                "type": "response.output_text.delta",
+                "sequence_number": seq,
+                "item_id": item.id,
+                "output_index": item.index,
+                "content_index": index,
+                "delta": text,
+                "logprobs": converted,
+            }
+        )
 
     def _tool_delta(self, position: int, call: JSON, events: list[JSON]) -> None:
         index = call.get("index")
