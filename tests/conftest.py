@@ -150,7 +150,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[tuple[Upstream, str]]:
     fake = Upstream()
-    with serve(fake) as url:
+    with serve(fake, lifespan=False) as url:
         yield fake, url
 
 

@@ -26,15 +26,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(app: Any, timeout: float = 10.0) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 in a thread (with its lifespan) and yield its base URL; stopped on exit."""
+def serve(app: Any, timeout: float = 10.0, lifespan: bool = True) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 in a thread and yield its base URL; stopped on exit. With ``lifespan`` its
+    startup and shutdown run (the gateway's); without, it only ever sees HTTP (the fake upstreams)."""
     port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        lifespan="on",
+        lifespan="on" if lifespan else "off",
         http="httptools",
         loop="asyncio",
         timeout_graceful_shutdown=2,

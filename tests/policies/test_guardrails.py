@@ -183,11 +183,6 @@ class Hook:
         self.seen: list[dict[str, Any]] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
         body = orjson.loads((await receive())["body"])
         self.seen.append(body)
         text, status = body["text"], 200
@@ -209,7 +204,7 @@ class Hook:
 @pytest.fixture(scope="module")
 def hook() -> Iterator[tuple[Hook, str]]:
     app = Hook()
-    with serve(app) as url:
+    with serve(app, lifespan=False) as url:
         yield app, url
 
 
