@@ -24,6 +24,7 @@ from gateway.idempotency import IdempotencyRecords, fingerprint, parse_key, reco
 from gateway.policy import Policy, PolicyParams, StoreStep
 from gateway.pricing import PriceBook, usd
 from gateway.spend import SpendCounters
+from gateway.sse import error_event, event_data, format_sse
 from gateway.store import Halt, Script, Store
 
 __all__ = [
@@ -56,7 +57,10 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "error_event",
+    "event_data",
     "fingerprint",
+    "format_sse",
     "parse_key",
     "record_key",
     "replay_of",

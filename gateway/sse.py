@@ -19,7 +19,13 @@ _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"[DONE]"
 
 
-def error_event(message: str, code: str, error_type: str = "upstream_error") -> bytes:
+def format_sse(event: dict[str, Any]) -> bytes:
+    """One Responses SSE frame: ``id`` is the sequence number (so Last-Event-ID and starting_after agree)."""
+    head = f"id: {event['sequence_number']}\nevent: {event['type']}\ndata: ".encode()
+    return head + orjson.dumps(event) + b"\n\n"
+
+
+def error_event(message: str, code: str | None, error_type: str = "upstream_error") -> bytes:
     """The last event of a stream cut by a failure: an error object and no ``[DONE]``."""
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return b"data: " + orjson.dumps(body) + b"\n\n"

@@ -6,17 +6,16 @@ masked across chunk boundaries (``TailMasker`` holds back the tail that could st
 cleanly on a rejection: a final ``data: {"error": …}`` for Chat (no ``[DONE]``), ``response.failed`` for Responses.
 """
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.types import Message, Send
 
-from gateway import PermissionDenied, RequestContext
+from gateway import PermissionDenied, RequestContext, error_event, event_data, format_sse
 from policies.pii import Finding, Rules, TailMasker
 
 JSON = dict[str, Any]
-Message = MutableMapping[str, Any]  # an ASGI message (as starlette.types has it)
-Send = Callable[[Message], Awaitable[None]]
 Check = Callable[[str], Awaitable[tuple[str, str | None]]]  # a webhook: text -> (text, rejection reason)
 
 
@@ -47,10 +46,6 @@ def _output_slots(output: Any) -> list[tuple[JSON, str]]:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 slots.append((part, "text"))
     return slots
-
-
-def _payload(event: bytes) -> bytes:
-    return b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
 def _frame(event: bytes, data: JSON) -> bytes:
@@ -174,15 +169,13 @@ class OutputGuard:
         exc = rejection(stop.reason)
         self.ctx.outcome, self.ctx.error = "rejected", exc
         if self.chat:
-            error = {"message": exc.message, "type": exc.error_type, "param": None, "code": exc.code}
-            return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+            return error_event(exc.message, exc.code, exc.error_type)
         response = {**self.shell, "status": "failed", "error": {"code": exc.code, "message": exc.message}}
-        event = {"type": "response.failed", "sequence_number": stop.seq, "response": response}
-        return f"id: {stop.seq}\nevent: response.failed\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
+        return format_sse({"type": "response.failed", "sequence_number": stop.seq, "response": response})
 
     # --- Chat Completions chunks --------------------------------------------------------------------------
     def _chat_event(self, event: bytes) -> list[bytes]:
-        payload = _payload(event)
+        payload = event_data(event)
         if payload == b"[DONE]":
             return [*self._chat_end(), event + b"\n\n"]
         try:
@@ -239,7 +232,7 @@ class OutputGuard:
     # --- Responses events ---------------------------------------------------------------------------------
     def _responses_event(self, event: bytes) -> list[bytes]:
         try:
-            data = orjson.loads(_payload(event))
+            data = orjson.loads(event_data(event))
         except orjson.JSONDecodeError:
             return [event + b"\n\n"]
         if not isinstance(data, dict):

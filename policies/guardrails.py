@@ -14,9 +14,10 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 from pydantic import AnyHttpUrl, Field, field_validator
+from starlette.types import Send
 
 from gateway import GatewayError, PermissionDenied, Policy, PolicyParams, Reply, RequestContext
-from policies.guard_output import OutputGuard, Send
+from policies.guard_output import OutputGuard
 from policies.pii import DETECTORS, Action, Detector, Rules, deny_detector, masked
 
 log = logging.getLogger("gateway.policy.guardrails")

@@ -34,12 +34,6 @@ def json_copy(value: Any) -> Any:
     return value if value is None else orjson.loads(orjson.dumps(value))
 
 
-def format_sse(event: JSON) -> bytes:
-    """One SSE frame: ``id`` is the sequence number (so Last-Event-ID and starting_after agree), compact JSON."""
-    head = f"id: {event['sequence_number']}\nevent: {event['type']}\ndata: ".encode()
-    return head + orjson.dumps(event) + b"\n\n"
-
-
 class _Part:
     """One content part being streamed: text arrives in fragments, joined once when read; Chat logprob entries
     are kept as received and converted when read."""

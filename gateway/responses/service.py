@@ -20,9 +20,9 @@ from gateway.errors import JSON_HEADERS, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.pricing import PriceBook
 from gateway.responses.engine import ResponsesEngine, Turn, usage_of
-from gateway.responses.events import format_sse
 from gateway.responses.live import LiveStream, LiveStreams
 from gateway.responses.records import ResponseRecords, StoredResponse
+from gateway.sse import format_sse
 
 JSON = dict[str, Any]
 Render = Callable[[StoredResponse], JSON]

@@ -11,8 +11,9 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from gateway.responses.events import ChatStreamToEvents, EventsToChatChunks, format_sse
+from gateway.responses.events import ChatStreamToEvents, EventsToChatChunks
 from gateway.responses.translate import chat_to_response, response_shell, usage_to_chat
+from gateway.sse import format_sse
 from tests.responses import LLAMACPP, assert_subset, load, normalize_ids, read_json, read_sse, sdk_extras
 
 STREAMS = load("streams.json")
