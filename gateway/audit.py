@@ -14,11 +14,11 @@ import base64
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from gateway.catalog import now_iso
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequest, StoreUnavailable
 from gateway.store import Script, Store
@@ -44,10 +44,6 @@ def _page_fallback(data: Any, keys: Sequence[str], args: Sequence[Any]) -> list[
     last = len(entries) - 1 if args[0] == "" else min(int(args[0]), len(entries) - 1)
     first = max(0, last - int(args[1]) + 1)
     return [0, []] if last < 0 else [first, list(entries[first : last + 1])]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def encode_cursor(index: int) -> str:
@@ -95,12 +91,16 @@ class AuditLog:
             entry["error"]["message"] = entry["error"]["message"][:MAX_MESSAGE]
         await self.store.append(self.key(tenant_id, space_id), orjson.dumps(entry), self.ttl_seconds)
 
+    async def record_request(self, ctx: RequestContext, kind: str, action: str, fields: dict[str, Any]) -> None:
+        """Append one entry about a request: who made it, where, then ``fields``. Raises StoreUnavailable."""
+        await self.record(ctx.tenant_id, ctx.space_id, kind, action, {**who(ctx), **fields})
+
     async def admin_change(self, ctx: RequestContext, action: str, tenant_model_id: str) -> None:
         """Record a change made through the admin API. The change is already made: a store failure is logged."""
         model = ctx.catalog.tenant_model(ctx.principal.tenant, tenant_model_id)
-        fields = {**who(ctx), "model": model.alias if model else None, "tenant_model_id": tenant_model_id}
+        fields = {"model": model.alias if model else None, "tenant_model_id": tenant_model_id}
         try:
-            await self.record(ctx.tenant_id, ctx.space_id, "admin_change", action, fields)
+            await self.record_request(ctx, "admin_change", action, fields)
         except StoreUnavailable:
             log.error("audit entry lost (store unreachable): %s by %s on %s", action, ctx.principal.id, ctx.space_id)
 

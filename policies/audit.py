@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from gateway import AuditLog, GatewayError, Policy, PolicyParams, Reply, RequestContext, StoreUnavailable
+from gateway import AuditLog, GatewayError, Policy, PolicyParams, RequestContext, StoreUnavailable
 
 log = logging.getLogger("gateway.policy.audit")
 PROMPT_FIELDS = ("messages", "input", "instructions")
@@ -38,16 +38,11 @@ class Audit(Policy):
             self._logs = {id(ctx.store): audit}
         return audit
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
-        return None
-
     async def after(self, ctx: RequestContext) -> None:
         if ctx.outcome != "rejected":
             return
         try:
-            await self._log(ctx).record(
-                ctx.tenant_id, ctx.space_id, "policy_denial", "request.rejected", self._fields(ctx)
-            )
+            await self._log(ctx).record_request(ctx, "policy_denial", "request.rejected", self._fields(ctx))
         except StoreUnavailable:
             log.error("audit entry lost (store unreachable): %s refused on %s", ctx.route, ctx.space_id)
 
@@ -55,11 +50,6 @@ class Audit(Policy):
         error = ctx.error
         alias = ctx.model.alias if ctx.model is not None else ctx.body.get("model")
         fields: dict[str, Any] = {
-            "principal": ctx.principal.id,
-            "key": ctx.principal.key.name,
-            "space_id": ctx.space_id,
-            "route": ctx.route,
-            "request_id": ctx.request_id,
             "model": alias[:200] if isinstance(alias, str) else None,
             "status": ctx.status_code,
             "error": {
