@@ -45,6 +45,7 @@ from starlette.types import Send
 from config.catalog import PolicySpec
 from gateway.context import Reply, RequestContext
 from gateway.errors import GatewayError, StoreUnavailable, UpstreamError, render_error
+from gateway.http import send_bytes
 from gateway.importer import ImportFromStringError, import_from_string
 from gateway.store import Script
 
@@ -121,8 +122,7 @@ class PolicyChain:
             reply = await self._before(ctx, ran)
             if reply is not None:
                 ctx.outcome, ctx.status_code = "replayed", reply.status
-                await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
-                await send({"type": "http.response.body", "body": reply.body})
+                await send_bytes(send, reply.status, reply.headers, reply.body)
             else:
                 outer = self._wrap(ctx, send, ran)
                 await call(outer)
@@ -136,8 +136,7 @@ class PolicyChain:
             status, headers, body = render_error(exc, ctx.native)
             ctx.status_code = status
             outer = outer or self._wrap(ctx, send, ran)
-            await outer({"type": "http.response.start", "status": status, "headers": headers})
-            await outer({"type": "http.response.body", "body": body})
+            await send_bytes(outer, status, headers, body)
         except asyncio.CancelledError as exc:
             ctx.outcome, ctx.error = ("disconnected" if ctx.outcome == "pending" else ctx.outcome), exc
             raise

@@ -27,6 +27,7 @@ from gateway.providers import build_providers
 from gateway.responses.engine import ResponsesEngine
 from gateway.responses.records import ResponseRecords
 from gateway.responses.service import ResponsesService
+from gateway.spend import SpendCounters
 from gateway.store import open_store
 from gateway.upstream import make_session
 
@@ -40,6 +41,7 @@ class Gateway:
         self.store = open_store(redis_url, settings.redis_prefix)
         self.catalog = Catalog(catalogue, self.store)
         self.prices = PriceBook(catalogue)
+        self.spend = SpendCounters()  # the usage route's reader (the cost policy has its own writer)
         self.idempotency = IdempotencyRecords(self.store, settings.idempotency_ttl_seconds)
         self.audit = AuditLog(self.store)
         self.chains: dict[str, PolicyChain] = {}

@@ -139,7 +139,7 @@ class SpendCounters:
         self._store: Store | None = None
         self._incr: Script | None = None
         self._read: Script | None = None
-        self._keys: dict[tuple[str, str, date | int], list[str]] = {}
+        self._keys: dict[tuple[str, str, int], list[str]] = {}
 
     def _scripts(self, store: Store) -> tuple[Script, Script]:
         if self._store is not store or self._incr is None or self._read is None:
@@ -159,21 +159,20 @@ class SpendCounters:
         cost_micros: int,
         input_tokens: int,
         output_tokens: int,
-        day: date | None = None,
     ) -> Call:
-        """The call that adds one request to the tenant's and the space's counters of ``day`` (today, UTC)."""
-        keys = self._day_keys(tenant_id, space_id, day or int(time.time() // 86400))
+        """The call that adds one request to the tenant's and the space's counters of the UTC day."""
+        keys = self._day_keys(tenant_id, space_id, int(time.time() // 86400))
         prefixes = ["", f"k:{key_name}:"] + ([f"m:{model_id}:"] if model_id else [])
         args = [int(self.ttl_seconds), cost_micros, input_tokens, output_tokens, *prefixes]
         return self._scripts(store)[0], keys, args
 
-    def _day_keys(self, tenant_id: str, space_id: str, day: date | int) -> list[str]:
-        """The tenant's and the space's hashes of ``day`` (a date or a day number since the epoch), cached."""
+    def _day_keys(self, tenant_id: str, space_id: str, day: int) -> list[str]:
+        """The tenant's and the space's hashes of ``day`` (a day number since the epoch), cached."""
         keys = self._keys.get((tenant_id, space_id, day))
         if keys is None:
             if len(self._keys) >= 4096:
                 self._keys.clear()
-            when = day if isinstance(day, date) else date(1970, 1, 1) + timedelta(days=day)
+            when = date(1970, 1, 1) + timedelta(days=day)
             keys = [tenant_spend_key(tenant_id, when), space_spend_key(tenant_id, space_id, when)]
             self._keys[(tenant_id, space_id, day)] = keys
         return keys

@@ -18,7 +18,7 @@ from gateway.errors import InvalidRequest
 from gateway.http import json_bytes
 from gateway.pricing import usd
 from gateway.runtime import Gateway
-from gateway.spend import MAX_RANGE_DAYS, SpendCounters, Totals, utc_today
+from gateway.spend import MAX_RANGE_DAYS, Totals, utc_today
 
 _DATE: TypeAdapter[date] = TypeAdapter(date)
 
@@ -49,7 +49,7 @@ async def space_usage(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     ctx = space_context(gw, request.scope, "spaces.usage.read")
     first, last = _range(request)
-    usage = await SpendCounters().read_space(gw.store, ctx.tenant_id, ctx.space_id, first, last)
+    usage = await gw.spend.read_space(gw.store, ctx.tenant_id, ctx.space_id, first, last)
     tenant = ctx.principal.tenant
     by_model = []
     for model_id, totals in usage.by_model.items():
