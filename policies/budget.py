@@ -186,9 +186,12 @@ _OUTPUT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens")
 class _Reservation:
     keys: list[str]
     rid: str
-    ttls: list[int]
     amount: int
     taken: bool = False  # the reserve step ran and took it
+
+
+def _not_checked(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("budget not checked for request %s: the store is unreachable", ctx.request_id)
 
 
 def _not_settled(ctx: RequestContext, error: StoreUnavailable) -> None:
@@ -243,8 +246,9 @@ class Budget(Policy):
         keys = self._budget_keys(ctx, now_ms // 86_400_000)
         rid = os.urandom(8).hex()
         args: list[Any] = [now_ms, now_ms + self._hold_ms, rid, amount, *self._limit_args]
-        ctx.extras[self._slot] = _Reservation(keys, rid, self._ttls, amount)
-        return StoreStep(self.scripts(ctx.store)[0], keys, args, then=self.reserved, unavailable=self.unreachable)
+        ctx.extras[self._slot] = _Reservation(keys, rid, amount)
+        skip = None if self.params.on_store_error == "closed" else _not_checked  # None: fail closed (503)
+        return StoreStep(self.scripts(ctx.store)[0], keys, args, then=self.reserved, unavailable=skip)
 
     def _budget_keys(self, ctx: RequestContext, day: int) -> list[str]:
         """Every budget's two keys for this caller on this UTC day (cached: formatting dates is slow)."""
@@ -264,17 +268,11 @@ class Budget(Policy):
             raise BudgetExceeded(_message(self.params.limits[int(refused) - 1], ctx, reservation.amount))
         reservation.taken = True
 
-    def unreachable(self, ctx: RequestContext, error: StoreUnavailable) -> None:
-        if self.params.on_store_error == "closed":
-            raise error
-        ctx.extras.pop(self._slot, None)
-        log.warning("budget not checked for request %s: the store is unreachable", ctx.request_id)
-
     async def after(self, ctx: RequestContext) -> StoreStep | None:
         reservation = ctx.extras.pop(self._slot, None)
         if not isinstance(reservation, _Reservation) or not reservation.taken:
             return None
-        args = [int(time.time() * 1000), reservation.rid, max(ctx.cost_micros, 0), *reservation.ttls]
+        args = [int(time.time() * 1000), reservation.rid, max(ctx.cost_micros, 0), *self._ttls]
         return StoreStep(self.scripts(ctx.store)[1], reservation.keys, args, unavailable=_not_settled)
 
     def worst_case(self, ctx: RequestContext) -> int:

@@ -119,7 +119,8 @@ class Idempotency(Policy):
         fp = fingerprint("POST", ctx.route, fingerprinted_body(ctx.body))
         capture = ctx.extras[_STATE] = _Capture(records, rkey, fp, os.urandom(8).hex())
         script, keys, args = records.claim_call(rkey, fp, capture.owner)
-        return StoreStep(script, keys, args, then=self.claimed, unavailable=self.unreachable)
+        skip = None if self.config.on_store_error == "closed" else _skipped  # None: fail closed (503)
+        return StoreStep(script, keys, args, then=self.claimed, unavailable=skip)
 
     async def claimed(self, ctx: RequestContext, record: Any) -> Reply | None:
         """The claim's result: None when this request now holds the key, else the record already there."""
@@ -129,12 +130,6 @@ class Idempotency(Policy):
             return None
         del ctx.extras[_STATE]
         return resumed(ctx, replay_of(record, capture.fp))  # or 409 in flight, 422 another body
-
-    def unreachable(self, ctx: RequestContext, error: StoreUnavailable) -> None:
-        if self.config.on_store_error == "closed":
-            raise error
-        ctx.extras.pop(_STATE, None)
-        log.warning("idempotency skipped for request %s: the store is unreachable", ctx.request_id)
 
     def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
         capture = ctx.extras.get(_STATE)
@@ -163,6 +158,10 @@ class Idempotency(Policy):
             return StoreStep(script, keys, args, unavailable=_not_stored)
         script, keys, args = capture.records.release_call(capture.rkey, capture.fp, capture.owner)
         return StoreStep(script, keys, args, unavailable=_not_released)
+
+
+def _skipped(ctx: RequestContext, error: StoreUnavailable) -> None:
+    log.warning("idempotency skipped for request %s: the store is unreachable", ctx.request_id)
 
 
 def _not_stored(ctx: RequestContext, error: StoreUnavailable) -> None:

@@ -23,7 +23,6 @@ from gateway import Halt, Policy, PolicyParams, RateLimited, RequestContext, Sto
 
 log = logging.getLogger("gateway.policy.rate_limit")
 WINDOW_MS = 60_000
-_CELLS, _CHARGED = "rate_limit.cells", "rate_limit.charged"  # ctx.extras: the cells' keys, before/after the check
 
 # KEYS: the request limits' cells (ARGV[1] of them), then the token limits' cells.
 # ARGV[2..]: each cell's emission interval in ms (60000 / limit). Both kinds need one unit free; only request
@@ -150,6 +149,7 @@ class RateLimit(Policy):
         self.token_cells = [i for i, (_, dim, _) in enumerate(self.cells) if dim == "tokens"]
         self._scripts: dict[int, tuple[Any, Any]] = {}
         self._key_cache: dict[tuple[str, str, str], list[str]] = {}
+        self._slot = f"rate_limit.{id(self)}"  # ctx.extras: this request was admitted
 
     def _keys(self, ctx: RequestContext) -> list[str]:
         """The cells' keys for this caller (cached: the same few strings for every request of a key)."""
@@ -177,7 +177,7 @@ class RateLimit(Policy):
     async def before(self, ctx: RequestContext) -> StoreStep | None:
         if not self.cells:
             return None
-        keys = ctx.extras[_CELLS] = self._keys(ctx)
+        keys = self._keys(ctx)
         step = StoreStep(self._script(ctx)[0], keys, [self.n_requests, *self.intervals], then=self.checked)
         if self.fail_open:
             step.unavailable = _skipped
@@ -190,7 +190,7 @@ class RateLimit(Policy):
             retry = max(1, math.ceil(retry_ms / 1000))
             headers["retry-after"] = str(retry)
             raise RateLimited(self._message(cells, retry), code="rate_limit_exceeded", headers=headers)
-        ctx.extras[_CHARGED] = ctx.extras.pop(_CELLS)  # tokens are charged to them in after
+        ctx.extras[self._slot] = True  # admitted: its tokens are charged in after
         ctx.response_headers.extend((k.encode(), v.encode()) for k, v in headers.items())
 
     def _headers(self, cells: list[int]) -> dict[str, str]:
@@ -211,12 +211,12 @@ class RateLimit(Policy):
         return f"Rate limit reached ({what}). Please retry after {retry} seconds."
 
     async def after(self, ctx: RequestContext) -> StoreStep | None:
-        keys = ctx.extras.get(_CHARGED)
-        if not keys or not self.token_cells or ctx.usage is None:
+        if not ctx.extras.get(self._slot) or not self.token_cells or ctx.usage is None:
             return None
         used = ctx.usage.input_tokens + ctx.usage.output_tokens
         if used <= 0:
             return None
+        keys = self._keys(ctx)
         token_keys = [keys[i] for i in self.token_cells]
         intervals = [self.intervals[i] for i in self.token_cells]
         return StoreStep(self._script(ctx)[1], token_keys, [used, *intervals], unavailable=_not_charged)
