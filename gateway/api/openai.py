@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import chat
 from gateway.catalog import AllowedModel
 from gateway.errors import InvalidRequest, NotFound
-from gateway.http import json_bytes, parse_json_object, read_body
+from gateway.http import json_response, parse_json_object, read_body
 from gateway.runtime import Gateway
 
 JSON = "application/json"
@@ -65,7 +65,7 @@ async def list_models(request: Request) -> Response:
     ctx = gw.context(dict(request.scope["headers"]), "models.list", {})
     entries = await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space)
     data = [_model_object(e, ctx.principal.tenant.name) for e in entries]
-    return Response(json_bytes({"object": "list", "data": data}), media_type=JSON)
+    return json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(request: Request) -> Response:
@@ -74,5 +74,5 @@ async def retrieve_model(request: Request) -> Response:
     name = request.path_params["model"]
     for entry in await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space):
         if entry.model.alias == name:
-            return Response(json_bytes(_model_object(entry, ctx.principal.tenant.name)), media_type=JSON)
+            return json_response(_model_object(entry, ctx.principal.tenant.name))
     raise NotFound(f"The model '{name}' does not exist in this space.", code="model_not_found", param="model")

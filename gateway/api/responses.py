@@ -1,35 +1,33 @@
 """OpenAI-compatible Responses routes: create (a thin ASGI callable), retrieve (and resume with
 ``?stream=true&starting_after=N``), delete, cancel, input_items."""
 
-from typing import Annotated, Any
-
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.spaces import PAGE_LIMIT
 from gateway.errors import BadRequest, InvalidRequest, NotFound
-from gateway.http import json_bytes, parse_json_object, read_body
+from gateway.http import json_response, parse_json_object, read_body
 from gateway.responses.records import StoredResponse
 from gateway.responses.render import openai_response
 from gateway.runtime import Gateway
 
 JSON_TYPE = "application/json"
-_LIMIT: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1, le=100)])
+_INT: TypeAdapter[int] = TypeAdapter(int)
 
 
 class CreateResponse:
     """``POST /v1/responses``: the policy chain around one Responses turn."""
 
-    def __init__(self, gw: Gateway, route: str = "responses.create") -> None:
+    def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
         headers = dict(scope["headers"])
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
-        ctx = gw.context(headers, self.route, {})
+        ctx = gw.context(headers, "responses.create", {})
         ctx.body = parse_json_object(raw)
         ctx.stream = ctx.body.get("stream") is True
 
@@ -49,10 +47,6 @@ async def _record(request: Request) -> tuple[Gateway, StoredResponse]:
     return gw, record
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json_bytes(data), status, media_type=JSON_TYPE)
-
-
 def _int_param(request: Request, name: str, adapter: TypeAdapter[int], default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -67,23 +61,20 @@ def _int_param(request: Request, name: str, adapter: TypeAdapter[int], default: 
 class RetrieveResponse:
     """``GET /v1/responses/{id}``; with ``stream=true``, the events after ``starting_after`` (then live ones)."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         gw, record = await _record(request)
         if request.query_params.get("stream") in ("true", "1"):
-            after = _int_param(request, "starting_after", TypeAdapter(int), -1)
+            after = _int_param(request, "starting_after", _INT, -1)
             await gw.responses.replay(record, after, send)
             return
-        await _json(openai_response(record))(scope, receive, send)
+        await json_response(openai_response(record))(scope, receive, send)
 
 
 async def delete_response(request: Request) -> Response:
     gw, record = await _record(request)
     await gw.responses.records.delete(record.id)
-    return _json({"id": record.id, "object": "response", "deleted": True})
+    return json_response({"id": record.id, "object": "response", "deleted": True})
 
 
 async def cancel_response(request: Request) -> Response:
@@ -93,12 +84,12 @@ async def cancel_response(request: Request) -> Response:
         raise BadRequest("Only responses created with background=true can be cancelled.", code="not_cancellable")
     if not record.terminal:
         record = await gw.responses.cancel(record)
-    return _json(openai_response(record))
+    return json_response(openai_response(record))
 
 
 async def list_input_items(request: Request) -> Response:
     _, record = await _record(request)
-    limit = _int_param(request, "limit", _LIMIT, 20)
+    limit = _int_param(request, "limit", PAGE_LIMIT, 20)
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("'order' must be 'asc' or 'desc'.", param="order", loc=("query", "order"), input=order)
@@ -110,7 +101,7 @@ async def list_input_items(request: Request) -> Response:
             raise InvalidRequest(f"Item '{after}' is not an input item of this response.", param="after")
         items = items[ids.index(after) + 1 :]
     page = items[:limit]
-    return _json(
+    return json_response(
         {
             "object": "list",
             "data": page,

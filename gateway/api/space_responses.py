@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.spaces import space_context
 from gateway.errors import NotFound, Unprocessable
-from gateway.http import json_bytes, parse_json_object, read_body
+from gateway.http import json_response, parse_json_object, read_body
 from gateway.idempotency import parse_key
 from gateway.responses.records import StoredResponse
 from gateway.responses.render import native_response
@@ -20,10 +20,6 @@ from gateway.runtime import Gateway
 
 def _data(record: StoredResponse) -> dict[str, Any]:
     return {"data": native_response(record)}
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(json_bytes(data), status, media_type="application/json")
 
 
 class CreateSpaceResponse:
@@ -63,15 +59,15 @@ async def _record(request: Request, route: str) -> tuple[Gateway, StoredResponse
 
 async def get_space_response(request: Request) -> Response:
     _, record = await _record(request, "spaces.responses.read")
-    return _json(_data(record))
+    return json_response(_data(record))
 
 
 async def cancel_space_response(request: Request) -> Response:
     """202 when it was in flight (it is cancelled, cooperatively, within 5 s); 200 when already finished."""
     gw, record = await _record(request, "spaces.responses.cancel")
     if record.terminal:
-        return _json(_data(record))
-    return _json(_data(await gw.responses.cancel(record)), 202)
+        return json_response(_data(record))
+    return json_response(_data(await gw.responses.cancel(record)), 202)
 
 
 def routes(gw: Gateway, prefix: str) -> list[Route]:

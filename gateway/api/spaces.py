@@ -24,16 +24,19 @@ from gateway.errors import (
     PermissionDenied,
     render_error,
 )
-from gateway.http import bearer_key, json_bytes, parse_json_object, read_body
+from gateway.http import bearer_key, json_bytes, json_response, parse_json_object, read_body
 from gateway.idempotency import fingerprint, parse_key, record_key
 from gateway.runtime import Gateway
 
 _UUID: TypeAdapter[UUID] = TypeAdapter(UUID)
-_LIMIT: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1, le=100)])
+PAGE_LIMIT: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1, le=100)])  # every paged list
 
 
 class AddAllowedModel(BaseModel):
     tenant_model_id: UUID
+
+
+_ADD_ALLOWED_MODEL: TypeAdapter[AddAllowedModel] = TypeAdapter(AddAllowedModel)
 
 
 def validated(adapter: TypeAdapter[Any], raw: Any, loc: tuple[str, ...]) -> Any:
@@ -92,7 +95,7 @@ def _position(cursor: str) -> tuple[str, str]:
 
 async def list_allowed(request: Request) -> Response:
     gw, ctx = await _space_context(request, "spaces.models.list")
-    limit = validated(_LIMIT, request.query_params.get("limit", "20"), ("query", "limit"))
+    limit = validated(PAGE_LIMIT, request.query_params.get("limit", "20"), ("query", "limit"))
     entries = await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space)
     cursor = request.query_params.get("cursor")
     if cursor:
@@ -103,7 +106,7 @@ async def list_allowed(request: Request) -> Response:
         "data": [allowed_model_data(e, ctx.space) for e in page],
         "meta": {"next_cursor": _cursor_of(page[-1]) if has_more else None, "has_more": has_more},
     }
-    return Response(json_bytes(body), media_type="application/json")
+    return json_response(body)
 
 
 async def _add(gw: Gateway, ctx: RequestContext, model_id: UUID) -> Reply:
@@ -129,7 +132,7 @@ async def add_allowed(request: Request) -> Response:
     if key is None:
         raise BadRequest("The Idempotency-Key header is required for this request.")
     body = parse_json_object(await read_body(request.receive, ctx.headers, gw.settings.max_body_bytes))
-    payload = validated(TypeAdapter(AddAllowedModel), body, ("body",))
+    payload = validated(_ADD_ALLOWED_MODEL, body, ("body",))
     rkey = record_key((ctx.tenant_id, ctx.space_id, ctx.principal.id, ctx.route), key)
     fp = fingerprint("POST", f"/v1/spaces/{ctx.space_id}/models", body)
     reply = await gw.idempotency.run_once(rkey, fp, lambda: _add(gw, ctx, payload.tenant_model_id), _native_reply)

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from gateway.api.spaces import space_context, validated
 from gateway.errors import InvalidRequest
-from gateway.http import json_bytes
+from gateway.http import json_response
 from gateway.pricing import usd
 from gateway.runtime import Gateway
 from gateway.spend import MAX_RANGE_DAYS, Totals, utc_today
@@ -65,7 +65,7 @@ async def space_usage(request: Request) -> Response:
         "by_model": sorted(by_model, key=lambda m: (m["alias"] or "", m["tenant_model_id"])),
         "by_key": sorted(by_key, key=lambda k: k["key_name"]),
     }
-    return Response(json_bytes({"data": data}), media_type="application/json")
+    return json_response({"data": data})
 
 
 def routes(prefix: str) -> list[Route]:
