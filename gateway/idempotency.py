@@ -148,7 +148,7 @@ class IdempotencyRecords:
         """Give the key back if the claim made by ``claim(rkey, fp, owner)`` is still there, as a call."""
         return self._release, [rkey], [_claim_value(fp, owner)]
 
-    async def claim(self, rkey: str, fp: str, owner: str = "") -> Reply | None:
+    async def claim(self, rkey: str, fp: str, owner: str) -> Reply | None:
         """None when this request now owns the key; the stored Reply when it already finished (one round trip).
 
         Raises Conflict (409) while another request holds it, Unprocessable (422) for another body.
@@ -162,7 +162,7 @@ class IdempotencyRecords:
         script, keys, args = self.complete_call(rkey, fp, reply)
         await script(keys, args)
 
-    async def release(self, rkey: str, fp: str, owner: str = "") -> bool:
+    async def release(self, rkey: str, fp: str, owner: str) -> bool:
         """Give the key back (the request failed in a way that must not be replayed), if the claim made by
         ``claim(rkey, fp, owner)`` is still there; True when it was."""
         script, keys, args = self.release_call(rkey, fp, owner)

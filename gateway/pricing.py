@@ -18,8 +18,6 @@ from gateway.context import Usage
 log = logging.getLogger("gateway.pricing")
 _PRICE_MAP = "model_prices_and_context_window_backup.json"
 
-_MICROS_PER_MTOK = Decimal(1)  # (USD per 1e6 tokens) × tokens = micro-dollars, exactly
-
 
 def cost_micros(usage: Usage | None, pricing: Pricing | None) -> int:
     """Input, cached input, output and reasoning tokens priced separately; rounded half-up to a micro-dollar.
@@ -34,12 +32,13 @@ def cost_micros(usage: Usage | None, pricing: Pricing | None) -> int:
     reasoning_price = pricing.reasoning_per_mtok if pricing.reasoning_per_mtok is not None else pricing.output_per_mtok
     cached = min(usage.cached_input_tokens, usage.input_tokens)
     reasoning = min(usage.reasoning_tokens, usage.output_tokens)
+    # (USD per 1e6 tokens) × tokens = micro-dollars, exactly
     total = (
         (usage.input_tokens - cached) * pricing.input_per_mtok
         + cached * cached_price
         + (usage.output_tokens - reasoning) * pricing.output_per_mtok
         + reasoning * reasoning_price
-    ) * _MICROS_PER_MTOK
+    )
     return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
@@ -78,12 +77,11 @@ class PriceBook:
 
     def __init__(self, catalogue: Catalogue) -> None:
         self._prices: dict[object, Pricing | None] = {}
-        missing = [m for t in catalogue.tenants for m in t.models if m.pricing is None]
-        table = _bundled_price_map() if any(m.deployments[0].type != "fake" for m in missing) else {}
+        unpriced = (m for t in catalogue.tenants for m in t.models if m.pricing is None)
+        table = _bundled_price_map() if any(m.deployments[0].type != "fake" for m in unpriced) else {}
         for tenant in catalogue.tenants:
             for model in tenant.models:
                 self._prices[model.id] = model.pricing or _lookup(table, model)
-        del table
 
     def pricing(self, model: TenantModel | None) -> Pricing | None:
         return None if model is None else self._prices.get(model.id)

@@ -5,9 +5,10 @@ the next turn replays. ``x_context`` (seed 001) is a structured object rendered 
 as a ``<user-context>`` block; the stored item keeps the raw object in ``metadata.context`` and its own text.
 """
 
-import copy
 import os
 from typing import Any
+
+from gateway.http import json_copy
 
 JSON = dict[str, Any]
 
@@ -61,7 +62,7 @@ def normalize_input(raw: Any, context: JSON | None) -> tuple[list[JSON], list[JS
     stored = [_with_id(item) for item in items]
     if not context:
         return stored, items
-    upstream = copy.deepcopy(items)
+    upstream = json_copy(items)
     target = _last_user(upstream)
     if target is None:
         upstream.append({"type": "message", "role": "user", "content": format_context(context).rstrip()})
