@@ -146,3 +146,16 @@ def gateway_process(catalogue: dict[str, Any], folder: Path, redis_url: str, pre
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def pool_in_use(base: Any) -> int:
+    """Upstream connections an in-process gateway (``start_gateway``'s URL) holds right now."""
+    return len(base.app.state.gateway.session.connector._acquired)
+
+
+def wait_pool_idle(base: Any, seconds: float = 5.0) -> int:
+    """Wait until the gateway holds no upstream connection (or ``seconds`` pass); returns how many it holds."""
+    deadline = time.monotonic() + seconds
+    while pool_in_use(base) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pool_in_use(base)

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import ADMIN_KEY, catalogue
+from tests.servers import wait_pool_idle
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -26,17 +27,6 @@ def with_deployments(url: str, *deployments: dict, **routing: object) -> dict:
 
 def client(base: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=15)
-
-
-def pool_in_use(base) -> int:
-    return len(base.app.state.gateway.session.connector._acquired)
-
-
-def wait_pool_idle(base, seconds: float = 5.0) -> int:
-    deadline = time.monotonic() + seconds
-    while pool_in_use(base) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return pool_in_use(base)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -16,7 +16,7 @@ import redis
 from config.catalog import PolicySpec
 from gateway.policy import PolicyConfigError, load_policy
 from tests.conftest import ADMIN_KEY, SPACE, TENANT, catalogue
-from tests.servers import spawn_gateway, throwaway_redis
+from tests.servers import gateway_process, spawn_gateway, throwaway_redis
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # output only, 1000 USD/Mtok: the fake upstream's 3 output tokens cost 3000 micro-dollars, and so does the
@@ -101,13 +101,9 @@ def test_fifty_concurrent_requests_across_two_processes_never_overspend(
 ):
     prefix = redis_prefix + uuid.uuid4().hex + ":"
     cat = budget_catalogue(upstream[1], space_day("0.0329"))  # room for 10 requests of 3000 micro-dollars
-    proc, other = spawn_gateway(cat, tmp_path, redis_url, prefix)
-    try:
-        here = start_gateway(cat, redis_url=redis_url, redis_prefix=prefix)
+    here = start_gateway(cat, redis_url=redis_url, redis_prefix=prefix)
+    with gateway_process(cat, tmp_path, redis_url, prefix) as other:
         check_burst(burst([here, other]), admitted=10)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
     state = State(redis_url=redis_url, prefix=prefix)
     assert state.settled(space_key(), 30000) == (30000, 0, [], [])
     deadline = time.monotonic() + 10
@@ -211,7 +207,6 @@ def _post_quietly(base: str, payload: dict[str, Any]) -> None:
 
 
 def test_store_unreachable_closed_fails_open_passes(start_gateway, upstream):
-    cat = {}
     with throwaway_redis() as url:
         gateways = {}
         for mode in ("closed", "open"):
