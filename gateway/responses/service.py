@@ -182,16 +182,17 @@ class ResponsesService:
     # --- read, resume, cancel, delete -----------------------------------------------------------------------
     async def get(self, ctx: RequestContext, response_id: str) -> StoredResponse | None:
         record = await self.records.load(response_id, ctx.tenant_id, ctx.space_id)
-        if record is not None and not record.terminal and response_id not in self.jobs:
+        if record is not None and not record.terminal:
             await self._repair(record)
         return record
 
     async def _repair(self, record: StoredResponse) -> None:
-        """A background response whose owner is gone ends as failed (after a restart, say)."""
-        if not record.owner:
+        """A background response whose owner is gone ends as failed (after a crash, say). This instance's own
+        records are left alone: one without a job here has just finished, and its final save may still be on
+        its way (overwriting it with "failed" would race that save)."""
+        if not record.owner or record.owner == self.instance:
             return
-        owner_alive = record.owner != self.instance and await self.records.store.get(f"instance:{record.owner}")
-        if not owner_alive:
+        if not await self.records.store.get(f"instance:{record.owner}"):
             record.response = {
                 **record.response,
                 "status": "failed",
