@@ -20,6 +20,8 @@ class AllowList(Policy):
             alias = ctx.space.default_model
             if alias is None:
                 raise InvalidRequest("'model' is required: this space has no default model.", param="model")
+        if not isinstance(alias, str):  # before the catalogue lookup: a list or object there would crash it
+            raise InvalidRequest("'model' must be a string.", param="model", kind="type_error")
         model = ctx.catalog.tenant_model(ctx.principal.tenant, alias)
         if model is None:
             await self.refuse(ctx, alias)

@@ -35,7 +35,7 @@ def test_api_key_by_bearer_or_x_api_key(gateway, headers, status):
         (b"", None),
         (b'{"messages": []}', "messages"),
         (b'{"messages": "hi"}', "messages"),
-        (b'{"messages": [1]}', "messages"),
+        (b'{"messages": [1]}', "messages[0]"),
         (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', "model"),
         (b'{"stream": "yes", "messages": [{"role": "user", "content": "x"}]}', "stream"),
     ],

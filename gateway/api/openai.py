@@ -18,16 +18,34 @@ JSON = "application/json"
 
 
 def validate_chat_body(body: dict[str, Any]) -> None:
-    """The few checks the gateway itself needs; the upstream validates the rest (its 400s pass through)."""
+    """The fields the gateway itself reads (model, stream, stream_options, the messages guardrails scan, tools);
+    the upstream validates the rest (its 400s pass through). Plain isinstance checks: this is the hot path."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages", input=messages)
-    if not all(isinstance(m, dict) for m in messages):
-        raise InvalidRequest("Each item of 'messages' must be an object.", param="messages")
-    if body.get("model") is not None and not isinstance(body["model"], str):
-        raise InvalidRequest("'model' must be a string.", param="model", input=body["model"])
-    if "stream" in body and not isinstance(body["stream"], bool | None):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream", input=body["stream"])
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"'messages[{i}]' must be an object.", param=f"messages[{i}]")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            where = f"messages[{i}].content"
+            raise InvalidRequest(f"'{where}' must be a string or an array.", param=where)
+    for key, kinds, what in _CHAT_FIELDS:
+        if body.get(key) is not None and not isinstance(body[key], kinds):
+            raise InvalidRequest(f"'{key}' must be {what}.", param=key)
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"'tools[{i}]' must be an object.", param=f"tools[{i}]")
+
+
+# (field, type, wording) for the top-level fields the gateway reads.
+_CHAT_FIELDS: tuple[tuple[str, type, str], ...] = (
+    ("model", str, "a string"),
+    ("stream", bool, "a boolean"),
+    ("stream_options", dict, "an object"),
+    ("tools", list, "an array"),
+)
 
 
 class ChatCompletions:

@@ -28,7 +28,8 @@ def _last_user_text(messages: Any) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("text"))
+                texts = (p.get("text") for p in content if isinstance(p, dict))
+                return " ".join(t for t in texts if isinstance(t, str) and t)
     return ""
 
 
@@ -131,13 +132,17 @@ class FakeProvider:
             error = {"error": {"message": f"fake upstream error {status}", "type": "fake_error", "code": None}}
             raise error_from_status(status, orjson.dumps(error), "1" if status == 429 else None)
         answer = _Answer(body)
+        # Like a real upstream, odd shapes never crash it: whatever is not what it expects is simply ignored.
         tools = body.get("tools")
-        messages = body.get("messages") or [{}]
-        if behaviour == "tool-call" and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
-            answer.text = f"tool said: {messages[-1].get('content')}"
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if behaviour == "tool-call" and isinstance(last, dict) and last.get("role") == "tool":
+            answer.text = f"tool said: {last.get('content')}"
             answer.completion_tokens = len(answer.text.split())
         elif behaviour == "tool-call" and isinstance(tools, list) and tools and isinstance(tools[0], dict):
-            answer.tool = tools[0].get("function") or tools[0]
+            tool = tools[0].get("function") or tools[0]
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                answer.tool = tool
         delay = int(behaviour[5:]) / 1000 if behaviour.startswith("slow-") and behaviour[5:].isdigit() else 0.0
         return answer, delay
 
@@ -149,5 +154,6 @@ class FakeProvider:
 
     async def open_stream(self, deployment: Deployment, body: dict[str, Any]) -> _FakeStream:
         answer, delay = self._decide(deployment, body)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return _FakeStream(answer, include_usage, delay)

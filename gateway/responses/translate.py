@@ -18,6 +18,7 @@ JSON = dict[str, Any]
 # (user, parallel_tool_calls) are not nullable in Chat.
 _PASS_THROUGH = "temperature top_p user safety_identifier prompt_cache_key service_tier top_logprobs".split()
 _IMAGE_DETAILS = ("low", "high", "auto")
+_PART_VALUE = {"input_text": "text", "input_image": "image_url"}
 
 
 class UnsupportedFeature(ValueError):
@@ -74,6 +75,8 @@ def request_to_chat(request: JSON, history: list[JSON]) -> JSON:
 def _append_items(messages: list[JSON], items: list[JSON], param: str) -> None:
     for i, item in enumerate(items):
         where = f"{param}[{i}]" if param != "previous_response_id" else param
+        if not isinstance(item, dict):
+            raise UnsupportedFeature(where, f"'{where}' must be an object.")
         kind = item.get("type") or ("message" if "role" in item else "item_reference")
         if kind == "message":
             messages.append(_message(item, where))
@@ -116,18 +119,22 @@ def _assistant_text(content: Any, where: str) -> str:
         return content
     texts = []
     for j, part in enumerate(content or []):
-        kind = part.get("type")
+        kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("output_text", "input_text"):
-            texts.append(part.get("text") or "")
+            texts.append(str(part.get("text") or ""))
         elif kind == "refusal":
-            texts.append(part.get("refusal") or "")
+            texts.append(str(part.get("refusal") or ""))
         else:
             raise UnsupportedFeature(f"{where}.content[{j}]", f"Assistant content of type '{kind}' is not supported.")
     return "".join(texts)
 
 
 def _part(part: JSON, where: str) -> JSON:
+    if not isinstance(part, dict):  # validation refuses these first; never a crash if one slips through
+        raise UnsupportedFeature(where, f"'{where}' must be an object.")
     kind = part.get("type")
+    if kind in ("input_text", "input_image") and not isinstance(part.get(_PART_VALUE[kind]) or "", str):
+        raise UnsupportedFeature(f"{where}.{_PART_VALUE[kind]}", f"'{where}.{_PART_VALUE[kind]}' must be a string.")
     if kind == "input_text":
         return {"type": "text", "text": part.get("text") or ""}
     if kind == "input_image":
@@ -169,6 +176,8 @@ def _tools(request: JSON) -> JSON:
 
 
 def _tool(tool: JSON, i: int) -> JSON:
+    if not isinstance(tool, dict):
+        raise UnsupportedFeature(f"tools[{i}]", f"'tools[{i}]' must be an object.")
     if tool.get("type") != "function":
         raise UnsupportedFeature(f"tools[{i}].type", f"Tools of type '{tool.get('type')}' are not supported here.")
     function: JSON = {"name": tool.get("name")}
@@ -181,13 +190,13 @@ def _tool(tool: JSON, i: int) -> JSON:
 def _tool_choice(choice: Any) -> Any:
     if isinstance(choice, str):
         return choice
-    kind = choice.get("type")
+    kind = choice.get("type") if isinstance(choice, dict) else None
     if kind == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
     if kind == "allowed_tools":
         allowed = []
         for tool in choice.get("tools") or []:
-            if tool.get("type") != "function":
+            if not isinstance(tool, dict) or tool.get("type") != "function":
                 raise UnsupportedFeature("tool_choice", "Only function tools can be allowed for this model.")
             allowed.append({"type": "function", "function": {"name": tool.get("name")}})
         return {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode") or "auto", "tools": allowed}}
@@ -196,12 +205,12 @@ def _tool_choice(choice: Any) -> Any:
 
 def _output_options(request: JSON) -> JSON:
     out: JSON = {}
-    text = request.get("text") or {}
+    text = _options(request, "text")
     if text.get("format"):
         out["response_format"] = _response_format(text["format"])
     if text.get("verbosity") is not None:
         out["verbosity"] = text["verbosity"]
-    reasoning = request.get("reasoning") or {}
+    reasoning = _options(request, "reasoning")
     if reasoning.get("effort") is not None:
         out["reasoning_effort"] = reasoning["effort"]
     if request.get("max_output_tokens") is not None:
@@ -210,8 +219,15 @@ def _output_options(request: JSON) -> JSON:
     return out
 
 
+def _options(request: JSON, key: str) -> JSON:
+    value = request.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise UnsupportedFeature(key, f"'{key}' must be an object.")
+    return value or {}
+
+
 def _response_format(fmt: JSON) -> JSON:
-    kind = fmt.get("type")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "json_schema":
         schema: JSON = {"name": fmt.get("name"), "schema": fmt.get("schema")}
         for key in ("description", "strict"):
@@ -234,8 +250,10 @@ def response_shell(
     Values the client left out take OpenAI's defaults, so the object validates against the SDK's ``Response``.
     Function tools are echoed with ``description``, ``parameters`` and ``strict`` present (null if not sent).
     """
-    reasoning = request.get("reasoning") or {}
-    text = request.get("text") or {}
+    # The shell never raises (the engine builds it outside translation's error handling): odd shapes echo as
+    # defaults, and translation or the upstream refuses them with a 400.
+    reasoning = _loose(request.get("reasoning"))
+    text = _loose(request.get("text"))
     text_echo: JSON = {"format": text.get("format") or {"type": "text"}}
     if text.get("verbosity") is not None:
         text_echo["verbosity"] = text["verbosity"]
@@ -287,8 +305,12 @@ def _conversation(conversation: Any) -> JSON | None:
     return None
 
 
-def _tool_echo(tool: JSON) -> JSON:
-    if tool.get("type") != "function":
+def _loose(value: Any) -> JSON:
+    return value if isinstance(value, dict) else {}
+
+
+def _tool_echo(tool: Any) -> Any:
+    if not isinstance(tool, dict) or tool.get("type") != "function":
         return tool
     return {**tool, **{key: tool.get(key) for key in ("description", "parameters", "strict")}}
 

@@ -58,45 +58,178 @@ def validate_metadata(metadata: Any, param: str = "metadata") -> None:
             raise _fail(f"metadata['{key}'] must be a string of at most 512 characters.", param, value)
 
 
-# What each item type must carry, and of which type.
+# Scalars read from an input item or part: path suffix -> accepted types. Required keys are checked per type.
+_STR = (str,)
 _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "message": {"content": (str, list)},
-    "function_call": {"call_id": (str,), "name": (str,), "arguments": (str,)},
-    "function_call_output": {"call_id": (str,), "output": (str, list)},
-    "item_reference": {"id": (str,)},
+    "function_call": {"call_id": _STR, "name": _STR, "arguments": _STR},
+    "function_call_output": {"call_id": _STR, "output": (str, list)},
+    "item_reference": {"id": _STR},
     "reasoning": {},
+}
+_OPTIONAL_ITEM = {"id": _STR, "status": _STR, "summary": (list,)}
+_PART_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "input_text": {"text": _STR},
+    "output_text": {"text": _STR},
+    "refusal": {"refusal": _STR},
+    "input_image": {"image_url": _STR, "file_id": _STR, "detail": _STR},
+    "input_file": {"file_id": _STR, "file_data": _STR, "filename": _STR, "file_url": _STR},
+}
+_PART_REQUIRED = {"input_text": "text", "output_text": "text", "refusal": "refusal"}
+_TYPE_NAMES = {str: "a string", list: "an array", dict: "an object", bool: "a boolean", int: "an integer"}
+
+
+def _what(kinds: tuple[type, ...]) -> str:
+    return " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+
+
+def _is(value: Any, kinds: tuple[type, ...]) -> bool:
+    """isinstance, except that a boolean is not a number (JSON tells them apart)."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def _field(obj: JSON, key: str, kinds: tuple[type, ...], where: str, required: bool = False) -> Any:
+    """``obj[key]`` if of ``kinds``; absent (or null) only when not required. The message says which it was."""
+    value = obj.get(key)
+    path = f"{where}.{key}" if where else key
+    if value is None:
+        if required:
+            raise _fail(f"'{path}' is required.", path, value, "missing")
+        return None
+    if not _is(value, kinds):
+        raise _fail(f"'{path}' must be {_what(kinds)}.", path, value, "type_error")
+    return value
+
+
+def _object(value: Any, where: str) -> JSON:
+    if not isinstance(value, dict):
+        raise _fail(f"'{where}' must be an object.", where, value, "dict_type")
+    return value
+
+
+def _validate_items(items: list[Any], param: str) -> None:
+    for i, item in enumerate(items):
+        _validate_item(item, f"{param}[{i}]")
+
+
+def _validate_item(raw: Any, where: str) -> None:
+    item = _object(raw, where)
+    kind = _field(item, "type", _STR, where) or ("message" if "role" in item else None)
+    if kind not in _REQUIRED:
+        raise _fail(f"'{where}.type' must be one of {sorted(_REQUIRED)}; got {kind!r}.", f"{where}.type", kind)
+    if kind == "message" and not (isinstance(item.get("role"), str) and item["role"] in ROLES):
+        raise _fail(f"'{where}.role' must be one of {sorted(ROLES)}.", f"{where}.role", item.get("role"))
+    for key, kinds in _REQUIRED[kind].items():
+        value = _field(item, key, kinds, where, required=True)
+        if value == "" and key not in ("arguments", "content", "output"):
+            raise _fail(f"'{where}.{key}' must not be empty.", f"{where}.{key}", value, "missing")
+    for key, kinds in _OPTIONAL_ITEM.items():
+        _field(item, key, kinds, where)
+    for key in ("content", "output"):
+        parts = item.get(key)
+        if isinstance(parts, list):
+            for j, part in enumerate(parts):
+                _validate_part(part, f"{where}.{key}[{j}]")
+
+
+def _validate_part(raw: Any, where: str) -> None:
+    part = _object(raw, where)
+    kind = _field(part, "type", _STR, where, required=True)
+    fields = _PART_FIELDS.get(kind)
+    if fields is None:
+        raise _fail(f"'{where}.type' must be one of {sorted(_PART_FIELDS)}; got {kind[:40]!r}.", f"{where}.type", kind)
+    for key, kinds in fields.items():
+        _field(part, key, kinds, where, required=_PART_REQUIRED.get(kind) == key)
+
+
+def _validate_tools(body: JSON) -> None:
+    tools = _field(body, "tools", (list,), "")
+    for i, raw in enumerate(tools or ()):
+        where = f"tools[{i}]"
+        tool = _object(raw, where)
+        kind = _field(tool, "type", _STR, where, required=True)
+        if kind == "function":
+            _field(tool, "name", _STR, where, required=True)
+            _field(tool, "description", _STR, where)
+            _field(tool, "parameters", (dict,), where)
+            _field(tool, "strict", (bool,), where)
+
+
+def _validate_tool_choice(body: JSON) -> None:
+    choice = _field(body, "tool_choice", (str, dict), "")
+    if not isinstance(choice, dict):
+        return
+    kind = _field(choice, "type", _STR, "tool_choice", required=True)
+    if kind == "function":
+        _field(choice, "name", _STR, "tool_choice", required=True)
+    elif kind == "allowed_tools":
+        _field(choice, "mode", _STR, "tool_choice")
+        for i, tool in enumerate(_field(choice, "tools", (list,), "tool_choice", required=True)):
+            _field(_object(tool, f"tool_choice.tools[{i}]"), "type", _STR, f"tool_choice.tools[{i}]", required=True)
+            _field(tool, "name", _STR, f"tool_choice.tools[{i}]")
+
+
+def _validate_options(body: JSON) -> None:
+    """``text``, ``reasoning``, ``include``, ``prompt``, ``stream_options``: the nested options the gateway reads."""
+    text = _field(body, "text", (dict,), "")
+    if text is not None:
+        _field(text, "verbosity", _STR, "text")
+        fmt = _field(text, "format", (dict,), "text")
+        if fmt is not None:
+            kind = _field(fmt, "type", _STR, "text.format", required=True)
+            if kind == "json_schema":
+                _field(fmt, "name", _STR, "text.format", required=True)
+                _field(fmt, "schema", (dict,), "text.format", required=True)
+                _field(fmt, "description", _STR, "text.format")
+                _field(fmt, "strict", (bool,), "text.format")
+    reasoning = _field(body, "reasoning", (dict,), "")
+    if reasoning is not None:
+        for key in ("effort", "summary", "generate_summary"):
+            _field(reasoning, key, _STR, "reasoning")
+    for i, entry in enumerate(_field(body, "include", (list,), "") or ()):
+        if not isinstance(entry, str):
+            raise _fail(f"'include[{i}]' must be a string.", f"include[{i}]", entry, "type_error")
+    _field(body, "prompt", (dict,), "")
+    options = _field(body, "stream_options", (dict,), "")
+    if options is not None:
+        _field(options, "include_obfuscation", (bool,), "stream_options")
+
+
+_TOP_LEVEL: dict[str, tuple[type, ...]] = {
+    "model": _STR,
+    "previous_response_id": _STR,
+    "user": _STR,
+    "safety_identifier": _STR,
+    "prompt_cache_key": _STR,
+    "service_tier": _STR,
+    "truncation": _STR,
+    "tool_mode": _STR,
+    "stream": (bool,),
+    "store": (bool,),
+    "background": (bool,),
+    "parallel_tool_calls": (bool,),
+    "max_tool_calls": (int,),
 }
 
 
-def _validate_item(item: Any, where: str) -> None:
-    if not isinstance(item, dict):
-        raise _fail(f"'{where}' must be an object.", where, item, "dict_type")
-    kind = item.get("type") or ("message" if "role" in item else None)
-    if kind not in _REQUIRED:
-        raise _fail(f"'{where}.type' must be one of {sorted(_REQUIRED)}; got {kind!r}.", f"{where}.type", kind)
-    if kind == "message" and item.get("role") not in ROLES:
-        raise _fail(f"'{where}.role' must be one of {sorted(ROLES)}.", f"{where}.role", item.get("role"))
-    for key, kinds in _REQUIRED[kind].items():
-        if not isinstance(item.get(key), kinds) or item.get(key) == "" and key != "arguments":
-            raise _fail(f"'{where}.{key}' is required.", f"{where}.{key}", item.get(key), "missing")
-
-
 def validate_create(body: JSON, native: bool = False) -> None:
-    """Check a create request in place; raises InvalidRequest naming the first bad field."""
+    """Check a create request's whole shape (every field the gateway reads, nested items included) in place;
+    raises InvalidRequest naming the first bad field by its path. Plain isinstance checks: this is the hot path."""
     value = body.get("input")
     if value is None or value == "" or value == []:
         raise _fail("'input' is required.", "input", value, "missing")
     if isinstance(value, list):
-        for i, item in enumerate(value):
-            _validate_item(item, f"input[{i}]")
+        _validate_items(value, "input")
     elif not isinstance(value, str):
         raise _fail("'input' must be a string or an array of input items.", "input", value, "type_error")
-    _typed(body, "model", str, "a string")
-    _typed(body, "instructions", (str, list), "a string")
-    _typed(body, "previous_response_id", str, "a string")
-    for flag in ("stream", "store", "background", "parallel_tool_calls"):
-        _typed(body, flag, bool, "a boolean")
-    _typed(body, "tools", list, "an array")
+    for key, kinds in _TOP_LEVEL.items():
+        _field(body, key, kinds, "")
+    instructions = _field(body, "instructions", (str, list), "")
+    if isinstance(instructions, list):
+        _validate_items(instructions, "instructions")
+    _validate_tools(body)
+    _validate_tool_choice(body)
+    _validate_options(body)
     _range(body, "temperature", 0, 2)
     _range(body, "top_p", 0, 1)
     _range(body, "top_logprobs", 0, 20)
@@ -106,8 +239,14 @@ def validate_create(body: JSON, native: bool = False) -> None:
     validate_metadata(body.get("metadata"))
     if body.get("background") and body.get("store") is False:
         raise _fail("Background responses must be stored: 'background' needs 'store' true.", "background", True)
-    if body.get("previous_response_id") and body.get("conversation"):
-        raise _fail("'previous_response_id' cannot be combined with 'conversation'.", "conversation")
+    if body.get("conversation") is not None:
+        # Conversations are not implemented: accepting and echoing the field would pretend they are.
+        raise _fail(
+            "'conversation' is not supported; chain turns with 'previous_response_id'.",
+            "conversation",
+            None,
+            "value_error",
+        )
     mode = body.get("tool_mode")
     if mode is not None and mode not in TOOL_MODES:
         raise _fail(f"'tool_mode' must be one of {list(TOOL_MODES)}.", "tool_mode", mode, "enum")
