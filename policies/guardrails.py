@@ -71,15 +71,13 @@ def input_slots(body: dict[str, Any]) -> list[tuple[Any, Any]]:
     """Where a request keeps its text: Chat ``messages[*].content`` (strings and text parts), Responses ``input``
     (a string, or items' content and text parts, function call outputs) and ``instructions``."""
     slots: list[tuple[Any, Any]] = []
-    for key in ("messages", "input"):
+    for key in ("messages", "input", "instructions"):  # instructions may be a list of items, like input
         value = body.get(key)
         if isinstance(value, str):
             slots.append((body, key))
         for item in value if isinstance(value, list) else ():
             if isinstance(item, dict):
                 _content_slots(item, slots)
-    if isinstance(body.get("instructions"), str):
-        slots.append((body, "instructions"))
     return slots
 
 

@@ -154,6 +154,15 @@ def test_input_of_the_responses_api_is_masked_too(start_gateway, upstream):
     assert "example.com" not in sent and "reply to [EMAIL]" in sent and "I am [EMAIL]" in sent
 
 
+def test_instructions_given_as_items_are_checked_too(start_gateway, upstream):
+    base = start_gateway(guarded(upstream[1], input={"email": "mask"}))
+    instructions = [{"role": "developer", "content": [{"type": "input_text", "text": "cc boss@example.com"}]}]
+    body = {"model": "up", "instructions": instructions, "input": "hi"}
+    assert httpx2.post(base + "/v1/responses", headers=AUTH, json=body).status_code == 200
+    sent = orjson.dumps(upstream[0].requests[-1]["messages"]).decode()
+    assert "example.com" not in sent and "cc [EMAIL]" in sent
+
+
 def test_input_reject_never_echoes_the_text_nor_calls_the_upstream(start_gateway, upstream):
     base = start_gateway(guarded(upstream[1], input={"card": "reject", "email": "mask"}))
     calls = len(upstream[0].requests)
