@@ -54,6 +54,8 @@ def test_model_strings(fields, expected):
                 "num_retries": 0,
                 "drop_params": True,
                 "timeout": 30,
+                "api_base": None,
+                "api_key": None,
             },
         ),
         (
@@ -76,6 +78,8 @@ def test_model_strings(fields, expected):
                 "num_retries": 0,
                 "drop_params": True,
                 "timeout": 30,
+                "api_base": None,
+                "api_key": None,
             },
         ),
     ],
@@ -93,6 +97,33 @@ def test_call_kwargs_credentials_and_base(monkeypatch):
         False,
     )
     assert kwargs["api_key"] == "sk-ant-secret" and kwargs["api_base"] == "http://h:1" and kwargs["timeout"] == 5
+
+
+HOSTILE = {
+    "api_base": "http://127.0.0.1:9/v1",
+    "base_url": "http://127.0.0.1:9/v1",
+    "api_key": "sk-caller",
+    "extra_headers": {"x": "y"},
+    "custom_llm_provider": "openai",
+    "aws_region_name": "x",
+    "vertex_project": "x",
+    "azure_ad_token": "x",
+    "litellm_params": {"api_base": "http://127.0.0.1:9"},
+    "mock_response": "pwned",
+    "user_config": {"api_base": "http://127.0.0.1:9"},
+    "extra_body": {"api_base": "http://127.0.0.1:9"},
+    "a_field_from_a_future_litellm": 1,
+}
+
+
+@pytest.mark.parametrize("deployment", [{}, {"base_url": "http://h:1", "api_key_env": "TEST_ANTHROPIC_KEY"}])
+def test_no_request_field_reaches_litellm_but_openai_ones(monkeypatch, deployment):
+    monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-secret")
+    kwargs = call_kwargs(dep(**deployment), {"messages": [], "seed": 1, **HOSTILE}, DEFAULTS, False)
+    assert not set(HOSTILE) & (set(kwargs) - {"api_base", "api_key"})
+    assert kwargs["seed"] == 1
+    assert kwargs["api_base"] == deployment.get("base_url")  # the deployment's, or None: litellm's default
+    assert kwargs["api_key"] == ("sk-ant-secret" if deployment else None)
 
 
 def _exc(cls: type, **kw: object) -> Exception:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import chat
+from gateway.call_options import refuse_call_options
 from gateway.catalog import AllowedModel
 from gateway.errors import InvalidRequest, NotFound
 from gateway.http import json_response, parse_json_object, read_body
@@ -20,6 +21,7 @@ JSON = "application/json"
 def validate_chat_body(body: dict[str, Any]) -> None:
     """The fields the gateway itself reads (model, stream, stream_options, the messages guardrails scan, tools);
     the upstream validates the rest (its 400s pass through). Plain isinstance checks: this is the hot path."""
+    refuse_call_options(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages", input=messages)

@@ -17,8 +17,17 @@ from config.deployments import Deployment, LiteLLMDeployment, Timeouts
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream import error_from_status
 
-# OpenAI request fields that are the gateway's business, not the provider's.
-_NOT_FORWARDED = {"model", "stream", "stream_options", "store", "metadata", "user"}
+# The OpenAI Chat Completions request fields a provider may see: an allow-list, so that no option litellm reads
+# from its keyword arguments (api_base, api_key, extra_headers, aws_*, mock_response, ... and whatever a later
+# release adds) can come from a request body. model, stream and stream_options are set by the bridge; store,
+# metadata and user are the gateway's business.
+FORWARDED = frozenset(
+    """
+    messages audio frequency_penalty function_call functions logit_bias logprobs max_completion_tokens max_tokens
+    modalities n parallel_tool_calls prediction presence_penalty reasoning_effort response_format seed
+    service_tier stop temperature tool_choice tools top_logprobs top_p verbosity web_search_options
+    """.split()
+)
 
 
 def litellm_model(dep: LiteLLMDeployment) -> str:
@@ -30,15 +39,14 @@ def litellm_model(dep: LiteLLMDeployment) -> str:
 
 def call_kwargs(dep: LiteLLMDeployment, body: dict[str, Any], defaults: Timeouts, stream: bool) -> dict[str, Any]:
     """The arguments of ``litellm.acompletion`` for an OpenAI Chat Completions body (pure; table-tested)."""
-    kwargs = {k: v for k, v in body.items() if k not in _NOT_FORWARDED}
+    kwargs = {k: v for k, v in body.items() if k in FORWARDED}
     kwargs.update(model=litellm_model(dep), stream=stream, num_retries=0, drop_params=True)
     kwargs["timeout"] = dep.timeouts.idle or defaults.idle
     if stream:
         kwargs["stream_options"] = {"include_usage": True}
-    if dep.base_url:
-        kwargs["api_base"] = dep.base_url
-    if dep.api_key_env:
-        kwargs["api_key"] = os.environ.get(dep.api_key_env)
+    # Always explicit: None lets litellm use the provider's own endpoint and environment, never anything else.
+    kwargs["api_base"] = dep.base_url or None
+    kwargs["api_key"] = os.environ.get(dep.api_key_env) if dep.api_key_env else None
     return kwargs
 
 

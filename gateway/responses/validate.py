@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from gateway.call_options import refuse_call_options
 from gateway.errors import InvalidRequest
 
 JSON = dict[str, Any]
@@ -215,6 +216,7 @@ _TOP_LEVEL: dict[str, tuple[type, ...]] = {
 def validate_create(body: JSON, native: bool = False) -> None:
     """Check a create request's whole shape (every field the gateway reads, nested items included) in place;
     raises InvalidRequest naming the first bad field by its path. Plain isinstance checks: this is the hot path."""
+    refuse_call_options(body)
     value = body.get("input")
     if value is None or value == "" or value == []:
         raise _fail("'input' is required.", "input", value, "missing")
