@@ -5,6 +5,7 @@ aiohttp, not httpx: httpx's connection pool degrades under concurrency (throughp
 another's requests.
 """
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,45 +37,68 @@ def make_session(*, max_connections: int, connect_timeout: float, read_timeout: 
     )
 
 
-def _upstream_message(body: bytes) -> str | None:
+_TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _token(value: Any) -> str | None:
+    """An upstream's error ``type`` or ``code`` when it is a short identifier; anything else is dropped."""
+    return value if isinstance(value, str) and _TOKEN.fullmatch(value) else None
+
+
+def _upstream_error(body: bytes) -> tuple[str | None, str | None, str | None]:
+    """The (message, type, code) of an upstream's error body, each None where it sent none we can trust."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = body.decode("utf-8", "replace").strip()
-        return text[:300] or None
+        return text[:300] or None, None, None
     if isinstance(data, dict):
         err = data.get("error", data)
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])
+        if isinstance(err, dict):
+            message = err.get("message")
+            return message[:300] if isinstance(message, str) else None, _token(err.get("type")), _token(err.get("code"))
         if isinstance(err, str):
-            return err
+            return err[:300], None, None
         if isinstance(data.get("detail"), str):
-            return str(data["detail"])
-    return None
+            return str(data["detail"])[:300], None, None
+    return None, None, None
 
 
 def error_from_status(
     status: int, body: bytes, retry_after: str | None = None, secret: str | None = None
 ) -> UpstreamError:
-    """An upstream's non-2xx answer as our error: its 4xx/429 keep their status, 5xx become 502/503/504."""
-    message = _upstream_message(body) or f"status {status}"
+    """An upstream's non-2xx answer as our error: its 4xx/429 keep their status, 5xx become 502/503/504. The
+    upstream's own OpenAI error ``type`` and ``code`` are kept (clients branch on ``rate_limit_exceeded``,
+    ``insufficient_quota``, ``context_length_exceeded``); without them a 429 is ``rate_limit_exceeded`` and a 5xx
+    a ``server_error``."""
+    message, kind, code = _upstream_error(body)
+    message = message or f"status {status}"
     if secret:
         message = message.replace(secret, "***")
     headers = {"Retry-After": retry_after} if retry_after else None
+    err: UpstreamError
     if status in _KEPT_STATUSES:
-        return UpstreamRejected(
+        default = ("rate_limit_error", "rate_limit_exceeded") if status == 429 else (None, "upstream_" + str(status))
+        err = UpstreamRejected(
             f"Upstream rejected the request: {message}",
             status_code=status,
-            code="upstream_" + str(status),
+            code=code or default[1],
             headers=headers,
         )
+        err.error_type = kind or default[0] or err.error_type
+        return err
     if status in (401, 403):
         return UpstreamError(f"Upstream refused the gateway's credentials ({status}): {message}")
     if status == 503:
-        return UpstreamUnavailable(f"Upstream unavailable: {message}", status_code=503, headers=headers)
-    if status == 504:
-        return UpstreamTimeout(f"Upstream timed out: {message}")
-    return UpstreamError(f"Upstream failed with status {status}: {message}")
+        err = UpstreamUnavailable(f"Upstream unavailable: {message}", status_code=503, headers=headers)
+    elif status == 504:
+        err = UpstreamTimeout(f"Upstream timed out: {message}")
+    else:
+        err = UpstreamError(f"Upstream failed with status {status}: {message}")
+    err.error_type = "server_error"
+    if code:
+        err.code = code
+    return err
 
 
 @asynccontextmanager

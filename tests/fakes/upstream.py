@@ -2,6 +2,7 @@
 
 ``ok``            a completion (stream: three content chunks, usage chunk when asked, ``[DONE]``)
 ``status-<n>``    HTTP n with an OpenAI error body (429 adds ``Retry-After: 7``)
+``oai-<n>-<type>-<code>`` HTTP n with OpenAI's error body of that type and code (``-`` for none)
 ``text-503``      a text/plain 503
 ``echo-auth``     401 whose message quotes the Authorization header it received
 ``malformed``     200 with a body that is not JSON
@@ -111,6 +112,11 @@ class Upstream:
             err = orjson.dumps({"error": {"message": f"upstream says {status}", "type": "x", "code": None}})
             extra = [(b"retry-after", b"7" if status == 429 else b"0")]
             await self._answer(send, status, err, json_h + extra)
+        elif model.startswith("oai-"):
+            status, kind, code = model[4:].split("-", 2)
+            error = {"message": "upstream says no", "type": None if kind == "-" else kind}
+            err = orjson.dumps({"error": {**error, "code": None if code == "-" else code, "param": None}})
+            await self._answer(send, int(status), err, json_h + [(b"retry-after", b"0")])
         elif model == "text-503":
             await self._answer(send, 503, b"service down", [(b"content-type", b"text/plain")])
         elif model == "echo-auth":
@@ -130,7 +136,7 @@ class Upstream:
             await self._answer(send, 200, orjson.dumps(COMPLETION), json_h)
 
     async def _stream(self, model: str, body: dict[str, Any], receive: Any, send: Any) -> None:
-        if model.startswith("status-") or model in ("hang", "text-503", "echo-auth"):
+        if model.startswith(("status-", "oai-")) or model in ("hang", "text-503", "echo-auth"):
             await self._whole(model, receive, send)
             return
         await send(
