@@ -4,9 +4,9 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import BadRequest, InvalidRequest, PayloadTooLarge
 
 Headers = list[tuple[bytes, bytes]]
 SSE_HEADERS: Headers = [
@@ -14,6 +14,22 @@ SSE_HEADERS: Headers = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+
+
+# Headers whose second copy would silently lose to the first in a dict: refused instead of guessed.
+_SINGLE_VALUED = (b"idempotency-key",)
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """A request's headers by (lower-case) name; 400 when a single-valued header such as ``Idempotency-Key`` is
+    sent twice (which of two keys the caller meant cannot be known). One length comparison when none repeats."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    headers = dict(raw)
+    if len(headers) != len(raw):
+        for name in _SINGLE_VALUED:
+            if sum(1 for key, _ in raw if key == name) > 1:
+                raise BadRequest(f"The {name.decode().title()} header may be sent only once.")
+    return headers
 
 
 async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:

@@ -12,7 +12,7 @@ from gateway import chat
 from gateway.call_options import refuse_call_options
 from gateway.catalog import AllowedModel
 from gateway.errors import InvalidRequest, NotFound
-from gateway.http import json_response, parse_json_object, read_body
+from gateway.http import json_response, parse_json_object, read_body, request_headers
 from gateway.runtime import Gateway
 
 JSON = "application/json"
@@ -58,7 +58,7 @@ class ChatCompletions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
-        headers = dict(scope["headers"])
+        headers = request_headers(scope)
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
         ctx = gw.context(headers, "chat.completions", {})
         ctx.body = parse_json_object(raw)

@@ -1,20 +1,23 @@
 """OpenAI-compatible Responses routes: create (a thin ASGI callable), retrieve (and resume with
-``?stream=true&starting_after=N``), delete, cancel, input_items."""
+``?stream=true&starting_after=N`` or ``Last-Event-ID: N``), delete, cancel, input_items."""
 
-from pydantic import TypeAdapter, ValidationError
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.spaces import PAGE_LIMIT
 from gateway.errors import BadRequest, InvalidRequest, NotFound
-from gateway.http import json_response, parse_json_object, read_body
+from gateway.http import json_response, parse_json_object, read_body, request_headers
 from gateway.responses.records import StoredResponse
 from gateway.responses.render import openai_response
 from gateway.runtime import Gateway
 
 JSON_TYPE = "application/json"
 _INT: TypeAdapter[int] = TypeAdapter(int)
+_SEQUENCE: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0)])  # an event's sequence number
 
 
 class CreateResponse:
@@ -25,7 +28,7 @@ class CreateResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
-        headers = dict(scope["headers"])
+        headers = request_headers(scope)
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
         ctx = gw.context(headers, "responses.create", {})
         ctx.body = parse_json_object(raw)
@@ -58,6 +61,19 @@ def _int_param(request: Request, name: str, adapter: TypeAdapter[int], default: 
         raise InvalidRequest(f"Invalid '{name}': {err['msg']}.", param=name, loc=("query", name), input=raw) from None
 
 
+def _last_event_id(request: Request, default: int) -> int:
+    """The ``Last-Event-ID`` an EventSource sends when it reconnects: the last sequence number it saw."""
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        return default
+    try:
+        return _SEQUENCE.validate_python(raw.strip())
+    except ValidationError:
+        raise InvalidRequest(
+            "Invalid 'Last-Event-ID': must be a non-negative integer.", param="Last-Event-ID", loc=("header",)
+        ) from None
+
+
 class RetrieveResponse:
     """``GET /v1/responses/{id}``; with ``stream=true``, the events after ``starting_after`` (then live ones)."""
 
@@ -65,7 +81,9 @@ class RetrieveResponse:
         request = Request(scope, receive)
         gw, record = await _record(request)
         if request.query_params.get("stream") in ("true", "1"):
-            after = _int_param(request, "starting_after", _INT, -1)
+            after = _int_param(request, "starting_after", _SEQUENCE, -1)
+            if "starting_after" not in request.query_params:
+                after = _last_event_id(request, after)
             await gw.responses.replay(record, after, send)
             return
         await json_response(openai_response(record))(scope, receive, send)

@@ -24,7 +24,7 @@ from gateway.errors import (
     PermissionDenied,
     render_error,
 )
-from gateway.http import bearer_key, json_bytes, json_response, parse_json_object, read_body
+from gateway.http import bearer_key, json_bytes, json_response, parse_json_object, read_body, request_headers
 from gateway.idempotency import fingerprint, parse_key, record_key
 from gateway.runtime import Gateway
 
@@ -49,7 +49,7 @@ def validated(adapter: TypeAdapter[Any], raw: Any, loc: tuple[str, ...]) -> Any:
 
 def space_context(gw: Gateway, scope: Scope, route: str) -> RequestContext:
     """401 for a bad key, 422 for a malformed space id, 404 for another tenant's space, 403 without rights."""
-    headers = dict(scope["headers"])
+    headers = request_headers(scope)
     gw.catalog.authenticate(bearer_key(headers))
     space_id = validated(_UUID, scope["path_params"]["space_id"], ("path", "space_id"))
     return gw.context(headers, route, {}, space_id=str(space_id))
