@@ -46,6 +46,7 @@ class cancel_on_disconnect:
         self._watcher.cancel()
         if self.disconnected and exc_type is asyncio.CancelledError:
             self._task.uncancel()
-            self.ctx.outcome = "disconnected"
+            if self.ctx.outcome == "pending":  # an answer a policy already ended (a guardrail) keeps its outcome
+                self.ctx.outcome = "disconnected"
             return True
         return False

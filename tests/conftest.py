@@ -14,7 +14,7 @@ import yaml
 from config import Settings
 from gateway.app import create_app
 from tests.fakes.upstream import Upstream
-from tests.servers import redis_server, serve
+from tests.servers import InFlight, redis_server, serve
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -155,9 +155,11 @@ def upstream() -> Iterator[tuple[Upstream, str]]:
 
 
 class GatewayURL(str):
-    """A running gateway's base URL that also carries its app (to inspect runtime state in tests)."""
+    """A running gateway's base URL that also carries its app (to inspect runtime state in tests) and ``idle``,
+    which waits until no request is running (their ``after`` phase included)."""
 
     app: Any
+    idle: Callable[[], None]
 
 
 GatewayFactory = Callable[..., GatewayURL]
@@ -172,8 +174,9 @@ def start_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
             path = tmp_path / f"catalogue-{uuid.uuid4().hex[:8]}.yaml"
             path.write_text(yaml.safe_dump(cat))
             app = create_app(Settings(config=path, **settings))
-            url = GatewayURL(stack.enter_context(serve(app)))
-            url.app = app
+            tracked = InFlight(app)
+            url = GatewayURL(stack.enter_context(serve(tracked)))
+            url.app, url.idle = app, tracked.idle
             return url
 
         yield start

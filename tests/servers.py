@@ -11,12 +11,52 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 import yaml
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T], done: Callable[[T], bool] = bool, timeout: float = 30.0) -> T:
+    """Probe until ``done(value)`` holds, for at most ``timeout`` seconds, and return the last value either way
+    (so the caller's assert shows what was seen). The bound is generous on purpose: a condition that holds comes
+    back at once, and only a real failure ever waits it out."""
+    deadline = time.monotonic() + timeout
+    while not done(value := probe()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+class InFlight:
+    """An ASGI app wrapped to count its HTTP calls still running. The gateway does work after an answer has gone
+    out (the policies' ``after`` phase); a test that must see that work done waits for ``idle`` instead of sleeping."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.running = 0
+        self.changed = threading.Condition()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with self.changed:
+            self.running += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            with self.changed:
+                self.running -= 1
+                self.changed.notify_all()
+
+    def idle(self, timeout: float = 30.0) -> None:
+        with self.changed:
+            if not self.changed.wait_for(lambda: self.running == 0, timeout):
+                raise AssertionError(f"{self.running} requests still running after {timeout} s")
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 import re
 import signal
-import time
 import uuid
 
 import httpx2
@@ -12,7 +11,7 @@ import yaml
 from config import Settings
 from gateway.app import create_app
 from tests.conftest import ADMIN_KEY, MEMBER_KEY, RESTRICTED, SPACE, catalogue
-from tests.servers import serve, spawn_gateway
+from tests.servers import serve, spawn_gateway, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -97,6 +96,12 @@ def test_stream_on_the_native_route(gateway):
     assert "event: response.completed" in text and "id: 0\n" in text
 
 
+def running(base: str, response_id: str) -> None:
+    """Wait until a background job has started its upstream call."""
+    status = lambda: httpx2.get(f"{url(base)}/{response_id}", headers=AUTH).json()["data"]["status"]  # noqa: E731
+    assert wait_for(status, lambda s: s == "in_progress") == "in_progress"
+
+
 def test_a_crash_ends_a_background_job_as_failed_not_stuck(start_gateway, upstream, redis_url, redis_prefix, tmp_path):
     settings = {"redis_url": redis_url, "redis_prefix": redis_prefix + uuid.uuid4().hex + ":"}
     cat = catalogue(upstream[1], "hang")
@@ -104,13 +109,13 @@ def test_a_crash_ends_a_background_job_as_failed_not_stuck(start_gateway, upstre
     try:
         job = httpx2.post(url(crashing), headers=AUTH, json={"model": "up", "input": "x", "background": True}).json()
         assert job["data"]["status"] == "queued"
-        time.sleep(0.3)
+        running(crashing, job["data"]["id"])
     finally:
         proc.send_signal(signal.SIGKILL)  # no shutdown code runs: only the heartbeat's expiry tells
         proc.wait(10)
-    time.sleep(0.8)
     survivor = start_gateway(cat, **settings)
-    r = httpx2.get(url(survivor) + "/" + job["data"]["id"], headers=AUTH).json()["data"]
+    read = lambda: httpx2.get(url(survivor) + "/" + job["data"]["id"], headers=AUTH).json()["data"]  # noqa: E731
+    r = wait_for(read, lambda job: job["status"] != "in_progress")  # until the heartbeat has expired
     assert r["status"] == "failed" and "interrupted" in r["aimable"]["failure_reason"]
 
 
@@ -121,7 +126,7 @@ def test_a_stopping_gateway_marks_its_running_jobs_failed(start_gateway, upstrea
     config.write_text(yaml.safe_dump(cat))
     with serve(create_app(Settings(config=config, **settings))) as stopping:
         job = httpx2.post(url(stopping), headers=AUTH, json={"model": "up", "input": "x", "background": True}).json()
-        time.sleep(0.3)
+        running(stopping, job["data"]["id"])
     survivor = start_gateway(cat, **settings)
     r = httpx2.get(url(survivor) + "/" + job["data"]["id"], headers=AUTH).json()["data"]
     assert r["status"] == "failed" and "interrupted" in r["aimable"]["failure_reason"]

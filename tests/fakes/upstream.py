@@ -9,6 +9,7 @@
 ``hang``          never answers (until the client goes away)
 ``cut``           streams two chunks, then ends without ``[DONE]``
 ``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``)
+``echo-stall``    streams the last user message as one chunk, then waits for the client to go away
 ``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
 ``length``        a completion cut by the output token limit (``finish_reason: length``)
@@ -163,8 +164,8 @@ class Upstream:
                 await part(_chunk(usage=True))
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
             return
-        if model == "stall":
-            await part(_chunk("first"))
+        if model in ("stall", "echo-stall"):
+            await part(_chunk("first" if model == "stall" else _last_user_text(body)))
             await self._wait_gone(receive)
             return
         await part(_chunk("one "))

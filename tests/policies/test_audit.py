@@ -5,7 +5,6 @@ the in-memory store and on Redis."""
 import asyncio
 import json
 import re
-import time
 import uuid
 from typing import Any
 
@@ -13,6 +12,7 @@ import httpx2
 import pytest
 
 from tests.conftest import ADMIN_KEY, FOREIGN_SPACE, MEMBER_KEY, MODEL_IDS, OTHER_KEY, RESTRICTED, SPACE, catalogue
+from tests.servers import wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
@@ -37,12 +37,7 @@ def audit_log(base: str, space: str = SPACE, key: str = ADMIN_KEY, prefix: str =
 
 def settled(base: str, count: int, **query: Any) -> httpx2.Response:
     """The audit page once it holds ``count`` entries (``after`` hooks run once the answer has been sent)."""
-    deadline = time.monotonic() + 5
-    while True:
-        r = audit_log(base, **query)
-        if len(r.json().get("data", [])) >= count or time.monotonic() > deadline:
-            return r
-        time.sleep(0.02)
+    return wait_for(lambda: audit_log(base, **query), lambda r: len(r.json().get("data", [])) >= count)
 
 
 def chat(base: str, content: str, model: str = "fake-echo", stream: bool = False, **headers: str) -> httpx2.Response:
@@ -93,6 +88,22 @@ def test_denials_are_recorded_without_prompts_or_secrets(start_gateway, upstream
         assert "request" not in entry
     for secret in ("private words", "4111", "ann@", ADMIN_KEY):
         assert secret not in r.text
+
+
+@pytest.mark.parametrize("route", ["chat", "responses"])
+def test_a_stream_stopped_by_a_guardrail_is_audited_even_when_the_client_leaves_first(start_gateway, upstream, route):
+    """The upstream never ends this stream, so the gateway learns the caller left (it read the guardrail's last
+    event) while still relaying: the request stays a rejection, and the audit records it."""
+    base = start_gateway(audited(upstream[1], "echo-stall"))
+    text = "write to ann@example.com please"
+    if route == "chat":
+        r = chat(base, text, model="up", stream=True)
+    else:
+        body = {"model": "up", "input": text, "stream": True}
+        r = httpx2.post(base + "/v1/responses", headers=AUTH, json=body)
+    assert r.status_code == 200 and "guardrail_rejected" in r.text
+    entries = settled(base, 1).json()["data"]
+    assert [(e["action"], e["error"]["code"]) for e in entries] == [("request.rejected", "guardrail_rejected")]
 
 
 def test_prompts_only_when_asked(start_gateway, upstream):

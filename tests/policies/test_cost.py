@@ -1,6 +1,5 @@
 """The cost policy: the x-gateway-cost-usd header, spend counters in the store, and the native usage route."""
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +19,7 @@ from tests.conftest import (
     TENANT,
     catalogue,
 )
+from tests.servers import wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 # 5 input tokens at 2.5 USD/Mtok + 3 output tokens at 10 USD/Mtok = 42.5 micro-dollars, rounded half-up: 43
@@ -50,10 +50,7 @@ def usage(base: str, space: str = SPACE, key: str = ADMIN_KEY, prefix: str = "",
 
 def counted(base: str, requests: int, **query: str) -> dict:
     """The usage once ``requests`` are counted (the counters are written just after each answer)."""
-    deadline = time.monotonic() + 10
-    while (data := usage(base, **query).json()["data"])["requests"] < requests and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return data
+    return wait_for(lambda: usage(base, **query).json()["data"], lambda data: data["requests"] >= requests)
 
 
 def today() -> str:
