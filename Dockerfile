@@ -11,6 +11,7 @@ COPY config ./config
 RUN pip install --no-cache-dir --no-deps . && useradd --uid 10001 --no-create-home gateway
 USER 10001
 EXPOSE 8080
+# the port the gateway really listens on (GATEWAY_PORT may be changed at run time)
 HEALTHCHECK --interval=10s --timeout=2s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz').status != 200)"
+  CMD python -c "import os,urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('GATEWAY_PORT', '8080')).status != 200)"
 CMD ["python", "-m", "gateway"]

@@ -18,6 +18,9 @@ class Settings(BaseSettings):
 
     config: Path = Field(DEFAULT_CONFIG, description="Path of the YAML catalogue.")
     host: str = "127.0.0.1"
+    demo: bool = Field(
+        False, description="Allow a non-loopback listen address while the catalogue holds a published demo key."
+    )
     port: int = Field(8080, ge=0, le=65535)
     redis_url: SecretStr | None = Field(None, description="redis://… ; unset means the in-memory store.")
     redis_prefix: str = Field("gw:", description="Prefix of every key the gateway writes to Redis.")

@@ -13,6 +13,7 @@ import uvicorn
 
 from config import CatalogueError, Settings
 from gateway.catalog import hash_key
+from gateway.exposure import exposure_problem
 from gateway.policy import PolicyConfigError
 
 
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(settings)
     except (CatalogueError, PolicyConfigError) as exc:
         sys.stderr.write(f"gateway: cannot start: {exc}\n")
+        sys.exit(2)
+    problem = exposure_problem(settings.host, app.state.gateway.catalog.tenants, settings.demo)
+    if problem is not None:
+        sys.stderr.write(f"gateway: cannot start: {problem}\n")
         sys.exit(2)
     tune_gc(settings.gc_gen0_threshold)
     uvicorn.run(

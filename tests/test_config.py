@@ -1,5 +1,6 @@
 """The catalogue is validated at start; a wrong file fails with a message that names the field."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import yaml
 
 from config import CatalogueError, load_catalogue
 from config.settings import DEFAULT_CONFIG
+from gateway.exposure import exposure_problem
 from tests.conftest import catalogue
 
 
@@ -84,3 +86,40 @@ def test_the_server_process_tunes_the_garbage_collector(threshold, expected):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_the_sample_error_in_the_docs_is_the_real_one(tmp_path):
+    """docs/config.md shows what a wrong deployment type prints; it must stay what the process really says."""
+    docs = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    shown = docs.split("```\ngateway: cannot start:", 1)[1].split("```", 1)[0]
+    broken = tmp_path / "config" / "gateway.yaml"
+    broken.parent.mkdir()
+    broken.write_text(DEFAULT_CONFIG.read_text().replace("type: fake", "type: foo", 1))
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(broken), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.replace(str(tmp_path) + "/", "") == "gateway: cannot start:" + shown
+
+
+def test_the_demo_keys_are_never_exposed_beyond_loopback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "--host", "0.0.0.0", "--port", "0"],  # the shipped demo catalogue
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "GATEWAY_DEMO"},
+    )
+    assert proc.returncode == 2
+    assert "published demo key(s) demo-admin, demo-member" in proc.stderr and "GATEWAY_DEMO=1" in proc.stderr
+    demo = load_catalogue(DEFAULT_CONFIG).tenants
+    assert exposure_problem("0.0.0.0", demo, demo=True) is None  # GATEWAY_DEMO=1: meant
+    for host in ("127.0.0.1", "127.3.0.1", "::1", "[::1]", "localhost"):
+        assert exposure_problem(host, demo, demo=False) is None
+    for host in ("0.0.0.0", "::", "10.0.0.5", "gateway.example.com"):
+        assert exposure_problem(host, demo, demo=False) is not None
+    own = load_catalogue(write(tmp_path, catalogue("http://127.0.0.1:9"))).tenants  # keys of its own
+    assert exposure_problem("0.0.0.0", own, demo=False) is None
