@@ -27,6 +27,7 @@ import orjson
 
 Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+REDACTED = "***"
 
 
 class GatewayError(Exception):
@@ -160,6 +161,21 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
+
+
+def redact_secret(text: str, secret: str | None) -> str:
+    """``text`` with a deployment's credential replaced by ``***``: providers echo the key they were sent in
+    their "invalid key" messages. The one redaction of credentials, for mapped errors and relayed error events."""
+    return text.replace(secret, REDACTED) if secret else text
+
+
+def redact_secret_bytes(data: bytes, secret: str | None) -> bytes:
+    """``redact_secret`` over raw JSON or SSE bytes: the key as sent, and as JSON escapes it."""
+    if not secret:
+        return data
+    raw, escaped = secret.encode(), orjson.dumps(secret)[1:-1]
+    data = data.replace(raw, REDACTED.encode())
+    return data.replace(escaped, REDACTED.encode()) if escaped != raw else data
 
 
 def is_native(path: str) -> bool:

@@ -17,7 +17,7 @@ from config.deployments import Deployment, OpenAIDeployment
 from gateway.context import RequestContext, Usage
 from gateway.disconnect import aclose
 from gateway.dispatch import Dispatcher, Opened
-from gateway.errors import InvalidRequest, UpstreamError
+from gateway.errors import InvalidRequest, UpstreamError, redact_secret, redact_secret_bytes
 from gateway.providers.openai import OpenAIProvider
 from gateway.responses import native
 from gateway.responses.events import ChatStreamToEvents
@@ -27,7 +27,7 @@ from gateway.responses.records import ResponseRecords
 from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
 from gateway.responses.validate import validate_create
 from gateway.sse import iter_sse_batches
-from gateway.upstream import upstream_json
+from gateway.upstream import credential, upstream_json
 
 JSON = dict[str, Any]
 
@@ -105,7 +105,10 @@ class ResponsesEngine:
         async def attempt(dep: Deployment) -> JSON:
             if _is_native(dep):
                 data = await self._native(dep).responses(dep, native.upstream_body(turn, dep, stream=False))
-                return native.merge_response(turn.shell, upstream_json(data))
+                answer = upstream_json(data)
+                if answer.get("error"):  # stored with the response: never with the key the upstream echoed
+                    answer = upstream_json(redact_secret_bytes(data, credential(dep)))
+                return native.merge_response(turn.shell, answer)
             data = await self.dispatcher.provider(dep).chat(dep, {**chat_body, "model": dep.model})
             return chat_to_response(upstream_json(data), shell=turn.shell)
 
@@ -122,8 +125,8 @@ class ResponsesEngine:
 
         dep, opened = await self.dispatcher.stream_with(turn.model, open_upstream)
         if _is_native(dep):
-            return native.relay_events(turn.shell, opened)
-        return _translate_events(turn.shell, opened)
+            return native.relay_events(turn.shell, opened, credential(dep))
+        return _translate_events(turn.shell, opened, credential(dep))
 
     def _native(self, dep: Deployment) -> OpenAIProvider:
         provider = self.dispatcher.provider(dep)
@@ -131,8 +134,9 @@ class ResponsesEngine:
         return provider
 
 
-async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[list[JSON]]:
-    """Responses events, in batches (one per upstream read), for a translated Chat Completions stream."""
+async def _translate_events(shell: JSON, opened: Opened, secret: str | None) -> AsyncIterator[list[JSON]]:
+    """Responses events, in batches (one per upstream read), for a translated Chat Completions stream; an
+    upstream error event's message ends it in ``response.failed``, without the deployment's key."""
     stream, chunks, first = opened
     machine = ChatStreamToEvents(shell)
     try:
@@ -143,7 +147,7 @@ async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[list[J
                 if "error" in chunk and not chunk.get("choices"):
                     if events:
                         yield events
-                    raise UpstreamError(_error_message(chunk["error"]))
+                    raise UpstreamError(redact_secret(_error_message(chunk["error"]), secret))
                 events.extend(machine.feed(chunk))
             if events:
                 yield events

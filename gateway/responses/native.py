@@ -5,9 +5,11 @@ gateway's response id, model alias and sequence numbers."""
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from config.deployments import Deployment
 from gateway.disconnect import aclose
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamError, redact_secret_bytes
 from gateway.sse import iter_sse_batches
 
 if TYPE_CHECKING:
@@ -28,6 +30,7 @@ _GATEWAY_ONLY = (
     "store",
     "metadata",
 )
+_ERROR_EVENTS = frozenset({"error", "response.failed"})
 _UPSTREAM_FIELDS = ("output", "usage", "status", "incomplete_details", "error", "completed_at")
 
 
@@ -61,8 +64,9 @@ def merge_response(shell: JSON, upstream: JSON) -> JSON:
     return merged
 
 
-async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[list[JSON]]:
-    """The upstream's events in batches, renumbered from 0, lifecycle events carrying the gateway's response."""
+async def relay_events(shell: JSON, opened: "Opened", secret: str | None) -> AsyncIterator[list[JSON]]:
+    """The upstream's events in batches, renumbered from 0, lifecycle events carrying the gateway's response;
+    error events (``error``, ``response.failed``) without the deployment's key."""
     stream, chunks, first = opened
     sequence = 0
     latest = dict(shell)
@@ -72,6 +76,8 @@ async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[list[JSON
             async for batch in iter_sse_batches(first, chunks):
                 out = []
                 for event in batch:
+                    if secret and event.get("type") in _ERROR_EVENTS:
+                        event = orjson.loads(redact_secret_bytes(orjson.dumps(event), secret))
                     if isinstance(event.get("response"), dict):
                         latest = merge_response(shell, event["response"])
                         event = {**event, "response": latest}
