@@ -11,8 +11,9 @@ from starlette.types import Receive, Send
 
 from gateway.context import RequestContext, Usage
 from gateway.disconnect import aclose, cancel_on_disconnect
-from gateway.errors import JSON_HEADERS, UpstreamError, redact_secret_bytes
+from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError, redact_secret_bytes
 from gateway.http import SSE_HEADERS, send_bytes
+from gateway.inflight import InFlight
 from gateway.runtime import Gateway
 from gateway.sse import ChatStreamWatcher, error_event
 from gateway.upstream import credential, upstream_json
@@ -54,7 +55,7 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": ctx.answer_headers(SSE_HEADERS)})
             ctx.status_code = 200
-            await _relay(ctx, send, watcher, first, chunks)
+            await _relay(ctx, send, watcher, (first, chunks), gw.inflight)
             finished.set()
             tail = watcher.finish()
             if not watcher.done and ctx.outcome == "pending":
@@ -69,18 +70,26 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
 
 
 async def _relay(
-    ctx: RequestContext, send: Send, watcher: ChatStreamWatcher, first: bytes, chunks: AsyncIterator[bytes]
+    ctx: RequestContext,
+    send: Send,
+    watcher: ChatStreamWatcher,
+    upstream: tuple[bytes, AsyncIterator[bytes]],
+    inflight: InFlight,
 ) -> None:
-    """Forward whole events; an upstream failure mid-stream ends it with an error event."""
+    """Forward whole events; an upstream failure or a shutdown mid-stream ends it with an error event."""
+    first, chunks = upstream
     out = watcher.feed(first)
     try:
-        if out:
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-        async for chunk in chunks:
-            out = watcher.feed(chunk)
+        with inflight.interruptible():
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-    except UpstreamError as exc:
-        ctx.outcome, ctx.error = "upstream_error", exc
-        rest = watcher.finish() + error_event(exc.message, exc.code or "upstream_error")
+            async for chunk in chunks:
+                out = watcher.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+    except (UpstreamError, ShuttingDown) as exc:
+        stopped = isinstance(exc, ShuttingDown)
+        ctx.outcome, ctx.error = "interrupted" if stopped else "upstream_error", exc
+        kind = exc.error_type if stopped else "upstream_error"
+        rest = watcher.finish() + error_event(exc.message, exc.code or "upstream_error", kind)
         await send({"type": "http.response.body", "body": rest, "more_body": True})

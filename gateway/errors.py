@@ -12,6 +12,7 @@
     ├── RateLimited                   429     rate_limit_error
     ├── BudgetExceeded                429     insufficient_quota      (x-should-retry: false)
     ├── StoreUnavailable              503     server_error
+    ├── ShuttingDown                  503     server_error            (a request cut by the gateway's shutdown)
     └── UpstreamError                 502     upstream_error
         ├── UpstreamRejected          (the upstream's own 4xx/429 status, passed through)
         ├── UpstreamUnavailable       502/503
@@ -138,6 +139,17 @@ class StoreUnavailable(GatewayError):
     status_code = 503
     error_type = "server_error"
     code = "store_unavailable"
+
+
+class ShuttingDown(GatewayError):
+    """The gateway stopped this request because it is shutting down; a retry reaches another instance."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "gateway_shutting_down"
+
+    def __init__(self, message: str = "The gateway is shutting down; retry the request.") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class UpstreamError(GatewayError):

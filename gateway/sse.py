@@ -28,6 +28,13 @@ def format_sse(event: dict[str, Any]) -> bytes:
     return head + orjson.dumps(event) + b"\n\n"
 
 
+def responses_error_event(message: str, code: str | None) -> bytes:
+    """A Responses ``error`` event that is not one of the response's own events (no ``id``, no sequence number):
+    it ends one client's stream, not the response, so resuming with Last-Event-ID elsewhere still works."""
+    body = {"type": "error", "code": code, "message": message, "param": None}
+    return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+
 def error_event(message: str, code: str | None, error_type: str = "upstream_error") -> bytes:
     """The last event of a stream cut by a failure: an error object and no ``[DONE]``."""
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
