@@ -19,7 +19,7 @@ from gateway.upstream import upstream_json
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"[DONE]"
-_ERROR = b'"error"'  # a JSON key or value; inside a JSON string its quotes would be escaped
+_ERROR = b'"error"'  # a JSON key or value (inside a JSON string its quotes are escaped); find() beats `in` here
 
 
 def format_sse(event: dict[str, Any]) -> bytes:
@@ -64,7 +64,7 @@ class ChatStreamWatcher:
         out, self.pending = data[: cut + 2], data[cut + 2 :]
         if _USAGE.search(out) is not None:
             out = self._take_usage(out)
-        if self.secret is not None and _ERROR in out:
+        if self.secret is not None and out.find(_ERROR) >= 0:
             out = redact_secret_bytes(out, self.secret)
         if _DONE in out:
             self.done = True
@@ -73,7 +73,7 @@ class ChatStreamWatcher:
     def finish(self) -> bytes:
         """Whatever is left when the upstream closes (an unterminated last event)."""
         out, self.pending = self.pending, b""
-        if self.secret is not None and _ERROR in out:
+        if self.secret is not None and out.find(_ERROR) >= 0:
             out = redact_secret_bytes(out, self.secret)
         if _DONE in out:
             self.done = True
