@@ -25,14 +25,16 @@ BOUND = 60.0  # seconds any wait may take before the test fails
 
 
 def stalling_catalogue(upstream_url: str) -> dict[str, Any]:
-    """Model ``up`` streams one chunk and then nothing until the client goes away, ``hang`` never answers;
-    idempotency and a budget that every request holds a reservation against."""
+    """Model ``up`` streams one chunk and then nothing until the client goes away (``native`` too, spoken to
+    as a Responses upstream), ``hang`` never answers; idempotency and a budget that every request holds a
+    reservation against."""
     cat = catalogue(upstream_url, "stall")
     tenant = cat["tenants"][0]
     pricing = tenant["models"][0]["pricing"] = {"input_per_mtok": "0", "output_per_mtok": "1"}
-    hang = {"type": "openai", "model": "hang", "base_url": upstream_url + "/v1"}
-    tenant["models"].append({"id": str(uuid.uuid4()), "alias": "hang", "deployment": hang, "pricing": pricing})
-    tenant["spaces"][0]["models"].append("hang")
+    for alias, model, api in (("hang", "hang", "chat"), ("native", "stall", "responses")):
+        deployment = {"type": "openai", "model": model, "base_url": upstream_url + "/v1", "api": api}
+        tenant["models"].append({"id": str(uuid.uuid4()), "alias": alias, "deployment": deployment, "pricing": pricing})
+        tenant["spaces"][0]["models"].append(alias)
     tenant["policies"] = [
         {"use": "allow_list"},
         {"use": "idempotency"},
@@ -43,8 +45,9 @@ def stalling_catalogue(upstream_url: str) -> dict[str, Any]:
 
 
 class Client(threading.Thread):
-    """One request (``kind``: chat, responses, background, whole, or follow: ``GET ?stream=true`` of the
-    response ``follows``); ``started`` is set once its first event arrived, ``text`` is all it read."""
+    """One request (``kind``: chat, responses, native (a Responses stream from a Responses upstream),
+    background, whole, or follow: ``GET ?stream=true`` of the response ``follows``); ``started`` is set once
+    its first event arrived, ``text`` is all it read."""
 
     def __init__(self, base: str, kind: str, follows: str = "") -> None:
         super().__init__(daemon=True)
@@ -55,9 +58,9 @@ class Client(threading.Thread):
         self.failure: BaseException | None = None
 
     def request(self) -> tuple[str, dict[str, Any]]:
-        if self.kind in ("responses", "background"):
-            body = {"model": "up", "input": "hi", "max_output_tokens": 3, "stream": True}
-            return "/v1/responses", {**body, "background": self.kind == "background"}
+        if self.kind in ("responses", "background", "native"):
+            body = {"model": "native" if self.kind == "native" else "up", "input": "hi", "max_output_tokens": 3}
+            return "/v1/responses", {**body, "stream": True, "background": self.kind == "background"}
         body = {"model": "up", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
         return "/v1/chat/completions", body if self.kind == "chat" else {**body, "model": "hang", "stream": False}
 
@@ -103,6 +106,9 @@ class Client(threading.Thread):
             return None
         assert last["type"] == "response.failed", self.text
         assert last["response"]["status"] == "failed" and last["response"]["error"]["code"] == "server_error"
+        if self.kind == "native":  # relayed events: the response as the upstream's last lifecycle event had it
+            assert '"delta":"first"' in self.text
+            return None
         assert last["response"]["output"][0]["content"][0]["text"] == "first"  # with the partial output
         return str(last["response"]["id"])
 
@@ -130,7 +136,7 @@ def test_sigterm_ends_every_request_cleanly_and_releases_what_it_held(
     cat = stalling_catalogue(upstream[1])
     proc, base = spawn_gateway(cat, tmp_path, redis_url, prefix)
     store = redis.Redis.from_url(redis_url)
-    kinds = ["chat", "responses"] * (STREAMS // 2) + ["background", "whole", "whole"]
+    kinds = ["chat", "responses"] * (STREAMS // 2) + ["native", "native", "background", "whole", "whole"]
     clients = [Client(base, kind) for kind in kinds]
     hanging = upstream[0].counts.get("hang", 0) + 2
     try:

@@ -11,7 +11,8 @@
 ``malformed``     200 with a body that is not JSON
 ``hang``          never answers (until the client goes away)
 ``cut``           streams two chunks, then ends without ``[DONE]``
-``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``)
+``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``); on
+                  ``/v1/responses``, ``response.created`` and one text delta, then the same wait
 ``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
 ``length``        a completion cut by the output token limit (``finish_reason: length``)
@@ -94,6 +95,8 @@ class Upstream:
             await anthropic(body, send)
         elif model == "leak-key":
             await self._leak_key(scope["path"].endswith("/responses"), body.get("stream") is True, send)
+        elif scope["path"].endswith("/responses") and model == "stall" and body.get("stream"):
+            await self._stall_responses(receive, send)
         elif scope["path"].endswith("/responses"):
             await responses_api(body, send)
         elif body.get("stream"):
@@ -127,6 +130,18 @@ class Upstream:
         for frame in frames:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stall_responses(self, receive: Any, send: Any) -> None:
+        response = {"id": "resp_up", "object": "response", "status": "in_progress", "output": []}
+        events = [
+            {"type": "response.created", "response": response},
+            {"type": "response.output_text.delta", "item_id": "msg_up", "output_index": 0, "delta": "first"},
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for event in events:
+            frame = b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await self._wait_gone(receive)
 
     async def _wait_gone(self, receive: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
