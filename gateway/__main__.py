@@ -91,13 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=30,
     )
     server = GatewayServer(config, app.state.gateway)
-    # uvicorn raises the signal it stopped on again once it has shut down, under the handler it found: with
-    # this one, a shutdown asked by SIGTERM that completed exits with status 0
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    try:
-        server.run()
-    except KeyboardInterrupt:  # SIGINT, re-raised the same way
-        pass
+    # uvicorn raises the signal it stopped on again once it has shut down, under the handler it found: with its
+    # own handler found there, that changes nothing, so a completed shutdown exits with status 0 (under the
+    # default one, SIGTERM killed the process: -15); a signal before uvicorn installs its handlers is not lost
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, server.handle_exit)
+    server.run()
     if not server.started:
         sys.exit(3)  # uvicorn's own status when the server could not start (the port is taken, say)
 
