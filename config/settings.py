@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(1000, gt=0)
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a replica proves it is alive (x3 = expiry).")
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="At shutdown, how long stopped requests get to end and release what they hold."
+    )
     response_ttl_seconds: int = Field(30 * 24 * 3600, gt=0, description="How long stored responses are kept.")
     log_level: str = "info"
     access_log: bool = Field(False, description="One log line per request (costs throughput).")

@@ -11,11 +11,12 @@ from starlette.types import Receive, Send
 
 from gateway.context import RequestContext, Usage
 from gateway.disconnect import aclose, cancel_on_disconnect
-from gateway.errors import JSON_HEADERS, UpstreamError
+from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError, redact_secret_bytes
 from gateway.http import SSE_HEADERS, send_bytes
+from gateway.inflight import InFlight
 from gateway.runtime import Gateway
 from gateway.sse import ChatStreamWatcher, error_event
-from gateway.upstream import upstream_json
+from gateway.upstream import credential, upstream_json
 
 
 def upstream_body(ctx: RequestContext) -> dict[str, Any]:
@@ -32,8 +33,11 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
     """One non-streaming completion, answered with the upstream's bytes."""
     model = gw.resolve_model(ctx)
     async with cancel_on_disconnect(receive, ctx) as finished:
-        data = await gw.dispatcher.chat(model, upstream_body(ctx))
-        ctx.usage = Usage.from_chat(upstream_json(data).get("usage"))
+        deployment, data = await gw.dispatcher.chat(model, upstream_body(ctx))
+        answer = upstream_json(data)
+        if "error" in answer:  # a 200 carrying an error may echo the key the upstream was sent
+            data = redact_secret_bytes(data, credential(deployment))
+        ctx.usage = Usage.from_chat(answer.get("usage"))
         ctx.cost_micros = gw.prices.cost(model, ctx.usage)
         ctx.status_code = 200
         finished.set()
@@ -45,13 +49,13 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
     a normal error answer; failures after it end the stream with an error event and no ``[DONE]``."""
     model = gw.resolve_model(ctx)
     wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
-    watcher = ChatStreamWatcher(forward_usage=wants_usage)
     async with cancel_on_disconnect(receive, ctx) as finished:
-        upstream, chunks, first = await gw.dispatcher.stream(model, upstream_body(ctx))
+        deployment, (upstream, chunks, first) = await gw.dispatcher.stream(model, upstream_body(ctx))
+        watcher = ChatStreamWatcher(forward_usage=wants_usage, secret=credential(deployment))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": ctx.answer_headers(SSE_HEADERS)})
             ctx.status_code = 200
-            await _relay(ctx, send, watcher, first, chunks)
+            await _relay(ctx, send, watcher, (first, chunks), gw.inflight)
             finished.set()
             tail = watcher.finish()
             if not watcher.done and ctx.outcome == "pending":
@@ -66,18 +70,26 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
 
 
 async def _relay(
-    ctx: RequestContext, send: Send, watcher: ChatStreamWatcher, first: bytes, chunks: AsyncIterator[bytes]
+    ctx: RequestContext,
+    send: Send,
+    watcher: ChatStreamWatcher,
+    upstream: tuple[bytes, AsyncIterator[bytes]],
+    inflight: InFlight,
 ) -> None:
-    """Forward whole events; an upstream failure mid-stream ends it with an error event."""
+    """Forward whole events; an upstream failure or a shutdown mid-stream ends it with an error event."""
+    first, chunks = upstream
     out = watcher.feed(first)
     try:
-        if out:
-            await send({"type": "http.response.body", "body": out, "more_body": True})
-        async for chunk in chunks:
-            out = watcher.feed(chunk)
+        with inflight.interruptible():
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-    except UpstreamError as exc:
-        ctx.outcome, ctx.error = "upstream_error", exc
-        rest = watcher.finish() + error_event(exc.message, exc.code or "upstream_error")
+            async for chunk in chunks:
+                out = watcher.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+    except (UpstreamError, ShuttingDown) as exc:
+        stopped = isinstance(exc, ShuttingDown)
+        ctx.outcome, ctx.error = "interrupted" if stopped else "upstream_error", exc
+        kind = exc.error_type if stopped else "upstream_error"
+        rest = watcher.finish() + error_event(exc.message, exc.code or "upstream_error", kind)
         await send({"type": "http.response.body", "body": rest, "more_body": True})

@@ -49,7 +49,8 @@ class RequestContext:
     """One request. Policies read and change it; the pipeline fills ``model``, ``usage`` and ``outcome``.
 
     ``outcome`` is ``pending`` until the end, then one of ``ok``, ``replayed``, ``rejected`` (a policy or
-    validation said no), ``upstream_error``, ``disconnected`` (the client went away) or ``error``.
+    validation said no), ``upstream_error``, ``disconnected`` (the client went away), ``interrupted`` (the
+    gateway's shutdown stopped it), ``cancelled`` (a background response cancelled through the API) or ``error``.
     """
 
     request_id: str

@@ -123,17 +123,21 @@ class Dispatcher:
             )
         raise last
 
-    async def chat(self, model: TenantModel, body: dict[str, Any]) -> bytes:
-        """A whole completion from the first deployment that gives one."""
-        return await self.run(model, lambda dep: self.provider(dep).chat(dep, {**body, "model": dep.model}))
+    async def chat(self, model: TenantModel, body: dict[str, Any]) -> tuple[Deployment, bytes]:
+        """A whole completion from the first deployment that gives one (and that deployment)."""
 
-    async def stream(self, model: TenantModel, body: dict[str, Any]) -> Opened:
-        """An open Chat Completions stream whose first chunk already arrived."""
+        async def attempt(dep: Deployment) -> tuple[Deployment, bytes]:
+            return dep, await self.provider(dep).chat(dep, {**body, "model": dep.model})
+
+        return await self.run(model, attempt)
+
+    async def stream(self, model: TenantModel, body: dict[str, Any]) -> tuple[Deployment, Opened]:
+        """An open Chat Completions stream whose first chunk already arrived (and its deployment)."""
 
         def open_stream(dep: Deployment) -> Awaitable[UpstreamStream]:
             return self.provider(dep).open_stream(dep, {**body, "model": dep.model})
 
-        return (await self.stream_with(model, open_stream))[1]
+        return await self.stream_with(model, open_stream)
 
     async def stream_with(
         self, model: TenantModel, open_stream: Callable[[Deployment], Awaitable[UpstreamStream]]

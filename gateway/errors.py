@@ -12,6 +12,7 @@
     ├── RateLimited                   429     rate_limit_error
     ├── BudgetExceeded                429     insufficient_quota      (x-should-retry: false)
     ├── StoreUnavailable              503     server_error
+    ├── ShuttingDown                  503     server_error            (a request cut by the gateway's shutdown)
     └── UpstreamError                 502     upstream_error
         ├── UpstreamRejected          (the upstream's own 4xx/429 status, passed through)
         ├── UpstreamUnavailable       502/503
@@ -27,6 +28,7 @@ import orjson
 
 Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+REDACTED = "***"
 
 
 class GatewayError(Exception):
@@ -139,6 +141,17 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+class ShuttingDown(GatewayError):
+    """The gateway stopped this request because it is shutting down; a retry reaches another instance."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "gateway_shutting_down"
+
+    def __init__(self, message: str = "The gateway is shutting down; retry the request.") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class UpstreamError(GatewayError):
     """The upstream failed; never the caller's fault. Upstream credentials never appear in the message."""
 
@@ -160,6 +173,21 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
+
+
+def redact_secret(text: str, secret: str | None) -> str:
+    """``text`` with a deployment's credential replaced by ``***``: providers echo the key they were sent in
+    their "invalid key" messages. The one redaction of credentials, for mapped errors and relayed error events."""
+    return text.replace(secret, REDACTED) if secret else text
+
+
+def redact_secret_bytes(data: bytes, secret: str | None) -> bytes:
+    """``redact_secret`` over raw JSON or SSE bytes: the key as sent, and as JSON escapes it."""
+    if not secret:
+        return data
+    raw, escaped = secret.encode(), orjson.dumps(secret)[1:-1]
+    data = data.replace(raw, REDACTED.encode())
+    return data.replace(escaped, REDACTED.encode()) if escaped != raw else data
 
 
 def is_native(path: str) -> bool:

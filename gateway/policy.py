@@ -44,7 +44,7 @@ from starlette.types import Send
 
 from config.catalog import PolicySpec
 from gateway.context import Reply, RequestContext
-from gateway.errors import GatewayError, StoreUnavailable, UpstreamError, render_error
+from gateway.errors import GatewayError, ShuttingDown, StoreUnavailable, UpstreamError, render_error
 from gateway.http import send_bytes
 from gateway.importer import ImportFromStringError, import_from_string
 from gateway.store import Script
@@ -244,6 +244,8 @@ def _record_failure(ctx: RequestContext, exc: BaseException) -> None:
     if ctx.outcome == "pending":
         if isinstance(exc, UpstreamError):
             ctx.outcome = "upstream_error"
+        elif isinstance(exc, ShuttingDown):
+            ctx.outcome = "interrupted"
         elif isinstance(exc, GatewayError):
             ctx.outcome = "rejected"
         else:

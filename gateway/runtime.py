@@ -6,9 +6,11 @@ fails the start; connections are opened in ``start`` and closed in ``stop`` by t
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from starlette.types import Send
 
 from config import Catalogue, Settings
 from config.catalog import TenantModel
@@ -21,6 +23,7 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import InvalidRequest, NotFound
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
+from gateway.inflight import InFlight
 from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
@@ -55,11 +58,12 @@ class Gateway:
             idle=settings.upstream_read_timeout,
         )
         self.breakers = CircuitBreakers(self.store)
+        self.inflight = InFlight()
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
-        engine = ResponsesEngine(self.dispatcher, records, self.resolve_model)
-        self.responses = ResponsesService(engine, records, self.prices, settings.heartbeat_seconds)
+        engine = ResponsesEngine(self.dispatcher, records, self.resolve_model, self.inflight)
+        self.responses = ResponsesService(engine, records, self.prices, self.inflight, settings.heartbeat_seconds)
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -75,6 +79,9 @@ class Gateway:
         self._heartbeat = asyncio.ensure_future(self.responses.heartbeat())
 
     async def stop(self) -> None:
+        # requests still running end first (a stream with its error event), releasing what they hold while
+        # the store is open; after SIGTERM (gateway.__main__) they were stopped already
+        await self.inflight.stop(self.settings.shutdown_grace_seconds)
         for chain in self.chains.values():  # policies holding clients of their own (webhooks) close them
             for policy in chain.policies:
                 aclose = getattr(policy, "aclose", None)
@@ -109,8 +116,17 @@ class Gateway:
             prices=self.prices,
         )
 
-    def chain(self, ctx: RequestContext) -> PolicyChain:
-        return self.chains[ctx.space_id]
+    async def run_chain(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
+        """The space's policy chain around ``call``, tracked so that a shutdown can stop it cleanly: only
+        ``call`` (the upstream work) is interruptible, never a policy's store round trip."""
+        inflight = self.inflight
+
+        async def interruptible(out: Send) -> None:
+            with inflight.interruptible():
+                await call(out)
+
+        with inflight.track():
+            await self.chains[ctx.space_id].run(ctx, send, interruptible)
 
     def resolve_model(self, ctx: RequestContext) -> TenantModel:
         """The request's tenant model: as a policy resolved it, else by name."""

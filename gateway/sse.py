@@ -2,7 +2,9 @@
 
 Bytes are forwarded in whole events; only an event that carries a non-null ``usage`` object is parsed.
 The gateway always asks the upstream for usage (``stream_options.include_usage``); when the caller did not,
-the usage-only chunk is dropped so the caller sees exactly the stream it asked for.
+the usage-only chunk is dropped so the caller sees exactly the stream it asked for. Events that carry an
+``"error"`` (upstreams echo the key they were sent in "invalid key" errors) have the deployment's key redacted;
+other events are not looked at for it.
 """
 
 import re
@@ -12,17 +14,25 @@ from typing import Any
 import orjson
 
 from gateway.context import Usage
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamError, redact_secret_bytes
 from gateway.upstream import upstream_json
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _DONE = b"[DONE]"
+_ERROR = b'"error"'  # a JSON key or value (inside a JSON string its quotes are escaped); find() beats `in` here
 
 
 def format_sse(event: dict[str, Any]) -> bytes:
     """One Responses SSE frame: ``id`` is the sequence number (so Last-Event-ID and starting_after agree)."""
     head = f"id: {event['sequence_number']}\nevent: {event['type']}\ndata: ".encode()
     return head + orjson.dumps(event) + b"\n\n"
+
+
+def responses_error_event(message: str, code: str | None) -> bytes:
+    """A Responses ``error`` event that is not one of the response's own events (no ``id``, no sequence number):
+    it ends one client's stream, not the response, so resuming with Last-Event-ID elsewhere still works."""
+    body = {"type": "error", "code": code, "message": message, "param": None}
+    return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
 
 
 def error_event(message: str, code: str | None, error_type: str = "upstream_error") -> bytes:
@@ -34,13 +44,14 @@ def error_event(message: str, code: str | None, error_type: str = "upstream_erro
 class ChatStreamWatcher:
     """Feed upstream bytes in, get whole events out; records usage and whether ``[DONE]`` arrived."""
 
-    __slots__ = ("pending", "usage", "done", "forward_usage")
+    __slots__ = ("pending", "usage", "done", "forward_usage", "secret")
 
-    def __init__(self, forward_usage: bool) -> None:
+    def __init__(self, forward_usage: bool, secret: str | None = None) -> None:
         self.pending = b""
         self.usage: Usage | None = None
         self.done = False
         self.forward_usage = forward_usage
+        self.secret = secret or None  # the deployment's key: redacted from events that carry an error
 
     def feed(self, chunk: bytes) -> bytes:
         if b"\r" in chunk:
@@ -53,6 +64,8 @@ class ChatStreamWatcher:
         out, self.pending = data[: cut + 2], data[cut + 2 :]
         if _USAGE.search(out) is not None:
             out = self._take_usage(out)
+        if self.secret is not None and out.find(_ERROR) >= 0:
+            out = redact_secret_bytes(out, self.secret)
         if _DONE in out:
             self.done = True
         return out
@@ -60,6 +73,8 @@ class ChatStreamWatcher:
     def finish(self) -> bytes:
         """Whatever is left when the upstream closes (an unterminated last event)."""
         out, self.pending = self.pending, b""
+        if self.secret is not None and out.find(_ERROR) >= 0:
+            out = redact_secret_bytes(out, self.secret)
         if _DONE in out:
             self.done = True
         return out

@@ -5,6 +5,7 @@ aiohttp, not httpx: httpx's connection pool degrades under concurrency (throughp
 another's requests.
 """
 
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,12 +14,14 @@ from typing import Any
 import aiohttp
 import orjson
 
+from config.deployments import Deployment
 from gateway.errors import (
     GatewayError,
     UpstreamError,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    redact_secret_bytes,
 )
 
 _KEPT_STATUSES = {400, 404, 409, 413, 422, 429}
@@ -35,6 +38,13 @@ def make_session(*, max_connections: int, connect_timeout: float, read_timeout: 
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
     )
+
+
+def credential(dep: Deployment) -> str | None:
+    """The deployment's own upstream key (from its ``api_key_env``), sent upstream and redacted from what
+    comes back."""
+    env = getattr(dep, "api_key_env", None)
+    return os.environ.get(env) if env else None
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -71,10 +81,8 @@ def error_from_status(
     upstream's own OpenAI error ``type`` and ``code`` are kept (clients branch on ``rate_limit_exceeded``,
     ``insufficient_quota``, ``context_length_exceeded``); without them a 429 is ``rate_limit_exceeded`` and a 5xx
     a ``server_error``."""
-    message, kind, code = _upstream_error(body)
+    message, kind, code = _upstream_error(redact_secret_bytes(body, secret))  # before cutting: no key prefix left
     message = message or f"status {status}"
-    if secret:
-        message = message.replace(secret, "***")
     headers = {"Retry-After": retry_after} if retry_after else None
     err: UpstreamError
     if status in _KEPT_STATUSES:

@@ -240,6 +240,17 @@ def test_upstream_refusal_before_the_stream_is_a_plain_error(start_gateway, upst
         client(base).responses.create(model="up", input="x", stream=True)
 
 
+def test_a_background_job_the_upstream_refuses_ends_its_events_in_response_failed(start_gateway, upstream):
+    cat = catalogue(upstream[1], "status-400")
+    base = start_gateway(cat)
+    c = client(base)
+    events = list(c.responses.create(model="up", input="x", stream=True, background=True))
+    assert [e.type for e in events] == ["response.failed"] and events[0].sequence_number == 0
+    assert events[0].response.error.message == "Upstream rejected the request: upstream says 400"
+    resumed = list(c.responses.retrieve(events[0].response.id, stream=True))  # the stored log ends so too
+    assert [e.type for e in resumed] == ["response.failed"]
+
+
 def test_upstream_cut_mid_stream_ends_in_response_failed(start_gateway, upstream):
     base = start_gateway(catalogue(upstream[1], "cut"))
     c = client(base)

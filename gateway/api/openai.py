@@ -71,7 +71,7 @@ class ChatCompletions:
             else:
                 await chat.complete(gw, ctx, out, receive)
 
-        await gw.chain(ctx).run(ctx, send, call)
+        await gw.run_chain(ctx, send, call)
 
 
 def _model_object(entry: AllowedModel, owner: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class CreateResponse:
         async def call(out: Send) -> None:
             await gw.responses.create(ctx, out, receive, openai_response)
 
-        await gw.chain(ctx).run(ctx, send, call)
+        await gw.run_chain(ctx, send, call)
 
 
 async def _record(request: Request) -> tuple[Gateway, StoredResponse]:
@@ -84,7 +84,8 @@ class RetrieveResponse:
             after = _int_param(request, "starting_after", _SEQUENCE, -1)
             if "starting_after" not in request.query_params:
                 after = _last_event_id(request, after)
-            await gw.responses.replay(record, after, send)
+            with gw.inflight.track():  # a shutdown ends the replay with an error event
+                await gw.responses.replay(record, after, send)
             return
         await json_response(openai_response(record))(scope, receive, send)
 

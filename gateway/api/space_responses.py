@@ -44,7 +44,7 @@ class CreateSpaceResponse:
         async def call(out: Send) -> None:
             await gw.responses.create(ctx, out, receive, _data)
 
-        await gw.chain(ctx).run(ctx, send, call)
+        await gw.run_chain(ctx, send, call)
 
 
 async def _record(request: Request, route: str) -> tuple[Gateway, StoredResponse]:

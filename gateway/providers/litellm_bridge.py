@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from config.deployments import Deployment, LiteLLMDeployment, Timeouts
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from gateway.upstream import error_from_status
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable, redact_secret
+from gateway.upstream import credential, error_from_status
 
 # The OpenAI Chat Completions request fields a provider may see: an allow-list, so that no option litellm reads
 # from its keyword arguments (api_base, api_key, extra_headers, aws_*, mock_response, ... and whatever a later
@@ -46,7 +46,7 @@ def call_kwargs(dep: LiteLLMDeployment, body: dict[str, Any], defaults: Timeouts
         kwargs["stream_options"] = {"include_usage": True}
     # Always explicit: None lets litellm use the provider's own endpoint and environment, never anything else.
     kwargs["api_base"] = dep.base_url or None
-    kwargs["api_key"] = os.environ.get(dep.api_key_env) if dep.api_key_env else None
+    kwargs["api_key"] = credential(dep)
     return kwargs
 
 
@@ -54,9 +54,7 @@ def error_from_litellm(exc: Exception, secret: str | None) -> GatewayError:
     """A litellm exception as our error: provider statuses kept by the same rules as any upstream's."""
     name = type(exc).__name__
     # first line only: litellm messages may carry a traceback with local paths
-    message = str(getattr(exc, "message", None) or exc).strip().split("\n", 1)[0][:300]
-    if secret:
-        message = message.replace(secret, "***")
+    message = redact_secret(str(getattr(exc, "message", None) or exc).strip().split("\n", 1)[0], secret)[:300]
     if name in ("Timeout", "APITimeoutError") or isinstance(exc, TimeoutError):
         return UpstreamTimeout("Upstream did not answer in time.")
     if name == "APIConnectionError":
@@ -120,5 +118,4 @@ class LiteLLMProvider:
 
     async def open_stream(self, deployment: Deployment, body: dict[str, Any]) -> _Stream:
         chunks = await self._call(deployment, body, stream=True)
-        secret = os.environ.get(deployment.api_key_env or "") if isinstance(deployment, LiteLLMDeployment) else None
-        return _Stream(chunks, secret)
+        return _Stream(chunks, credential(deployment))

@@ -1,14 +1,13 @@
 """Any OpenAI-compatible upstream (OpenAI, vLLM, llama.cpp, Ollama, Groq…), spoken to directly over the
 shared aiohttp session. Bodies go out as received but for the model name; answers come back untouched."""
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 
 from config.deployments import Deployment, OpenAIDeployment, Timeouts
-from gateway.upstream import error_from_status, json_body, map_upstream_errors
+from gateway.upstream import credential, error_from_status, json_body, map_upstream_errors
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -34,7 +33,7 @@ class _Target:
     __slots__ = ("url", "responses_url", "headers", "secret", "timeout")
 
     def __init__(self, dep: OpenAIDeployment, defaults: Timeouts) -> None:
-        self.secret = os.environ.get(dep.api_key_env) if dep.api_key_env else None
+        self.secret = credential(dep)
         self.url = dep.base_url.rstrip("/") + "/chat/completions"
         self.responses_url = dep.base_url.rstrip("/") + "/responses"
         self.headers = dict(_JSON)

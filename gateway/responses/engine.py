@@ -8,7 +8,7 @@ conversation inlined (the gateway owns the state, the upstream stores nothing).
 """
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,8 @@ from config.deployments import Deployment, OpenAIDeployment
 from gateway.context import RequestContext, Usage
 from gateway.disconnect import aclose
 from gateway.dispatch import Dispatcher, Opened
-from gateway.errors import InvalidRequest, UpstreamError
+from gateway.errors import InvalidRequest, ShuttingDown, UpstreamError, redact_secret, redact_secret_bytes
+from gateway.inflight import InFlight
 from gateway.providers.openai import OpenAIProvider
 from gateway.responses import native
 from gateway.responses.events import ChatStreamToEvents
@@ -27,9 +28,10 @@ from gateway.responses.records import ResponseRecords
 from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
 from gateway.responses.validate import validate_create
 from gateway.sse import iter_sse_batches
-from gateway.upstream import upstream_json
+from gateway.upstream import credential, upstream_json
 
 JSON = dict[str, Any]
+Events = AsyncGenerator[list[JSON], None]  # Responses events in batches; ``athrow(ShuttingDown())`` ends it failed
 
 
 @dataclass
@@ -73,11 +75,16 @@ def _is_native(dep: Deployment) -> bool:
 
 class ResponsesEngine:
     def __init__(
-        self, dispatcher: Dispatcher, records: ResponseRecords, resolve_model: Callable[[RequestContext], TenantModel]
+        self,
+        dispatcher: Dispatcher,
+        records: ResponseRecords,
+        resolve_model: Callable[[RequestContext], TenantModel],
+        inflight: InFlight,
     ) -> None:
         self.dispatcher = dispatcher
         self.records = records
         self.resolve_model = resolve_model
+        self.inflight = inflight
 
     async def prepare(self, ctx: RequestContext) -> Turn:
         request = ctx.body
@@ -105,14 +112,18 @@ class ResponsesEngine:
         async def attempt(dep: Deployment) -> JSON:
             if _is_native(dep):
                 data = await self._native(dep).responses(dep, native.upstream_body(turn, dep, stream=False))
-                return native.merge_response(turn.shell, upstream_json(data))
+                answer = upstream_json(data)
+                if answer.get("error"):  # stored with the response: never with the key the upstream echoed
+                    answer = upstream_json(redact_secret_bytes(data, credential(dep)))
+                return native.merge_response(turn.shell, answer)
             data = await self.dispatcher.provider(dep).chat(dep, {**chat_body, "model": dep.model})
             return chat_to_response(upstream_json(data), shell=turn.shell)
 
         return await self.dispatcher.run(turn.model, attempt)
 
-    async def open_stream(self, turn: Turn) -> AsyncIterator[list[JSON]]:
-        """Open the upstream (errors raise here) and return the Responses event stream."""
+    async def open_stream(self, turn: Turn) -> Events:
+        """Open the upstream (errors raise here) and return the Responses event stream. An upstream failure, or
+        a shutdown, ends it with ``response.failed``; so does ``athrow(ShuttingDown())`` at any of its yields."""
         chat_body = self._chat_body(turn, stream=True)
 
         def open_upstream(dep: Deployment) -> Awaitable[Any]:
@@ -122,8 +133,8 @@ class ResponsesEngine:
 
         dep, opened = await self.dispatcher.stream_with(turn.model, open_upstream)
         if _is_native(dep):
-            return native.relay_events(turn.shell, opened)
-        return _translate_events(turn.shell, opened)
+            return native.relay_events(turn.shell, opened, credential(dep), self.inflight)
+        return _translate_events(turn.shell, opened, credential(dep), self.inflight)
 
     def _native(self, dep: Deployment) -> OpenAIProvider:
         provider = self.dispatcher.provider(dep)
@@ -131,24 +142,26 @@ class ResponsesEngine:
         return provider
 
 
-async def _translate_events(shell: JSON, opened: Opened) -> AsyncIterator[list[JSON]]:
-    """Responses events, in batches (one per upstream read), for a translated Chat Completions stream."""
+async def _translate_events(shell: JSON, opened: Opened, secret: str | None, inflight: InFlight) -> Events:
+    """Responses events, in batches (one per upstream read), for a translated Chat Completions stream; an
+    upstream error event's message ends it in ``response.failed``, without the deployment's key."""
     stream, chunks, first = opened
     machine = ChatStreamToEvents(shell)
     try:
-        yield machine.start()
-        async for batch in iter_sse_batches(first, chunks, until_done=True):
-            events: list[JSON] = []
-            for chunk in batch:
-                if "error" in chunk and not chunk.get("choices"):
-                    if events:
-                        yield events
-                    raise UpstreamError(_error_message(chunk["error"]))
-                events.extend(machine.feed(chunk))
-            if events:
-                yield events
-        yield machine.finish()
-    except UpstreamError as exc:
+        with inflight.interruptible():
+            yield machine.start()
+            async for batch in iter_sse_batches(first, chunks, until_done=True):
+                events: list[JSON] = []
+                for chunk in batch:
+                    if "error" in chunk and not chunk.get("choices"):
+                        if events:
+                            yield events
+                        raise UpstreamError(redact_secret(_error_message(chunk["error"]), secret))
+                    events.extend(machine.feed(chunk))
+                if events:
+                    yield events
+            yield machine.finish()
+    except (UpstreamError, ShuttingDown) as exc:
         yield machine.fail("server_error", exc.message)
     finally:
         await aclose(chunks)

@@ -2,12 +2,15 @@
 conversation inlined and ``store: false`` (the gateway keeps the state), and the answer is re-homed under the
 gateway's response id, model alias and sequence numbers."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from config.deployments import Deployment
 from gateway.disconnect import aclose
-from gateway.errors import UpstreamError
+from gateway.errors import ShuttingDown, UpstreamError, redact_secret_bytes
+from gateway.inflight import InFlight
 from gateway.sse import iter_sse_batches
 
 if TYPE_CHECKING:
@@ -28,6 +31,8 @@ _GATEWAY_ONLY = (
     "store",
     "metadata",
 )
+_ERROR_EVENTS = frozenset({"error", "response.failed"})
+_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _UPSTREAM_FIELDS = ("output", "usage", "status", "incomplete_details", "error", "completed_at")
 
 
@@ -61,25 +66,31 @@ def merge_response(shell: JSON, upstream: JSON) -> JSON:
     return merged
 
 
-async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[list[JSON]]:
-    """The upstream's events in batches, renumbered from 0, lifecycle events carrying the gateway's response."""
+async def relay_events(
+    shell: JSON, opened: "Opened", secret: str | None, inflight: InFlight
+) -> AsyncGenerator[list[JSON], None]:
+    """The upstream's events in batches, renumbered from 0, lifecycle events carrying the gateway's response;
+    error events (``error``, ``response.failed``) without the deployment's key."""
     stream, chunks, first = opened
     sequence = 0
     latest = dict(shell)
     terminal = False
     try:
         try:
-            async for batch in iter_sse_batches(first, chunks):
-                out = []
-                for event in batch:
-                    if isinstance(event.get("response"), dict):
-                        latest = merge_response(shell, event["response"])
-                        event = {**event, "response": latest}
-                    terminal = event.get("type") in ("response.completed", "response.incomplete", "response.failed")
-                    out.append({**event, "sequence_number": sequence})
-                    sequence += 1
-                yield out
-        except UpstreamError as exc:
+            with inflight.interruptible():
+                async for batch in iter_sse_batches(first, chunks):
+                    out = []
+                    for event in batch:
+                        if secret and event.get("type") in _ERROR_EVENTS:
+                            event = orjson.loads(redact_secret_bytes(orjson.dumps(event), secret))
+                        if isinstance(event.get("response"), dict):
+                            latest = merge_response(shell, event["response"])
+                            event = {**event, "response": latest}
+                        terminal = event.get("type") in _TERMINAL_EVENTS
+                        out.append({**event, "sequence_number": sequence})
+                        sequence += 1
+                    yield out
+        except (UpstreamError, ShuttingDown) as exc:
             message = exc.message
         else:
             message = "The upstream stream ended before completion."

@@ -9,20 +9,21 @@ A background response answers at once (``queued``) and then runs in the same tas
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Send
 
 from gateway.context import RequestContext
 from gateway.disconnect import cancel_on_disconnect
-from gateway.errors import JSON_HEADERS, UpstreamError
+from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
+from gateway.inflight import InFlight
 from gateway.pricing import PriceBook
-from gateway.responses.engine import ResponsesEngine, Turn, usage_of
+from gateway.responses.engine import Events, ResponsesEngine, Turn, usage_of
 from gateway.responses.live import LiveStream, LiveStreams
-from gateway.responses.records import ResponseRecords, StoredResponse
-from gateway.sse import format_sse
+from gateway.responses.records import TERMINAL, ResponseRecords, StoredResponse
+from gateway.sse import format_sse, responses_error_event
 
 JSON = dict[str, Any]
 Render = Callable[[StoredResponse], JSON]
@@ -31,8 +32,14 @@ INTERRUPTED = "interrupted: the gateway instance running this response stopped b
 
 class ResponsesService:
     def __init__(
-        self, engine: ResponsesEngine, records: ResponseRecords, prices: PriceBook, heartbeat_seconds: float = 5.0
+        self,
+        engine: ResponsesEngine,
+        records: ResponseRecords,
+        prices: PriceBook,
+        inflight: InFlight,
+        heartbeat_seconds: float = 5.0,
     ) -> None:
+        self.inflight = inflight
         self.prices = prices
         self.heartbeat_seconds = heartbeat_seconds
         self.engine = engine
@@ -79,7 +86,7 @@ class ResponsesService:
         await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
         try:
             async with cancel_on_disconnect(receive, turn.ctx) as finished:
-                await self._pump(events, live, send)
+                await self._relay(turn, events, live, send)
                 finished.set()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -93,7 +100,7 @@ class ResponsesService:
             final = live.latest or turn.shell
             if turn.ctx.outcome in ("disconnected", "cancelled"):
                 final = {**final, "status": "cancelled"}
-            elif turn.ctx.outcome == "interrupted":
+            elif turn.ctx.outcome == "interrupted" and final.get("status") != "failed":
                 final = {**final, "status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
             self.jobs.pop(turn.id, None)
             self.cancelling.discard(turn.id)
@@ -101,17 +108,27 @@ class ResponsesService:
             await live.close()
             self.live.forget(turn.id)
 
-    async def _pump(self, events: AsyncIterator[list[JSON]], live: LiveStream, send: Send | None) -> None:
-        """Publish every event to the live log (``live.latest`` tracks the response) and to the client, one
-        write per batch."""
-        async for batch in events:
-            frames = [format_sse(event) for event in batch]
-            for event in batch:
-                if "response" in event:
-                    live.latest = event["response"]
-            await live.publish(frames)
-            if send is not None:
-                await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+    async def _relay(self, turn: Turn, events: Events, live: LiveStream, send: Send | None) -> None:
+        """Publish every event; a shutdown ends the stream with ``response.failed``: the source's own (with the
+        partial output) when it is still open, else one built on the latest response."""
+        try:
+            with self.inflight.interruptible():
+                async for batch in events:
+                    await self._publish(batch, live, send)
+        except ShuttingDown as exc:  # cut while publishing or sending: the source is at a yield, or ended
+            await self._publish(await _stopped(events, exc) or _failed(live, turn.shell, exc.message), live, send)
+        if self.inflight.interrupted():
+            turn.ctx.outcome = "interrupted"
+
+    async def _publish(self, batch: list[JSON], live: LiveStream, send: Send | None) -> None:
+        """One batch to the live log (``live.latest`` tracks the response) and to the client, in one write."""
+        frames = [format_sse(event) for event in batch]
+        for event in batch:
+            if "response" in event:
+                live.latest = event["response"]
+        await live.publish(frames)
+        if send is not None:
+            await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
 
     async def _background(self, turn: Turn, record: StoredResponse, send: Send, render: Render) -> None:
         record.response = {**turn.shell, "status": "queued", "background": True}
@@ -129,18 +146,22 @@ class ResponsesService:
         failure: JSON | None = None
         watcher = asyncio.ensure_future(self._watch_cancel(turn.id))
         try:
-            record.response = {**record.response, "status": "in_progress"}
-            await self.records.save(record)
-            await self._pump(await self.engine.open_stream(turn), live, send)
+            with self.inflight.interruptible():
+                record.response = {**record.response, "status": "in_progress"}
+                await self.records.save(record)
+                events = await self.engine.open_stream(turn)
+            await self._relay(turn, events, live, send)
         except asyncio.CancelledError:
             if turn.id not in self.cancelling:  # the gateway is stopping
                 failure = {"status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             failure, turn.ctx.outcome = {"status": "cancelled"}, "cancelled"
-        except UpstreamError as exc:
+        except (UpstreamError, ShuttingDown) as exc:  # before the upstream stream opened
             failure = {"status": "failed", "error": {"code": "server_error", "message": exc.message}}
-            turn.ctx.outcome, turn.ctx.error = "upstream_error", exc
+            turn.ctx.outcome = "interrupted" if isinstance(exc, ShuttingDown) else "upstream_error"
+            turn.ctx.error = exc
+            await self._publish(_failed(live, record.response, exc.message), live, send)  # followers see it end
         finally:
             watcher.cancel()
             self.cancelling.discard(turn.id)
@@ -209,14 +230,20 @@ class ResponsesService:
 
     async def replay(self, record: StoredResponse, after: int, send: Send) -> None:
         """SSE frames after sequence number ``after``: from the live stream here, else from the stored log,
-        following it until the response ends."""
+        following it until the response ends. A shutdown cuts it with an ``error`` event (the response itself
+        goes on, resumable from another replica)."""
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        live = self.live.get(record.id)
-        if live is not None:
-            async for frame in live.follow(after):
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-        else:
-            await self._replay_stored(record, after, send)
+        try:
+            with self.inflight.interruptible():
+                live = self.live.get(record.id)
+                if live is not None:
+                    async for frame in live.follow(after):
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
+                else:
+                    await self._replay_stored(record, after, send)
+        except ShuttingDown as exc:
+            frame = responses_error_event(exc.message, exc.code)
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _replay_stored(self, record: StoredResponse, after: int, send: Send) -> None:
@@ -246,6 +273,25 @@ class ResponsesService:
                 return fresh or record
             await asyncio.sleep(0.05)
         return record
+
+
+def _failed(live: LiveStream, base: JSON, message: str) -> list[JSON]:
+    """``response.failed`` as the next event of a stream whose source could not say it, on the latest response
+    (none when the stream had already ended)."""
+    latest = live.latest or base
+    if latest.get("status") in TERMINAL:
+        return []
+    failed = {**latest, "status": "failed", "error": {"code": "server_error", "message": message}}
+    return [{"type": "response.failed", "sequence_number": len(live.frames), "response": failed}]
+
+
+async def _stopped(events: Events, exc: ShuttingDown) -> list[JSON]:
+    """The event source's own last batch for a shutdown, thrown in at the yield it waits at; empty when it
+    had already ended."""
+    try:
+        return await events.athrow(exc) or []
+    except (StopAsyncIteration, ShuttingDown):
+        return []
 
 
 def redact(response: JSON, redactors: list[Callable[[str], str]]) -> JSON:

@@ -5,10 +5,14 @@
 ``oai-<n>-<type>-<code>`` HTTP n with OpenAI's error body of that type and code (``-`` for none)
 ``text-503``      a text/plain 503
 ``echo-auth``     401 whose message quotes the Authorization header it received
+``leak-key``      quotes the Authorization header it received in an error: a 200 whose body is an error
+                  (whole), or one content chunk then an error event and no ``[DONE]`` (stream); on
+                  ``/v1/responses``, a ``response.failed`` (stream) or a failed response (whole)
 ``malformed``     200 with a body that is not JSON
 ``hang``          never answers (until the client goes away)
 ``cut``           streams two chunks, then ends without ``[DONE]``
-``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``)
+``stall``         streams one chunk, then waits for the client to go away (recorded in ``disconnects``); on
+                  ``/v1/responses``, ``response.created`` and one text delta, then the same wait
 ``echo-stall``    streams the last user message as one chunk, then waits for the client to go away
 ``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
@@ -90,6 +94,10 @@ class Upstream:
             model = "status-503" if self.counts[model] <= int(model[6:].split("-")[0]) else "ok"
         if scope["path"].endswith("/messages"):
             await anthropic(body, send)
+        elif model == "leak-key":
+            await self._leak_key(scope["path"].endswith("/responses"), body.get("stream") is True, send)
+        elif scope["path"].endswith("/responses") and model == "stall" and body.get("stream"):
+            await self._stall_responses(receive, send)
         elif scope["path"].endswith("/responses"):
             await responses_api(body, send)
         elif body.get("stream"):
@@ -100,6 +108,41 @@ class Upstream:
     async def _answer(self, send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _leak_key(self, responses: bool, stream: bool, send: Any) -> None:
+        """An error that echoes the key the upstream was sent (providers do, in "invalid key" messages)."""
+        error = {"message": f"Incorrect API key provided: {self.headers[-1].get('authorization', '')}"}
+        error.update(type="invalid_request_error", code="invalid_api_key")
+        json_h = [(b"content-type", b"application/json")]
+        if responses:
+            failed = {"id": "resp_up", "object": "response", "status": "failed", "output": [], "error": error}
+            if not stream:
+                await self._answer(send, 200, orjson.dumps(failed), json_h)
+                return
+            events = [{"type": "response.created", "response": {**failed, "status": "in_progress", "error": None}}]
+            events.append({"type": "response.failed", "response": failed})
+            frames = [b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events]
+        elif not stream:
+            await self._answer(send, 200, orjson.dumps({"error": error}), json_h)
+            return
+        else:
+            frames = [_chunk("one "), b"data: " + orjson.dumps({"error": error}) + b"\n\n"]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for frame in frames:
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stall_responses(self, receive: Any, send: Any) -> None:
+        response = {"id": "resp_up", "object": "response", "status": "in_progress", "output": []}
+        events = [
+            {"type": "response.created", "response": response},
+            {"type": "response.output_text.delta", "item_id": "msg_up", "output_index": 0, "delta": "first"},
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for event in events:
+            frame = b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await self._wait_gone(receive)
 
     async def _wait_gone(self, receive: Any) -> None:
         while (await receive())["type"] != "http.disconnect":
