@@ -26,8 +26,8 @@ class AllowList(Policy):
         if model is None:
             await self.refuse(ctx, alias)
         ctx.model = model  # later policies (budgets) price the request with it; the step below may still refuse
-        keys, args = ctx.catalog.allowed_call(ctx.space_id, model)
-        return StoreStep(ctx.catalog.allowed_check, keys, args, then=self.checked)
+        script, keys, args = ctx.catalog.allowed_call(ctx.space_id, model)
+        return StoreStep(script, keys, args, then=self.checked)
 
     async def checked(self, ctx: RequestContext, allowed: Any) -> None:
         if not allowed:
@@ -36,9 +36,13 @@ class AllowList(Policy):
 
     async def refuse(self, ctx: RequestContext, alias: Any) -> NoReturn:
         allowed = [a.model.alias for a in await ctx.catalog.allowed_models(ctx.principal.tenant, ctx.space)]
-        raise PermissionDenied(
-            f"Model '{alias}' is not allowed in space '{ctx.space.name or ctx.space.id}'. "
-            f"Allowed models: {', '.join(allowed) or '(none)'}.",
-            code="model_not_allowed",
-            param="model",
-        )
+        raise refusal(ctx, alias, allowed)
+
+
+def refusal(ctx: RequestContext, alias: Any, allowed: list[str]) -> PermissionDenied:
+    return PermissionDenied(
+        f"Model '{alias}' is not allowed in space '{ctx.space.name or ctx.space.id}'. "
+        f"Allowed models: {', '.join(allowed) or '(none)'}.",
+        code="model_not_allowed",
+        param="model",
+    )
