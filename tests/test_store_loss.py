@@ -113,7 +113,7 @@ class Load:
         wait_until(lambda: len(self.answers(phase)) >= count, f"{count} answers in phase {phase!r}")
 
 
-@pytest.mark.parametrize(("mode", "while_down"), [("closed", (503, "store_unavailable"))])
+@pytest.mark.parametrize(("mode", "while_down"), [("closed", (503, "store_unavailable")), ("open", (200, None))])
 def test_redis_stopped_and_restarted_empty_under_load(start_gateway, upstream, mode, while_down):
     with redis_process() as server:
         base = start_gateway(store_catalogue(upstream[1], mode), redis_url=server.url, redis_prefix=PREFIX)
@@ -139,6 +139,37 @@ def test_redis_stopped_and_restarted_empty_under_load(start_gateway, upstream, m
     assert set(load.answers("back")) == {(200, None)}  # without restarting the gateway: nothing is refused
     assert not [r for r in load.results if r[2] == 403]
     assert (unseeded, probed, seeded) == ([False, False], 200, [True, True, True])
+
+
+def test_fail_open_lets_requests_through_and_the_yaml_decides_the_allow_list(start_gateway, upstream):
+    with redis_process() as server:
+        cat = store_catalogue(upstream[1], "open")
+        # the restricted space keeps the same open policies but its allow-list fails closed
+        restricted = cat["tenants"][0]["spaces"][1]
+        closed_list = {"use": "allow_list", "on_store_error": "closed"}
+        restricted["policies"] = [closed_list if p["use"] == "allow_list" else p for p in chain("open")]
+        base = start_gateway(cat, redis_url=server.url, redis_prefix=PREFIX)
+        headers = {**AUTH, "Idempotency-Key": "add-extra"}
+        body = {"tenant_model_id": MODEL_IDS["extra"]}
+        added = httpx2.post(f"{base}/v1/spaces/{SPACE}/models", headers=headers, json=body, timeout=15)
+        assert added.status_code == 201  # a change through the API, not in the YAML
+        assert chat(base, "extra").status_code == 200
+        server.stop()
+        # no request has read the breaker of "up" yet: it now meets the store down and acts on its own state
+        r = chat(base, "up")
+        assert r.status_code == 200, r.text
+        r = chat(base, "extra")  # the YAML decides while the store is down: the API's addition is not in it
+        assert (r.status_code, code(r)) == (403, "model_not_allowed")
+        assert "Allowed models: up, fake-echo, fake-slow, fake-tool." in r.json()["error"]["message"]
+        r = chat(base, "no-such-model")  # refused without the store, in any mode
+        assert (r.status_code, code(r)) == (403, "model_not_allowed")
+        r = chat(base, "fake-echo", space=RESTRICTED)
+        assert (r.status_code, code(r)) == (503, "store_unavailable")
+        server.start()
+        assert chat(base, "up").status_code == 200
+        assert chat(base, "fake-echo", space=RESTRICTED).status_code == 200
+        r = chat(base, "extra")  # the store came back empty: the API's change is lost, the YAML is back
+        assert (r.status_code, code(r)) == (403, "model_not_allowed")
 
 
 def test_a_flushed_store_is_seeded_again_once_across_replicas(start_gateway, upstream):
