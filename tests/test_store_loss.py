@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import ADMIN_KEY, FOREIGN_SPACE, MODEL_IDS, RESTRICTED, SPACE, catalogue
-from tests.servers import redis_process
+from tests.servers import free_port, redis_process
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CHAT = "/v1/chat/completions"
@@ -205,3 +205,21 @@ def test_a_flushed_store_is_seeded_again_once_across_replicas(start_gateway, ups
 
 def _parse(stamp: str) -> datetime:
     return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.mark.parametrize(("mode", "status"), [("closed", 503), ("open", 200)])
+def test_a_read_only_or_full_redis_is_a_store_outage_not_a_500(start_gateway, upstream, mode, status):
+    with redis_process() as server:
+        base = start_gateway(store_catalogue(upstream[1], mode), redis_url=server.url, redis_prefix=PREFIX)
+        assert chat(base).status_code == 200
+        client = redis.Redis.from_url(server.url)
+        client.config_set("maxmemory", "1")  # full, under the default noeviction: writes are refused (OOM)
+        r = chat(base)
+        assert (r.status_code, code(r)) == (status, None if status == 200 else "store_unavailable")
+        client.config_set("maxmemory", "0")
+        client.replicaof("127.0.0.1", str(free_port()))  # a failover not finished: a read-only replica
+        r = chat(base)
+        assert (r.status_code, code(r)) == (status, None if status == 200 else "store_unavailable")
+        client.replicaof("NO", "ONE")
+        assert chat(base).status_code == 200
+        client.close()
