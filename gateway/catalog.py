@@ -2,9 +2,16 @@
 
 The YAML seeds a space's allowed models the first time the store sees that space; from then on the store
 is the truth, changed through the native allowed-models API, so every replica sees a change at once.
+
+A store can lose what it holds (a Redis restarted without persistence, a failover to an empty replica, a
+flush): a seed marker per space tells a space the store knows from one it lost. Every reader of a space's
+allowed models runs the seed first, in the same script (the allow-list check stays one round trip), so a lost
+space is seeded again from the YAML by the first request, probe or admin call that meets it, atomically:
+exactly one replica seeds it.
 """
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,14 +20,63 @@ from uuid import UUID
 
 from config.catalog import ApiKey, Catalogue, Space, Tenant, TenantModel
 from gateway.errors import AuthenticationFailed, NotFound, PermissionDenied
-from gateway.store import Halt, Store
+from gateway.store import Halt, MemoryData, Script, Store
 
-# is a model allowed in a space: KEYS[1] the space's models hash, ARGV[1] the model id; a 0 halts a batch
-_ALLOWED_LUA = "return redis.call('HEXISTS', KEYS[1], ARGV[1])"
+AllowedCall = tuple[Script, list[str], list[str]]  # a store script call: the script, its keys and args
+_REFUSED = Halt("r == 0", lambda r: not r)  # a model not allowed halts the chain's batch
+_SEED_BATCH = 64  # spaces seeded per round trip (a composed script holds at most ~190 functions)
+_LUA_SAFE = re.compile(r"[0-9A-Za-z:.\-]*")
 
 
-def _allowed_in_memory(data: Any, keys: Sequence[str], args: Sequence[Any]) -> int:
-    return int(args[0] in (data.get(keys[0]) or ()))
+def _lua_string(value: str) -> str:
+    if not _LUA_SAFE.fullmatch(value):  # ids are UUIDs and stamps ours: nothing here needs escaping
+        raise ValueError(f"not embeddable in a script: {value!r}")
+    return f"'{value}'"
+
+
+def _seed_lua(seed: Sequence[tuple[str, str]]) -> str:
+    """Lua giving a space (KEYS[1] its models hash, KEYS[2] its seed marker) the YAML's models, each with its
+    stamp, when the marker is missing; ``seeded`` is 1 then. The models are part of the script (one per
+    space), so the hot path sends none of them. HSETNX keeps a model an admin added to a lost space."""
+    pairs = ", ".join(_lua_string(v) for pair in seed for v in pair)
+    return (
+        "local seeded = 0\n"
+        "if redis.call('EXISTS', KEYS[2]) == 0 then\n"
+        f"  local seed = {{{pairs}}}\n"
+        "  for i = 1, #seed, 2 do redis.call('HSETNX', KEYS[1], seed[i], seed[i + 1]) end\n"
+        "  redis.call('SET', KEYS[2], '1')\n"
+        "  seeded = 1\n"
+        "end\n"
+    )
+
+
+def _seed_in_memory(data: MemoryData, keys: Sequence[str], seed: Sequence[tuple[str, str]]) -> int:
+    if data.alive(keys[1]):
+        return 0
+    models = data.get(keys[0])
+    if models is None:
+        models = {}
+        data.put(keys[0], models)
+    for model_id, stamp in seed:
+        models.setdefault(model_id, stamp.encode())
+    data.put(keys[1], b"1")
+    return 1
+
+
+def space_scripts(store: Store, seed: Sequence[tuple[str, str]]) -> tuple[Script, Script]:
+    """A space's two scripts on ``store``, both with the space's models hash and seed marker as keys: the seed
+    (1 when it seeded) and the allow-list check (ARGV[1] a model id: 1 when allowed, else 0, which halts)."""
+    seed_lua = _seed_lua(seed)
+
+    def seed_fallback(data: MemoryData, keys: Sequence[str], args: Sequence[Any]) -> int:
+        return _seed_in_memory(data, keys, seed)
+
+    def check_fallback(data: MemoryData, keys: Sequence[str], args: Sequence[Any]) -> int:
+        _seed_in_memory(data, keys, seed)
+        return int(args[0] in (data.get(keys[0]) or ()))
+
+    check_lua = seed_lua + "return redis.call('HEXISTS', KEYS[1], ARGV[1])"
+    return store.script(seed_lua + "return seeded", seed_fallback), store.script(check_lua, check_fallback, _REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +121,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def now_iso(offset_us: int = 0) -> str:
+def now_iso(offset_us: int = 0, now: datetime | None = None) -> str:
     """ISO-8601 UTC with microseconds (so models added in one second keep their order)."""
-    stamp = datetime.now(UTC) + timedelta(microseconds=offset_us)
+    stamp = (now or datetime.now(UTC)) + timedelta(microseconds=offset_us)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -76,13 +132,12 @@ class Catalog:
 
     def __init__(self, catalogue: Catalogue, store: Store) -> None:
         self.store = store
-        self.allowed_check = store.script(_ALLOWED_LUA, _allowed_in_memory, Halt("r == 0", lambda r: not r))
         self.tenants = catalogue.tenants
         self._keys: dict[str, Principal] = {}
         self._tenants: dict[str, _TenantIndex] = {}
         self._spaces: dict[str, tuple[Tenant, Space]] = {}
         self.space_ids: dict[int, str] = {}  # id() of a catalogue space -> its id as a string, formatted once
-        self._allowed_calls: dict[tuple[str, str], tuple[list[str], list[str]]] = {}  # bounded by the catalogue
+        self._allowed_calls: dict[tuple[str, str], AllowedCall] = {}  # bounded by the catalogue
         for tenant in catalogue.tenants:
             index = _TenantIndex(tenant)
             for m in tenant.models:
@@ -94,6 +149,15 @@ class Catalog:
             for k in tenant.api_keys:
                 spaces = None if "*" in k.spaces else frozenset(k.spaces)
                 self._keys[k.sha256] = Principal(tenant, k, spaces)
+        # per space: its YAML models (decisions while the store is down) and its scripts with them as the seed
+        self._yaml: dict[str, dict[str, str]] = {}  # space id -> model id -> alias, in YAML order
+        self._scripts: dict[str, tuple[Script, Script]] = {}
+        loaded = datetime.now(UTC)  # the seed's stamps: YAML order, a microsecond apart
+        for space_id, (tenant, space) in self._spaces.items():
+            models = [m for m in (self.tenant_model(tenant, ref) for ref in space.models) if m is not None]
+            self._yaml[space_id] = {str(m.id): m.alias for m in models}
+            seed = [(str(m.id), now_iso(position, loaded)) for position, m in enumerate(models)]
+            self._scripts[space_id] = space_scripts(store, seed)
 
     # --- auth -------------------------------------------------------------------------------------------
     def authenticate(self, key: str | None) -> Principal:
@@ -128,26 +192,39 @@ class Catalog:
         index = self._tenants[str(tenant.id)]
         return index.by_alias.get(ref) or index.by_id.get(ref)
 
-    async def seed(self) -> None:
-        """Give each space its YAML allowed models, unless the store already knows the space."""
-        for tenant, space in self._spaces.values():
-            if await self.store.set_nx(_seeded_key(space.id), b"1"):
-                for position, ref in enumerate(space.models):
-                    model = self.tenant_model(tenant, ref)
-                    if model is not None:
-                        stamp = now_iso(position).encode()
-                        await self.store.hsetnx(_models_key(space.id), str(model.id), stamp)
+    async def seed(self) -> int:
+        """Give each space the YAML's allowed models unless the store knows it (it never saw the space, or lost
+        it); atomic per space, so exactly one replica seeds it. Returns how many spaces were seeded."""
+        calls = [(scripts[0], _space_keys(space_id), ()) for space_id, scripts in self._scripts.items()]
+        seeded = 0
+        for start in range(0, len(calls), _SEED_BATCH):
+            seeded += sum(int(r) for r in await self.store.batch(calls[start : start + _SEED_BATCH]))
+        return seeded
 
-    def allowed_call(self, space_id: str, model: TenantModel) -> tuple[list[str], list[str]]:
-        """The keys and args of ``allowed_check`` (1 when ``model`` is allowed in the space right now, else 0);
-        cached, as they are the same few strings for every request."""
+    async def _seed_space(self, space: Space) -> None:
+        space_id = str(space.id)
+        await self._scripts[space_id][0](_space_keys(space_id), ())
+
+    def allowed_call(self, space_id: str, model: TenantModel) -> AllowedCall:
+        """The script call that answers 1 when ``model`` is allowed in the space right now, else 0 (seeding the
+        space first if the store lost it); cached, as it is the same few strings for every request."""
         call = self._allowed_calls.get((space_id, model.alias))
         if call is None:
-            call = self._allowed_calls[(space_id, model.alias)] = ([_models_key(space_id)], [str(model.id)])
+            call = (self._scripts[space_id][1], _space_keys(space_id), [str(model.id)])
+            self._allowed_calls[(space_id, model.alias)] = call
         return call
+
+    def in_catalogue(self, space_id: str, model: TenantModel) -> bool:
+        """Whether the YAML allows ``model`` in the space (the decision while the store cannot be reached)."""
+        return str(model.id) in self._yaml[space_id]
+
+    def catalogue_aliases(self, space_id: str) -> list[str]:
+        """The aliases the YAML allows in the space, in its order."""
+        return list(self._yaml[space_id].values())
 
     async def allowed_models(self, tenant: Tenant, space: Space) -> list[AllowedModel]:
         """The space's allowed models, in the order they were added."""
+        await self._seed_space(space)
         raw = await self.store.hgetall(_models_key(space.id))
         out = []
         for model_id, added in raw.items():
@@ -159,12 +236,14 @@ class Catalog:
 
     async def allow(self, space: Space, model: TenantModel) -> AllowedModel | None:
         """Add a model to the space; None when it was already there."""
+        await self._seed_space(space)  # a space the store lost gets its YAML models back first, then the change
         stamp = now_iso()
         added = await self.store.hsetnx(_models_key(space.id), str(model.id), stamp.encode())
         return AllowedModel(model, stamp) if added else None
 
     async def disallow(self, space: Space, model_id: UUID) -> bool:
         """Remove a model from the space; False when it was not there."""
+        await self._seed_space(space)  # likewise: or the next seed would bring the model back
         return await self.store.hdel(_models_key(space.id), str(model_id))
 
 
@@ -172,5 +251,10 @@ def _models_key(space_id: UUID | str) -> str:
     return f"space:{space_id}:models"
 
 
-def _seeded_key(space_id: UUID) -> str:
+def _seeded_key(space_id: UUID | str) -> str:
     return f"space:{space_id}:seeded"
+
+
+def _space_keys(space_id: str) -> list[str]:
+    """The keys of a space's scripts: its models hash, then its seed marker."""
+    return [_models_key(space_id), _seeded_key(space_id)]

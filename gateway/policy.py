@@ -64,8 +64,9 @@ class StoreStep:
 
     ``then(ctx, result)`` receives the script's result (in ``before``: raise to reject, return a Reply to
     answer). ``unavailable(ctx, error)`` is called instead when the store cannot be reached: raise to fail
-    closed, return to go on without the step (the default fails closed in ``before``; in ``after`` the
-    error is logged).
+    closed (or to reject), return to go on without the step (the default fails closed in ``before``; in
+    ``after`` the error is logged). With ``follows_chain``, ``unavailable`` is called only when the chain
+    fails open (``PolicyChain.fails_open``); otherwise the step fails closed.
     """
 
     script: Script
@@ -73,6 +74,7 @@ class StoreStep:
     args: Sequence[Any]
     then: "Callable[[RequestContext, Any], Awaitable[Reply | None]] | None" = None
     unavailable: "Callable[[RequestContext, StoreUnavailable], None] | None" = None
+    follows_chain: bool = False
 
 
 class Policy:
@@ -102,10 +104,17 @@ class PolicyConfigError(Exception):
 
 
 class PolicyChain:
-    """The ordered policies of one space."""
+    """The ordered policies of one space.
+
+    ``fails_open``: what the chain does when the store cannot be reached, from its policies' own
+    ``on_store_error`` params (a policy without one has no say): open when one says ``open`` and none says
+    ``closed``. Steps that follow the chain (the allow-list's) go on only then.
+    """
 
     def __init__(self, policies: Sequence[Policy]) -> None:
         self.policies = tuple(policies)
+        modes = {getattr(p.params, "on_store_error", None) for p in self.policies}
+        self.fails_open = "open" in modes and "closed" not in modes
         # only policies that override wrap_send cost anything per message
         self.wrapping = frozenset(id(p) for p in self.policies if type(p).wrap_send is not Policy.wrap_send)
 
@@ -161,7 +170,7 @@ class PolicyChain:
                 reply = result
                 break
         if steps:
-            return await _before_steps(ctx, ran, steps) or reply
+            return await _before_steps(ctx, ran, steps, self.fails_open) or reply
         return reply
 
     def _wrap(self, ctx: RequestContext, send: Send, ran: list[Policy]) -> Send:
@@ -185,15 +194,21 @@ class PolicyChain:
             await _after_steps(ctx, steps)
 
 
-async def _before_steps(ctx: RequestContext, ran: list[Policy], steps: list[tuple[int, StoreStep]]) -> Reply | None:
+async def _before_steps(
+    ctx: RequestContext, ran: list[Policy], steps: list[tuple[int, StoreStep]], fails_open: bool
+) -> Reply | None:
     """Run the before phase's steps in one round trip and hand each result to its ``then`` in chain order."""
     try:
         results = await ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
     except StoreUnavailable as exc:
-        for _, step in steps:  # each decides: fail closed (raise) or go on without its check
-            if step.unavailable is None:
+        for index, step in steps:  # each decides: fail closed (raise) or go on without its check
+            if step.unavailable is None or (step.follows_chain and not fails_open):
                 raise
-            step.unavailable(ctx, exc)
+            try:
+                step.unavailable(ctx, exc)
+            except GatewayError:
+                _forget(ctx, ran, index)  # a rejection, like a raising then
+                raise
         return None
     for (index, step), result in zip(steps, results, strict=False):  # shorter when a step halted
         try:

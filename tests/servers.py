@@ -95,11 +95,13 @@ def serve(app: Any, timeout: float = 10.0, lifespan: bool = True) -> Iterator[st
         thread.join(timeout)
 
 
-def redis_answers(port: int) -> bool:
+def redis_answers(port: int, any_reply: bool = False) -> bool:
+    """Whether a Redis on ``port`` answers PING (with ``any_reply``, an error such as NOAUTH counts)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            reply = s.recv(16)
+            return reply[:1] in (b"+", b"-") if any_reply else reply.startswith(b"+PONG")
     except OSError:
         return False
 
@@ -114,41 +116,53 @@ def redis_server() -> Iterator[str]:
         yield url
 
 
+class RedisProcess:
+    """A redis-server of our own on a free port, keeping nothing on disk (``--save ''``, no AOF). A test may
+    stop it (by PID) and start it again on the same port: it then comes back empty, as a Redis without
+    persistence does after a restart."""
+
+    def __init__(self, workdir: str, *options: str, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no Redis answers on 6379 and redis-server is not installed (make test installs it)")
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.command += ["--dir", workdir, *options]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not redis_answers(self.port, any_reply=True):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("throwaway redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def redis_process(*options: str, port: int | None = None) -> Iterator[RedisProcess]:
+    """A started ``RedisProcess`` (with extra redis-server options, on ``port`` or a free one), stopped on exit."""
+    with tempfile.TemporaryDirectory() as workdir:
+        redis = RedisProcess(workdir, *options, port=port)
+        redis.start()
+        try:
+            yield redis
+        finally:
+            redis.stop()
+
+
 @contextlib.contextmanager
 def throwaway_redis() -> Iterator[str]:
     """A redis-server of our own on a free port, keeping nothing on disk; stopped by PID on exit."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("no Redis answers on 6379 and redis-server is not installed (make test installs it)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while not redis_answers(port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("throwaway redis-server did not start")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    with redis_process() as redis:
+        yield redis.url
 
 
 def spawn_gateway(

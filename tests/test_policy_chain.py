@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from config.catalog import PolicySpec
-from gateway.policy import PolicyConfigError, load_policy
+from gateway.policy import PolicyChain, PolicyConfigError, load_policy
 from tests.conftest import ADMIN_KEY, catalogue
 from tests.servers import wait_for
 
@@ -104,6 +104,24 @@ def test_after_runs_when_the_client_disconnects_mid_stream(recorded):
 def test_policy_loading_errors_are_precise(spec, message):
     with pytest.raises(PolicyConfigError, match=message):
         load_policy(PolicySpec(**spec))
+
+
+LIMITS = {"limits": [{"scope": "space", "period": "day", "usd": "1"}]}
+
+
+@pytest.mark.parametrize(
+    ("specs", "fails_open"),
+    [
+        ([{"use": "allow_list"}], False),  # nothing says open
+        ([{"use": "allow_list"}, {"use": "rate_limit"}], True),  # rate_limit fails open by default
+        ([{"use": "allow_list"}, {"use": "rate_limit"}, {"use": "budget", **LIMITS}], False),  # budget: closed
+        ([{"use": "allow_list"}, {"use": "budget", "on_store_error": "open", **LIMITS}, {"use": "cost"}], True),
+        ([{"use": "allow_list", "on_store_error": "open"}], True),
+        ([{"use": "allow_list", "on_store_error": "closed"}, {"use": "rate_limit"}], False),
+    ],
+)
+def test_the_chain_fails_open_when_a_policy_says_open_and_none_says_closed(specs, fails_open):
+    assert PolicyChain([load_policy(PolicySpec(**spec)) for spec in specs]).fails_open is fails_open
 
 
 @pytest.mark.parametrize("on_redis", [False, True], ids=["memory", "redis"])

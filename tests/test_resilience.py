@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import ADMIN_KEY, catalogue
-from tests.servers import wait_for, wait_pool_idle
+from tests.servers import throwaway_redis, wait_for, wait_pool_idle
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -171,6 +171,22 @@ def test_breaker_state_is_shared_through_redis(start_gateway, upstream, redis_ur
     for base in (one, two, one, two):
         client(base).chat.completions.create(model="up", messages=MESSAGES)
     assert fake.counts["status-503"] - before == 2  # ejected for both replicas after the second failure
+
+
+def test_breakers_act_on_local_state_while_the_store_is_down(start_gateway, upstream):
+    fake, url = upstream
+    bad = "status-503"
+    cat = with_deployments(
+        url, {"model": bad}, {"model": "ok"}, retries=0, breaker={"failures": 2, "window": 30, "cooldown": 30}
+    )
+    cat["tenants"][0]["policies"] = []  # nothing in the chain needs the store
+    with throwaway_redis() as redis_url:
+        base = start_gateway(cat, redis_url=redis_url)
+    # the store is gone (and no request has read a breaker's state yet): failures are counted in this process
+    before = fake.counts.get(bad, 0)
+    for _ in range(5):
+        assert client(base).chat.completions.create(model="up", messages=MESSAGES).choices[0].message.content
+    assert fake.counts[bad] - before == 2  # ejected here after two failures: the rest went to the fallback
 
 
 def test_client_disconnect_cancels_a_non_streaming_upstream_request(start_gateway, upstream):

@@ -1,14 +1,9 @@
 """The lean Redis client (gateway/store/resp.py) against a real Redis, plus silent and password-protected servers."""
 
 import asyncio
-import contextlib
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -19,7 +14,7 @@ import uvloop
 
 from gateway.errors import StoreUnavailable
 from gateway.store.resp import RespClient, RespError, script_sha
-from tests.servers import free_port
+from tests.servers import free_port, redis_process
 
 
 @pytest.fixture
@@ -37,29 +32,6 @@ def key(redis_prefix: str) -> str:
 def with_db(url: str, db: int) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-@contextlib.contextmanager
-def redis_process(*options: str, port: int | None = None) -> Iterator[int]:
-    """A redis-server of the test's own (with extra options), on ``port`` or a free one; stopped on exit."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = port or free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen([*command, "--dir", workdir, *options], stdout=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-                assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.02)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 async def test_get_set_incr_round_trip(client: RespClient, key: str):
@@ -113,6 +85,34 @@ async def test_error_replies_raise_or_land_in_the_list_and_the_connection_stays_
     assert isinstance(replies[2][0], RespError)  # an error inside EXEC's array
     assert await asyncio.gather(*(client.execute("PING") for _ in range(4))) == [b"PONG"] * 4
     await client.execute("DEL", key)
+
+
+async def test_a_server_that_cannot_serve_now_is_store_unavailable():
+    """Out of memory under noeviction and a read-only replica (a failover not finished) are the store being
+    unavailable, not a bug in the command: StoreUnavailable, the server's reply as the cause."""
+    with redis_process() as server:
+        client = RespClient(server.url)
+        admin = redis.Redis.from_url(server.url)
+        try:
+            await client.execute("SET", "k", "1")
+            with pytest.raises(RespError, match="^WRONGTYPE"):  # a wrong command stays a RespError
+                await client.execute("HGET", "k", "f")
+            admin.config_set("maxmemory", "1")
+            for command in (("SET", "k", "2"), ("EVAL", "return redis.call('SET', KEYS[1], '3')", 1, "k")):
+                with pytest.raises(StoreUnavailable) as caught:
+                    await client.execute(*command)
+                cause = caught.value.__cause__
+                assert isinstance(cause, RespError) and cause.message.startswith("OOM")
+            admin.config_set("maxmemory", "0")
+            admin.replicaof("127.0.0.1", str(free_port()))  # a replica of a primary that is not there
+            with pytest.raises(StoreUnavailable) as caught:
+                await client.execute("SET", "k", "4")
+            cause = caught.value.__cause__
+            assert isinstance(cause, RespError) and cause.message.startswith("READONLY")
+            assert await client.execute("GET", "k") == b"1"  # reads still work
+        finally:
+            admin.close()
+            await client.close()
 
 
 async def test_evalsha_falls_back_to_eval_on_noscript(client: RespClient, key: str):
@@ -229,7 +229,8 @@ async def test_the_db_in_the_url_is_selected(redis_url: str, key: str):
 async def test_password_auth_wrong_is_unavailable_right_works(tmp_path: Path):
     password = "s3cret:@/ pass"
     socket_path = tmp_path / "redis.sock"
-    with redis_process("--requirepass", password, "--unixsocket", str(socket_path)) as port:
+    with redis_process("--requirepass", password, "--unixsocket", str(socket_path)) as server:
+        port = server.port
         # A refused AUTH fails the connection: the store is as good as unreachable (cause: the WRONGPASS reply).
         wrong = RespClient(f"redis://:wrong@127.0.0.1:{port}")
         with pytest.raises(StoreUnavailable) as caught:

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.store.base import Call, Halt, Script, ScriptFallback
-from gateway.store.resp import RespClient, RespError, script_sha
+from gateway.store.resp import RespClient, RespError, script_sha, store_error
 
 
 def _px(ttl: float) -> int:
@@ -13,10 +13,11 @@ def _px(ttl: float) -> int:
 
 
 def _checked(replies: list[Any]) -> list[Any]:
-    """The replies of a pipeline; an error reply in it is a bug in the command, raised as such."""
+    """The replies of a pipeline; an error reply in it is raised: StoreUnavailable when the server cannot serve
+    now (out of memory, read-only), else a bug in the command, as such."""
     for reply in replies:
         if isinstance(reply, RespError):
-            raise reply
+            raise store_error(reply)
     return replies
 
 

@@ -21,7 +21,8 @@ Design:
 * A cancelled caller leaves its entry in the FIFO: its reply is read and dropped, so later replies stay
   matched to their callers.
 * Any connection failure (refused, reset, closed, connect or reply timeout) raises ``StoreUnavailable`` in
-  every caller waiting on that connection. Error replies (``-ERR``, ``-NOSCRIPT``) are ``RespError``.
+  every caller waiting on that connection. Error replies (``-ERR``, ``-NOSCRIPT``) are ``RespError``, except
+  those that say the server cannot serve now (``store_error``): they are ``StoreUnavailable`` too.
 * ``close()`` drops the connections (waiting callers get ``StoreUnavailable``); like redis-py's ``aclose``,
   a later call simply opens new ones. A connection belongs to the event loop that opened it.
 """
@@ -40,6 +41,12 @@ import hiredis
 from gateway.errors import StoreUnavailable
 
 UNREACHABLE = "The gateway's store (Redis) is unreachable; try again shortly."
+UNAVAILABLE = "The gateway's store (Redis) cannot serve requests right now; try again shortly."
+
+# Error codes that say the server cannot serve now, not that the command is wrong: loading its data after a
+# restart, a read-only replica (a failover not finished), out of memory under noeviction, busy with a script,
+# no primary or too few replicas reachable.
+_UNAVAILABLE_CODES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "OOM", "BUSY", "NOREPLICAS", "TRYAGAIN"})
 
 
 class RespError(Exception):
@@ -48,6 +55,16 @@ class RespError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def store_error(reply: RespError) -> Exception:
+    """What a caller gets for an error reply: ``StoreUnavailable`` (the reply as its cause) when the server
+    cannot serve now, so outage handling (503, ``on_store_error``) applies; else the ``RespError`` itself."""
+    if reply.message.split(" ", 1)[0] in _UNAVAILABLE_CODES:
+        error = StoreUnavailable(UNAVAILABLE)
+        error.__cause__ = reply
+        return error
+    return reply
 
 
 def script_sha(lua: str) -> str:
@@ -201,7 +218,7 @@ class _Connection(asyncio.Protocol):
                     elif entry.done():
                         pass  # its caller was cancelled; the reply is dropped
                     elif isinstance(reply, RespError):
-                        entry.set_exception(reply)
+                        entry.set_exception(store_error(reply))
                     else:
                         entry.set_result(reply)
                 reply = self._reader.gets()

@@ -213,9 +213,7 @@ def test_store_unreachable_closed_fails_open_passes(start_gateway, upstream):
             cat = catalogue(upstream[1])
             cat["tenants"][0]["policies"] = [{"use": "budget", "limits": space_day("5"), "on_store_error": mode}]
             gateways[mode] = start_gateway(cat, redis_url=url, redis_prefix=f"gw{mode}:")
-        # a request now makes the open gateway's circuit breaker read its state: it will not ask the store
-        # again for a second, so the next request only meets the budget's store call
-        assert httpx2.post(gateways["open"] + "/v1/chat/completions", headers=AUTH, json=body()).status_code == 200
+    # no request has read a circuit breaker's state: failing open, it acts on the process's own state
     passed = httpx2.post(gateways["open"] + "/v1/chat/completions", headers=AUTH, json=body())
     assert passed.status_code == 200
     failed = httpx2.post(gateways["closed"] + "/v1/chat/completions", headers=AUTH, json=body())
