@@ -59,14 +59,14 @@ class Dispatcher:
     """Runs one upstream operation across a tenant model's deployments."""
 
     def __init__(self, providers: dict[str, Provider], breakers: CircuitBreakers, defaults: Timeouts) -> None:
-        self.providers = providers
+        self.providers = providers  # by deployment type (gateway.providers.FAMILY), set when the app starts
         self.breakers = breakers
         self.defaults = defaults
         self.rng = random.Random()
         self._keys: dict[tuple[object, int], str] = {}
 
     def provider(self, dep: Deployment) -> Provider:
-        return self.providers["litellm" if dep.type not in self.providers else dep.type]
+        return self.providers[dep.type]
 
     def first_byte(self, dep: Deployment) -> float | None:
         """The first-byte deadline of one attempt, or None when the idle timeout already implies it (the

@@ -19,7 +19,7 @@ from gateway.disconnect import aclose
 from gateway.dispatch import Dispatcher, Opened
 from gateway.errors import InvalidRequest, ShuttingDown, UpstreamError, redact_secret, redact_secret_bytes
 from gateway.inflight import InFlight
-from gateway.providers.openai import OpenAIProvider
+from gateway.providers import ResponsesProvider
 from gateway.responses import native
 from gateway.responses.events import ChatStreamToEvents
 from gateway.responses.ids import new_response_id
@@ -136,9 +136,9 @@ class ResponsesEngine:
             return native.relay_events(turn.shell, opened, credential(dep), self.inflight)
         return _translate_events(turn.shell, opened, credential(dep), self.inflight)
 
-    def _native(self, dep: Deployment) -> OpenAIProvider:
+    def _native(self, dep: Deployment) -> ResponsesProvider:
         provider = self.dispatcher.provider(dep)
-        assert isinstance(provider, OpenAIProvider)
+        assert isinstance(provider, ResponsesProvider)  # the catalogue has api: responses only on such types
         return provider
 
 
