@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a replica proves it is alive (x3 = expiry).")
     response_ttl_seconds: int = Field(30 * 24 * 3600, gt=0, description="How long stored responses are kept.")
+    memory_store_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="The in-memory store's limit for stored responses and event logs (approximate bytes); past "
+        "it the oldest are evicted first. 0: no limit. Not used with Redis.",
+    )
     log_level: str = "info"
     access_log: bool = Field(False, description="One log line per request (costs throughput).")
     gc_gen0_threshold: int = Field(
