@@ -31,13 +31,13 @@ def size_of(value: Any) -> int:
     if isinstance(value, bytes):
         return len(value) + BYTES_OVERHEAD
     if isinstance(value, list):
-        return 56 + sum(len(entry) + ENTRY_OVERHEAD for entry in value)
+        return 56 + log_growth(value)
     return 64
 
 
 def log_growth(entries: list[bytes]) -> int:
     """What appending ``entries`` to a log adds."""
-    return sum(len(entry) + ENTRY_OVERHEAD for entry in entries)
+    return sum(map(len, entries)) + ENTRY_OVERHEAD * len(entries)
 
 
 class EvictionLedger:
@@ -55,9 +55,6 @@ class EvictionLedger:
         self.evicted = 0  # keys evicted so far
         self._sizes: OrderedDict[str, int] = OrderedDict()
         self._drop = drop
-
-    def covers(self, key: str) -> bool:
-        return key.startswith(self.prefixes)
 
     def record(self, key: str, value_size: int) -> None:
         """``key`` now holds a value of ``value_size`` bytes and is the newest; evict the oldest past the limit."""

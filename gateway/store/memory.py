@@ -42,16 +42,18 @@ class MemoryData:
             self.expiry.pop(key, None)
         else:
             self.expiry[key] = time.monotonic() + ttl
-        if self.ledger is not None and self.ledger.covers(key):
-            self.ledger.record(key, size_of(value))
+        ledger = self.ledger
+        if ledger is not None and key.startswith(ledger.prefixes):
+            ledger.record(key, size_of(value))
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
             self.sweep()
 
     def grew(self, key: str, entries: list[bytes]) -> None:
         """``entries`` were appended to the log under ``key`` in place."""
-        if self.ledger is not None and self.ledger.covers(key):
-            self.ledger.grow(key, log_growth(entries))
+        ledger = self.ledger
+        if ledger is not None and key.startswith(ledger.prefixes):
+            ledger.grow(key, log_growth(entries))
 
     def expire(self, key: str, ttl: float | None) -> None:
         if ttl is not None and key in self.values:
@@ -164,10 +166,9 @@ class MemoryStore:
     async def extend(self, key: str, values: list[bytes], ttl: float | None = None) -> int:
         log = self.data.get(key)
         if log is None:
-            log = []
-            self.data.put(key, log, ttl)
-        else:
-            self.data.expire(key, ttl)
+            self.data.put(key, list(values), ttl)
+            return len(values)
+        self.data.expire(key, ttl)
         log.extend(values)
         self.data.grew(key, values)
         return len(log)
