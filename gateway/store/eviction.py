@@ -4,7 +4,9 @@ The store is told which key namespaces hold data a reader can do without (stored
 logs: an evicted one reads as an expired one) and how many bytes of them it may hold. Every write to such a
 key records the value's approximate size and makes the key the newest; past the limit the oldest keys are
 dropped until the total is back under it. Keys of every other namespace (idempotency claims, budget holds,
-counters) are neither counted nor ever evicted.
+counters) are neither counted nor ever evicted. A stream in progress appends to its log every 250 ms at most,
+each append making it the newest again, so only a limit smaller than what the whole gateway writes in that time
+could take a log from under a running stream.
 
 Cost: an ``OrderedDict`` keeps the keys oldest first, so recording, forgetting and evicting a key are O(1)
 each and a write pays only for the evictions it causes (amortised O(1)); nothing is ever scanned.
