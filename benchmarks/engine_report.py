@@ -18,7 +18,7 @@ GOV_LABELS = {
     "all-redis": "all five policies, Redis",
     "all-mem": "all five policies, in-memory store",
 }
-ORDER = ["responses", "store", "streams", "governance", "redis-client"]
+ORDER = ["responses", "store", "streams", "governance", "redis-client", "memory"]
 BACKENDS = {"memory": "in-memory store", "redis": "Redis"}
 
 
@@ -172,8 +172,8 @@ def render_responses(data: dict) -> str:
                 f"sends more: `response.created`, `response.in_progress` and `response.completed` each carry the "
                 f"whole response object, every frame has `event:` and `id:` lines; a stored one also writes its "
                 f"record twice (at the start and at the end) and its event log. The gateway's RSS after each repeat: "
-                f"{', '.join(f'{v:.0f}' for v in data['rss_after_mb'])} MB (the in-memory store keeps every "
-                f"stored response for `GATEWAY_RESPONSE_TTL_SECONDS`).\n")
+                f"{', '.join(f'{v:.0f}' for v in data['rss_after_mb'])} MB (the in-memory store keeps stored "
+                f"responses up to `GATEWAY_MEMORY_STORE_MAX_BYTES`, see \"Memory\" below).\n")
     return f"""### Responses engine: streaming over a chat upstream
 
 {preamble(meta)}
@@ -389,8 +389,15 @@ relay on core 0), the same check of foreign CPU use (a measurement during which 
 `--max-background`, 10% of a core by default, is taken again). Each section names the command that measured
 it: `--suite` runs some of the suites, and a run rewrites the sections of the suites it ran, no other."""
 
+
+def render_memory(data: dict) -> str:
+    import engine_memory  # the suite's own module renders it (and imports this one's helpers)
+
+    return engine_memory.render(data)
+
+
 RENDER = {"responses": render_responses, "store": render_store, "streams": render_streams,
-          "governance": render_governance, "redis-client": render_redis_client}
+          "governance": render_governance, "redis-client": render_redis_client, "memory": render_memory}
 
 
 def _sections_in(text: str) -> dict[str, str]:

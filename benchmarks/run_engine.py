@@ -10,6 +10,8 @@ Redis relay and a throwaway Redis on core 0):
   governance  chat c1 / c64 with allow_list only (in-memory, Redis) vs idempotency + allow_list + rate_limit +
               budget + cost (Redis; in-memory too), and the Redis round trips per request through a counting relay
   redis-client  CPU per EVALSHA: redis-py's asyncio client vs the gateway's own (gateway/store/resp.py)
+  memory      peak RSS under the Responses scenarios: the in-memory store with its limit off, at its default and at
+              a small one, and Redis
 Redis: the machine's at 127.0.0.1:6379 when it answers (--redis auto), else a throwaway redis-server; every run
 uses its own key prefix and deletes its keys. Results: benchmarks/results/engine-latest.json (merged per suite);
 the sections of docs/benchmarks.md between run.py's ENGINE_BEGIN / ENGINE_END lines are rewritten by it.
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import engine_memory  # noqa: E402
 import engine_report as report  # noqa: E402
 import engine_suites as suites  # noqa: E402
 import run as base  # noqa: E402
@@ -41,7 +44,7 @@ from engine_suites import ALLOW_ONLY, CATALOG  # noqa: E402
 from run import BenchError, Proc, Processes, log  # noqa: E402
 
 RESULTS_FILE = base.RESULTS / "engine-latest.json"
-SUITES = ["responses", "store", "streams", "governance", "redis-client"]
+SUITES = ["responses", "store", "streams", "governance", "redis-client", "memory"]
 
 
 # ------------------------------------------------------------------------------------------------- harness
@@ -71,12 +74,14 @@ class Bench:
         return f"redis://127.0.0.1:{self.redis['port']}/0"
 
     def start_gateway(self, mock_port: int, policies: str = ALLOW_ONLY, redis_url: str | None = None,
-                      name: str = "gateway") -> tuple[Proc, int]:
+                      name: str = "gateway", env: dict[str, str] | None = None) -> tuple[Proc, int]:
         if self.args.budget.left > 0:
             base.wait_quiet({os.getpid(), *self.our_pids()}, self.args.max_background, self.args.budget, 20)
         config = self.workdir / f"{name}.yaml"
         config.write_text(CATALOG.format(port=mock_port, policies=policies))
+        settings = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k != "DATABASE_URL"}
+        env.update(settings)
         if redis_url:
             env.update({"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": self.prefix,
                         "GATEWAY_RESPONSE_TTL_SECONDS": "900"})  # keys expire even if the clean-up is missed
@@ -157,6 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-delay-ms", type=float, default=250.0,
                    help="the slow mock's delay before each SSE event for the streams suite (default 250)")
     p.add_argument("--stream-timeout", type=float, default=120.0, help="seconds allowed per stream (default 120)")
+    p.add_argument("--memory-limits", default="0,default,64MiB",
+                   help="memory suite: the in-memory store's limits to run (bytes, NMiB, default; 0 = none)")
     p.add_argument("--count-seconds", type=int, default=3, help="seconds of each round-trip counting run")
     p.add_argument("--max-background", type=float, default=10.0, help="as run.py (%% of a core, default 10)")
     p.add_argument("--retries", type=int, default=2, help="as run.py (default 2)")
@@ -169,6 +176,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rewrite the engine sections of docs/benchmarks.md: auto = when every suite ran cleanly")
     args = p.parse_args(argv)
     args.suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    try:
+        args.memory_limits = engine_memory.parse_limits(args.memory_limits)
+    except ValueError:
+        p.error(f"--memory-limits: not a list of byte counts: {args.memory_limits!r}")
     if bad := [s for s in args.suites if s not in SUITES]:
         p.error(f"unknown suite(s): {', '.join(bad)}")
     if args.duration < 1 or args.repeats < 1 or args.warmup < 0 or args.streams < 1:
@@ -207,7 +218,8 @@ def run_suites(b: Bench, meta: dict, results: dict) -> list[str]:
     """Each suite in turn, into `results`; returns the suites that failed."""
     failed = []
     runners = {"responses": suites.suite_responses, "store": suites.suite_store, "streams": suites.suite_streams,
-               "governance": suites.suite_governance, "redis-client": suites.suite_redis_client}
+               "governance": suites.suite_governance, "redis-client": suites.suite_redis_client,
+               "memory": engine_memory.suite_memory}
     for suite in b.args.suites:
         t0 = time.monotonic()
         try:

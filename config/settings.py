@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         10.0, ge=0, description="At shutdown, how long stopped requests get to end and release what they hold."
     )
     response_ttl_seconds: int = Field(30 * 24 * 3600, gt=0, description="How long stored responses are kept.")
+    memory_store_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="The in-memory store's limit for stored responses and event logs (approximate bytes); past "
+        "it the oldest are evicted first. 0: no limit. Not used with Redis.",
+    )
     log_level: str = "info"
     access_log: bool = Field(False, description="One log line per request (costs throughput).")
     gc_gen0_threshold: int = Field(

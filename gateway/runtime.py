@@ -28,7 +28,7 @@ from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
 from gateway.responses.engine import ResponsesEngine
-from gateway.responses.records import ResponseRecords
+from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
 from gateway.spend import SpendCounters
 from gateway.store import open_store
@@ -41,7 +41,7 @@ class Gateway:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        self.store = open_store(redis_url, settings.redis_prefix)
+        self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, EVICTABLE)
         self.catalog = Catalog(catalogue, self.store)
         self.prices = PriceBook(catalogue)
         self.spend = SpendCounters()  # the usage route's reader (the cost policy has its own writer)

@@ -4,6 +4,10 @@ One record per response under ``resp:<id>`` (JSON, TTL until ``expires_at``); th
 background response under ``resp:<id>:events`` (one SSE frame per entry, index == sequence_number). A
 record carries its ancestors' ids (``chain``), so rebuilding a conversation is two store reads however long it
 is. Records are scoped to a tenant and space: another's id is answered as if it did not exist.
+
+Nothing but records and event logs lives under ``resp:`` (a cancel request is a signal, under ``cancel:``), so
+that namespace is what the in-memory store may evict past its limit (``EVICTABLE``): an evicted response reads
+as an expired one.
 """
 
 import time
@@ -16,6 +20,7 @@ from gateway.errors import InvalidRequest
 from gateway.store import Store
 
 JSON = dict[str, Any]
+EVICTABLE = ("resp:",)  # the key prefixes below that hold stored responses and event logs, and nothing else
 TERMINAL = ("completed", "incomplete", "failed", "cancelled")
 
 
@@ -120,7 +125,7 @@ def _events_key(response_id: str) -> str:
 
 
 def _cancel_key(response_id: str) -> str:
-    return f"resp:{response_id}:cancel"
+    return f"cancel:{response_id}"
 
 
 def _visible(raw: bytes | None, tenant_id: str, space_id: str) -> StoredResponse | None:

@@ -1,10 +1,15 @@
-"""The embedded store: dicts with lazy TTL expiry. One process only; every operation is atomic."""
+"""The embedded store: dicts with lazy TTL expiry. One process only; every operation is atomic.
+
+Given a byte limit and the key prefixes it may evict (``gateway/store/eviction.py``), it holds at most about
+that much of them: past it, the oldest go first.
+"""
 
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.store.base import Call, Halt, Script, ScriptFallback
+from gateway.store.eviction import EvictionLedger, log_growth, size_of
 
 _SWEEP_EVERY = 1024
 
@@ -12,44 +17,61 @@ _SWEEP_EVERY = 1024
 class MemoryData:
     """Synchronous operations on the data; scripts' Python fallbacks receive this object."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit_bytes: int = 0, evictable: tuple[str, ...] = ()) -> None:
         self.values: dict[str, Any] = {}
         self.expiry: dict[str, float] = {}
         self._writes = 0
+        self.ledger = EvictionLedger(limit_bytes, evictable, self._remove) if limit_bytes and evictable else None
 
     def alive(self, key: str) -> bool:
         deadline = self.expiry.get(key)
         if deadline is not None and deadline <= time.monotonic():
-            self.values.pop(key, None)
-            self.expiry.pop(key, None)
+            self.delete(key)
         return key in self.values
 
     def get(self, key: str) -> Any:
         return self.values.get(key) if self.alive(key) else None
 
     def put(self, key: str, value: Any, ttl: float | None = None) -> None:
+        if type(value) is bytes:
+            # A copy of its exact size: orjson's output keeps its whole working buffer (16 KiB for a 1.5 KB
+            # record), which a value kept for days would hold on to.
+            value = bytes(memoryview(value))
         self.values[key] = value
         if ttl is None:
             self.expiry.pop(key, None)
         else:
             self.expiry[key] = time.monotonic() + ttl
+        ledger = self.ledger
+        if ledger is not None and key.startswith(ledger.prefixes):
+            ledger.record(key, size_of(value))
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
             self.sweep()
+
+    def grew(self, key: str, entries: list[bytes]) -> None:
+        """``entries`` were appended to the log under ``key`` in place."""
+        ledger = self.ledger
+        if ledger is not None and key.startswith(ledger.prefixes):
+            ledger.grow(key, log_growth(entries))
 
     def expire(self, key: str, ttl: float | None) -> None:
         if ttl is not None and key in self.values:
             self.expiry[key] = time.monotonic() + ttl
 
     def delete(self, key: str) -> bool:
+        if self.ledger is not None:
+            self.ledger.forget(key)
+        return self._remove(key)
+
+    def _remove(self, key: str) -> bool:
         self.expiry.pop(key, None)
         return self.values.pop(key, None) is not None
 
     def sweep(self) -> None:
         now = time.monotonic()
         for key in [k for k, d in self.expiry.items() if d <= now]:
-            self.values.pop(key, None)
-            self.expiry.pop(key, None)
+            self.delete(key)
 
 
 class _MemoryScript:
@@ -63,10 +85,13 @@ class _MemoryScript:
 
 
 class MemoryStore:
-    """The ``Store`` for a single process: nothing to install, nothing survives a restart."""
+    """The ``Store`` for a single process: nothing to install, nothing survives a restart.
 
-    def __init__(self) -> None:
-        self.data = MemoryData()
+    With ``limit_bytes`` (0: none), the keys under the ``evictable`` prefixes are held to about that many bytes,
+    the oldest written evicted first; keys under other prefixes are never evicted."""
+
+    def __init__(self, limit_bytes: int = 0, evictable: tuple[str, ...] = ()) -> None:
+        self.data = MemoryData(limit_bytes, evictable)
 
     async def ping(self) -> None:
         return None
@@ -141,11 +166,11 @@ class MemoryStore:
     async def extend(self, key: str, values: list[bytes], ttl: float | None = None) -> int:
         log = self.data.get(key)
         if log is None:
-            log = []
-            self.data.put(key, log, ttl)
-        else:
-            self.data.expire(key, ttl)
+            self.data.put(key, list(values), ttl)
+            return len(values)
+        self.data.expire(key, ttl)
         log.extend(values)
+        self.data.grew(key, values)
         return len(log)
 
     async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
