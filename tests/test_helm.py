@@ -4,8 +4,11 @@ against the Kubernetes schemas (strict: an unknown field fails), and the parsed 
 helm is the real binary (`make helm` installs it beside the venv's python; `make test` does so first).
 """
 
+import os
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import yaml
 
 from config.catalog import load_catalogue
 from gateway.exposure import exposure_problem
+from tests.servers import free_port, wait_for
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "llm-gateway"
 SIDECAR_EXAMPLE = yaml.safe_load((CHART / "examples" / "sidecar.yaml").read_text())
@@ -99,8 +103,12 @@ def one(manifests: list[Manifest], kind: str, component: str = "gateway") -> Man
     return found[0]
 
 
+def pod_spec(manifests: list[Manifest], component: str = "gateway") -> Manifest:
+    return dict(one(manifests, "Deployment", component)["spec"]["template"]["spec"])
+
+
 def gateway_container(manifests: list[Manifest]) -> Manifest:
-    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(manifests)
     containers = [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == "gateway"]
     assert len(containers) == 1
     return containers[0]
@@ -187,7 +195,7 @@ def test_every_container_runs_unprivileged_on_a_read_only_root(renders: dict[str
             assert context["readOnlyRootFilesystem"] is True, container["name"]
             assert context["allowPrivilegeEscalation"] is False, container["name"]
             assert context["capabilities"]["drop"] == ["ALL"], container["name"]
-    pod = one(renders[name], "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(renders[name])
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
     assert {"name": "tmp", "mountPath": "/tmp"} in gateway_container(renders[name])["volumeMounts"]
 
@@ -219,7 +227,7 @@ def test_the_bundled_redis_serves_the_gateway(renders: dict[str, list[Manifest]]
     service = one(renders["bundled-redis"], "Service", "redis")
     env = env_of(gateway_container(renders["bundled-redis"]))
     assert env["GATEWAY_REDIS_URL"] == f"redis://{service['metadata']['name']}:6379/0"
-    redis = one(renders["bundled-redis"], "Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+    redis = pod_spec(renders["bundled-redis"], "redis")["containers"][0]
     assert "noeviction" in redis["args"]
     policy = one(renders["bundled-redis"], "NetworkPolicy", "redis")
     gateway_labels = one(renders["bundled-redis"], "Deployment")["spec"]["selector"]["matchLabels"]
@@ -228,7 +236,7 @@ def test_the_bundled_redis_serves_the_gateway(renders: dict[str, list[Manifest]]
 
 @pytest.mark.parametrize("name", MATRIX)
 def test_the_pod_outlives_the_drain_and_the_shutdown_grace(renders: dict[str, list[Manifest]], name: str) -> None:
-    pod = one(renders[name], "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(renders[name])
     container = gateway_container(renders[name])
     grace = float(env_of(container)["GATEWAY_SHUTDOWN_GRACE_SECONDS"])
     drain = float(container["lifecycle"]["preStop"]["exec"]["command"][1]) if "lifecycle" in container else 0.0
@@ -254,7 +262,7 @@ def test_a_demo_install_says_so(renders: dict[str, list[Manifest]]) -> None:
 
 
 def test_the_sidecar_listens_on_loopback_beside_the_app(renders: dict[str, list[Manifest]]) -> None:
-    pod = one(renders["sidecar"], "Deployment")["spec"]["template"]["spec"]
+    pod = pod_spec(renders["sidecar"])
     assert [c["name"] for c in pod["containers"]] == ["app"]
     app_env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     gateway = gateway_container(renders["sidecar"])
@@ -295,3 +303,58 @@ def test_values_that_cannot_run_fail_the_render(
     result = run_helm(helm, tmp_path, "template", values)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def probe_check(probe: Manifest, port: int) -> Callable[[], bool]:
+    """What the kubelet does with a probe: GET its path on the container's port, or run its command."""
+    if "httpGet" in probe:
+        url = f"http://127.0.0.1:{port}{probe['httpGet']['path']}"
+
+        def get() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    return bool(answer.status == 200)
+            except OSError:
+                return False
+
+        return get
+    command = [sys.executable if part == "python" else part for part in probe["exec"]["command"]]
+    return lambda: subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["defaults", "sidecar"])
+def test_the_rendered_container_runs_a_gateway_its_probes_find_ready(
+    helm: str, tmp_path: Path, redis_url: str, redis_prefix: str, name: str
+) -> None:
+    """The gateway started as the pod spec says (its env, the Secrets' values, the ConfigMap's catalogue),
+    probed as the kubelet would, then stopped by SIGTERM within the pod's grace period."""
+    port = free_port()
+    result = run_helm(helm, tmp_path, "template", {**MATRIX[name], "port": port})
+    assert result.returncode == 0, result.stderr
+    manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    container = gateway_container(manifests)
+    secrets = {("llm-provider-keys", "openai"): "sk-provider-test", ("llm-gateway-redis", "redis-url"): redis_url}
+    env = {}
+    for entry in container["env"]:
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        env[entry["name"]] = secrets[ref["name"], ref["key"]] if ref else entry["value"]
+    config = tmp_path / "gateway.yaml"
+    config.write_text(one(manifests, "ConfigMap")["data"]["gateway.yaml"])
+    assert env["GATEWAY_CONFIG"].endswith("/gateway.yaml")
+    env["GATEWAY_CONFIG"] = str(config)  # the ConfigMap's mount, here
+    env["GATEWAY_HOST"] = "127.0.0.1"  # the service shape listens on 0.0.0.0 in its pod; never here
+    if "GATEWAY_REDIS_URL" in env:
+        env["GATEWAY_REDIS_PREFIX"] = redis_prefix  # this run's own keys
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway"], env={**inherited, **env})
+    try:
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # until it succeeds, or the process has exited (then it never will)
+            passed = wait_for(probe_check(container[kind], port), lambda ok: ok or proc.poll() is not None, 60)
+            assert passed, f"{kind} did not succeed (exit status {proc.poll()})"
+        proc.terminate()
+        assert proc.wait(pod_spec(manifests)["terminationGracePeriodSeconds"]) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
