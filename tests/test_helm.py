@@ -23,6 +23,8 @@ from tests.servers import free_port, wait_for
 CHART = Path(__file__).resolve().parent.parent / "helm" / "llm-gateway"
 SIDECAR_EXAMPLE = yaml.safe_load((CHART / "examples" / "sidecar.yaml").read_text())
 KUBERNETES_VERSION = "1.30.0"  # the chart's kubeVersion floor
+# validated against the floor and the newest schemas kubernetes-validate holds (an API removed since shows)
+SCHEMA_VERSIONS = (KUBERNETES_VERSION, "1.37.0")
 # kinds of CRDs the schemas of kubernetes-validate do not hold; checked field by field below instead
 CRD_KINDS = {"ServiceMonitor"}
 
@@ -85,8 +87,23 @@ def renders(helm: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, li
     for name, values in MATRIX.items():
         result = run_helm(helm, tmp_path, "template", values)
         assert result.returncode == 0, f"{name}: {result.stderr}"
-        rendered[name] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        rendered[name] = parse(result.stdout)
     return rendered
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; the API server refuses the manifest: so do the tests."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        duplicates = {key for key in keys if keys.count(key) > 1}
+        if duplicates:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {duplicates}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse(rendered: str) -> list[Manifest]:
+    return [doc for doc in yaml.load_all(rendered, Loader=_UniqueKeyLoader) if doc]
 
 
 def kinds(manifests: list[Manifest]) -> set[str]:
@@ -130,7 +147,8 @@ def test_every_render_is_valid_kubernetes_strictly(renders: dict[str, list[Manif
     for manifest in renders[name]:
         if manifest["kind"] in CRD_KINDS:
             continue
-        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+        for version in SCHEMA_VERSIONS:
+            kubernetes_validate.validate(manifest, version, strict=True)
 
 
 @pytest.mark.parametrize(
@@ -146,8 +164,8 @@ def test_every_render_is_valid_kubernetes_strictly(renders: dict[str, list[Manif
         ("servicemonitor", {"ServiceMonitor"}, {"Ingress", "HorizontalPodAutoscaler"}),
         ("all-on", {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor"}, {"Secret"}),
         ("bundled-redis", {"NetworkPolicy"}, {"Secret"}),
-        ("demo", {"Deployment", "Service"}, {"ConfigMap"}),
-        ("sidecar", {"Deployment", "ConfigMap"}, {"Service", "Ingress", "ServiceMonitor"}),
+        ("demo", {"Deployment", "Service", "Pod"}, {"ConfigMap"}),
+        ("sidecar", {"Deployment", "ConfigMap"}, {"Service", "Ingress", "ServiceMonitor", "Pod"}),
     ],
 )
 def test_what_each_set_of_values_renders(
@@ -186,8 +204,8 @@ def test_ingress_routes_to_the_service(renders: dict[str, list[Manifest]]) -> No
 
 @pytest.mark.parametrize("name", MATRIX)
 def test_every_container_runs_unprivileged_on_a_read_only_root(renders: dict[str, list[Manifest]], name: str) -> None:
-    for deployment in (m for m in renders[name] if m["kind"] == "Deployment"):
-        pod = deployment["spec"]["template"]["spec"]
+    for workload in (m for m in renders[name] if m["kind"] in ("Deployment", "Pod")):
+        pod = workload["spec"]["template"]["spec"] if workload["kind"] == "Deployment" else workload["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["automountServiceAccountToken"] is False
         for container in pod.get("initContainers", []) + pod["containers"]:
@@ -198,6 +216,15 @@ def test_every_container_runs_unprivileged_on_a_read_only_root(renders: dict[str
     pod = pod_spec(renders[name])
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
     assert {"name": "tmp", "mountPath": "/tmp"} in gateway_container(renders[name])["volumeMounts"]
+
+
+def test_helm_test_asks_the_service_for_healthz_and_readyz(renders: dict[str, list[Manifest]]) -> None:
+    smoke = one(renders["defaults"], "Pod", "smoke-test")
+    assert smoke["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    service = one(renders["defaults"], "Service")
+    script = smoke["spec"]["containers"][0]["command"][-1]
+    assert f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}" in script
+    assert "'/healthz', '/readyz'" in script
 
 
 def test_probes_ask_healthz_and_readyz_on_the_gateway_port(renders: dict[str, list[Manifest]]) -> None:
@@ -331,7 +358,7 @@ def test_the_rendered_container_runs_a_gateway_its_probes_find_ready(
     port = free_port()
     result = run_helm(helm, tmp_path, "template", {**MATRIX[name], "port": port})
     assert result.returncode == 0, result.stderr
-    manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    manifests = parse(result.stdout)
     container = gateway_container(manifests)
     secrets = {("llm-provider-keys", "openai"): "sk-provider-test", ("llm-gateway-redis", "redis-url"): redis_url}
     env = {}

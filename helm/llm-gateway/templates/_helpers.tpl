@@ -17,16 +17,26 @@
 {{- end }}
 {{- end }}
 
-{{- define "llm-gateway.labels" -}}
+{{/* The labels of every object but its component (gateway, redis, smoke-test). */}}
+{{- define "llm-gateway.releaseLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
-{{ include "llm-gateway.selectorLabels" . }}
+{{ include "llm-gateway.instanceLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
-{{- define "llm-gateway.selectorLabels" -}}
+{{- define "llm-gateway.instanceLabels" -}}
 app.kubernetes.io/name: {{ include "llm-gateway.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "llm-gateway.labels" -}}
+{{ include "llm-gateway.releaseLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "llm-gateway.selectorLabels" -}}
+{{ include "llm-gateway.instanceLabels" . }}
 app.kubernetes.io/component: gateway
 {{- end }}
 
