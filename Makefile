@@ -53,9 +53,10 @@ test: install-dev $(HELM)  ## the whole suite (the chart's tests need helm); sta
 e2e: $(VENV)/.installed-e2e  ## the gateway against llama.cpp's real server on Gemma 3 270M (not part of `make test`)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-lint: install-dev
+lint: install-dev $(HELM)
 	$(PY) -m ruff check gateway policies config tests
 	$(PY) -m mypy
+	$(HELM) lint --strict helm/llm-gateway -f helm/llm-gateway/examples/sidecar.yaml
 
 bench: install  ## by hand; writes docs/benchmarks.md
 	$(PY) benchmarks/run.py
