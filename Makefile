@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test e2e install install-dev helm lint bench clean
+.PHONY: run test e2e install install-dev helm lint bench image clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ lint: install-dev $(HELM)
 
 bench: install  ## by hand; writes docs/benchmarks.md
 	$(PY) benchmarks/run.py
+
+image:  ## by hand, as root; builds the Dockerfile with buildah, no daemon or registry, and smoke-tests it (docs/image.md)
+	bash scripts/image.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
