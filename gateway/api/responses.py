@@ -32,7 +32,7 @@ class CreateResponse:
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
         ctx = gw.context(headers, "responses.create", {})
         ctx.body = parse_json_object(raw)
-        ctx.stream = ctx.body.get("stream") is True
+        gw.responses.admit(ctx)
 
         async def call(out: Send) -> None:
             await gw.responses.create(ctx, out, receive, openai_response)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from config.deployments import Deployment
 from gateway.disconnect import aclose
 from gateway.errors import UpstreamError
+from gateway.responses.events import TERMINAL_EVENTS
 from gateway.sse import iter_sse_batches
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ async def relay_events(shell: JSON, opened: "Opened") -> AsyncIterator[list[JSON
                     if isinstance(event.get("response"), dict):
                         latest = merge_response(shell, event["response"])
                         event = {**event, "response": latest}
-                    terminal = event.get("type") in ("response.completed", "response.incomplete", "response.failed")
+                    terminal = event.get("type") in TERMINAL_EVENTS
                     out.append({**event, "sequence_number": sequence})
                     sequence += 1
                 yield out

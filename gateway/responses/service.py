@@ -9,19 +9,22 @@ A background response answers at once (``queued``) and then runs in the same tas
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Send
 
-from gateway.context import RequestContext
+from gateway.context import AnswerLog, RequestContext
 from gateway.disconnect import cancel_on_disconnect
 from gateway.errors import JSON_HEADERS, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.pricing import PriceBook
 from gateway.responses.engine import ResponsesEngine, Turn, usage_of
+from gateway.responses.events import TERMINAL_EVENTS, events_of
+from gateway.responses.ids import new_response_id
 from gateway.responses.live import LiveStream, LiveStreams
 from gateway.responses.records import ResponseRecords, StoredResponse
+from gateway.responses.validate import validate_create
 from gateway.sse import format_sse
 
 JSON = dict[str, Any]
@@ -43,6 +46,18 @@ class ResponsesService:
         self.instance = os.urandom(8).hex()
 
     # --- create -------------------------------------------------------------------------------------------
+    def admit(self, ctx: RequestContext) -> None:
+        """Before the policy chain: validate the request (so a refused one consumes no Idempotency-Key) and
+        name a stream's response, whose event log a retry in flight can then follow (``ctx.answer_log``)."""
+        validate_create(ctx.body)
+        ctx.stream = ctx.body.get("stream") is True
+        if ctx.stream:
+
+            def follow(response_id: str, after: int) -> Awaitable[AsyncIterator[bytes] | None]:
+                return self.follow(ctx, response_id, after)
+
+            ctx.answer_log = AnswerLog(new_response_id(), follow)
+
     async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
         turn = await self.engine.prepare(ctx)
         record = StoredResponse(
@@ -72,23 +87,41 @@ class ResponsesService:
         events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
         live = self.live.open(turn.id, self.records, persist=self._stored(turn) and not turn.ctx.redactors)
         self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
-        if self._stored(turn):  # retrievable (and resumable) while it runs
-            record.owner = self.instance
-            await self.records.save(record)
-        turn.ctx.status_code = 200
-        await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
+        try:
+            if self._stored(turn):  # retrievable (and resumable) while it runs
+                record.owner = self.instance
+                await self.records.save(record)
+            turn.ctx.status_code = 200
+            await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
+            tail = await self._run_stream(turn, record, events, live, send, receive)
+            if tail is not None:  # the end of the answer goes out once the record and the log are final
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+        finally:
+            self.jobs.pop(turn.id, None)  # (already gone unless the start failed)
+            self.live.forget(turn.id)
+
+    async def _run_stream(
+        self,
+        turn: Turn,
+        record: StoredResponse,
+        events: AsyncIterator[list[JSON]],
+        live: LiveStream,
+        send: Send,
+        receive: Receive,
+    ) -> bytes | None:
+        """Pump the events and end the response; returns the answer's last message (the frames from the terminal
+        event on), or None when the client is gone."""
+        tail: bytes | None = None
         try:
             async with cancel_on_disconnect(receive, turn.ctx) as finished:
-                await self._pump(events, live, send)
+                tail = await self._pump(turn.ctx, events, live, send)
                 finished.set()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if turn.id not in self.cancelling:  # the gateway is stopping
                 turn.ctx.outcome = "interrupted"
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            turn.ctx.outcome = "cancelled"
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            turn.ctx.outcome, tail = "cancelled", b""
         finally:
             final = live.latest or turn.shell
             if turn.ctx.outcome in ("disconnected", "cancelled"):
@@ -97,21 +130,33 @@ class ResponsesService:
                 final = {**final, "status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
             self.jobs.pop(turn.id, None)
             self.cancelling.discard(turn.id)
+            await live.close()  # the whole log is stored before the record says the response ended
             await self._finish(turn, record, final)
-            await live.close()
-            self.live.forget(turn.id)
+        return tail
 
-    async def _pump(self, events: AsyncIterator[list[JSON]], live: LiveStream, send: Send | None) -> None:
+    async def _pump(
+        self, ctx: RequestContext, events: AsyncIterator[list[JSON]], live: LiveStream, send: Send | None
+    ) -> bytes:
         """Publish every event to the live log (``live.latest`` tracks the response) and to the client, one
-        write per batch."""
+        write per batch. The frames from the terminal event on are published but returned unsent: the caller
+        sends them as the last message once the response is recorded as ended. A stream that ended in
+        ``response.failed`` is the upstream's failure (``ctx.outcome``)."""
+        held: list[bytes] | None = None  # the frames from the terminal event's batch on
         async for batch in events:
             frames = [format_sse(event) for event in batch]
             for event in batch:
                 if "response" in event:
                     live.latest = event["response"]
+                    if event["type"] in TERMINAL_EVENTS and held is None:
+                        held = []
+                        if event["type"] == "response.failed" and ctx.outcome == "pending":
+                            ctx.outcome = "upstream_error"
             await live.publish(frames)
-            if send is not None:
+            if held is not None:
+                held.extend(frames)
+            elif send is not None:
                 await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        return b"".join(held or ())
 
     async def _background(self, turn: Turn, record: StoredResponse, send: Send, render: Render) -> None:
         record.response = {**turn.shell, "status": "queued", "background": True}
@@ -127,11 +172,12 @@ class ResponsesService:
             await send_bytes(send, 200, turn.ctx.answer_headers(JSON_HEADERS), json_bytes(render(record)))
             send = None  # type: ignore[assignment]
         failure: JSON | None = None
+        tail = b""
         watcher = asyncio.ensure_future(self._watch_cancel(turn.id))
         try:
             record.response = {**record.response, "status": "in_progress"}
             await self.records.save(record)
-            await self._pump(await self.engine.open_stream(turn), live, send)
+            tail = await self._pump(turn.ctx, await self.engine.open_stream(turn), live, send)
         except asyncio.CancelledError:
             if turn.id not in self.cancelling:  # the gateway is stopping
                 failure = {"status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
@@ -144,12 +190,14 @@ class ResponsesService:
         finally:
             watcher.cancel()
             self.cancelling.discard(turn.id)
-            await self._finish(turn, record, {**(live.latest or record.response), **(failure or {})})
-            await live.close()
-            self.live.forget(turn.id)
-            self.jobs.pop(turn.id, None)
-            if send is not None:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            try:
+                await live.close()
+                await self._finish(turn, record, {**(live.latest or record.response), **(failure or {})})
+                self.jobs.pop(turn.id, None)
+                if send is not None:
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+            finally:
+                self.live.forget(turn.id)
 
     async def _watch_cancel(self, response_id: str) -> None:
         """A cancel asked through another replica reaches the job here."""
@@ -208,23 +256,39 @@ class ResponsesService:
             await asyncio.sleep(self.heartbeat_seconds)
 
     async def replay(self, record: StoredResponse, after: int, send: Send) -> None:
-        """SSE frames after sequence number ``after``: from the live stream here, else from the stored log,
-        following it until the response ends."""
+        """SSE frames after sequence number ``after`` (``frames``), as an event stream."""
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        live = self.live.get(record.id)
-        if live is not None:
-            async for frame in live.follow(after):
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
-        else:
-            await self._replay_stored(record, after, send)
+        async for frame in self.frames(record, after):
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _replay_stored(self, record: StoredResponse, after: int, send: Send) -> None:
+    async def follow(self, ctx: RequestContext, response_id: str, after: int) -> AsyncIterator[bytes] | None:
+        """The frames of a response of the caller's space after ``after``, following it to its end; None when
+        it is neither running here nor stored (not started yet, or ``store: false`` on another replica)."""
+        live = self.live.get(response_id)
+        if live is not None:
+            return live.follow(after)
+        record = await self.records.load(response_id, ctx.tenant_id, ctx.space_id)
+        return None if record is None else self._stored_frames(record, after)
+
+    def frames(self, record: StoredResponse, after: int) -> AsyncIterator[bytes]:
+        """SSE frames after sequence number ``after``: from the live stream here, else from the stored log,
+        following it until the response ends."""
+        live = self.live.get(record.id)
+        return live.follow(after) if live is not None else self._stored_frames(record, after)
+
+    async def _stored_frames(self, record: StoredResponse, after: int) -> AsyncIterator[bytes]:
+        """The stored log after ``after``, polled until the response ends. A finished response without a log
+        (created without streaming, or with its log not kept) gives the events its stream would have carried."""
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
             frames = await self.records.events(record.id, after)
+            if not frames and record.terminal and (after < 0 or not await self.records.logged(record.id)):
+                for event in events_of(record.response)[after + 1 :]:
+                    yield format_sse(event)
+                return
             for frame in frames:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                yield frame
             after += len(frames)
             if record.terminal:
                 return
