@@ -10,6 +10,7 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
+import redis
 
 from tests.policies.test_idempotency import AUTH, CHAT, NATIVE, RESPONSES, frames, idem_catalogue
 
@@ -199,3 +200,26 @@ def test_a_rate_limit_or_budget_refusal_is_not_recorded(start_gateway, upstream,
     assert ran.status_code == 200 and "idempotent-replayed" not in ran.headers
     replayed = httpx2.post(limited + CHAT, headers={**AUTH, "Idempotency-Key": key}, json=body, timeout=10)
     assert replayed.status_code == 200 and replayed.headers["idempotent-replayed"] == "true"
+
+
+def test_the_after_phase_run_before_the_end_sees_the_final_usage_and_outcome(
+    start_gateway, upstream, redis_url, redis_prefix
+):
+    """With a key, every policy's ``after`` runs before the answer's last message goes out, and still sees what
+    happened: the outcome and the upstream's final usage (3 output tokens), whole answers and streams alike.
+    Without a key it runs after the last byte, as before."""
+    prefix = redis_prefix + uuid.uuid4().hex + ":"
+    cat = idem_catalogue(upstream[1])
+    cat["tenants"][0]["policies"] = [{"use": "idempotency"}, {"use": "tests.plugins.recorder:Recorder", "log": "log"}]
+    base = start_gateway(cat, redis_url=redis_url, redis_prefix=prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for route, (path, body) in ROUTES.items():
+            client.delete(prefix + "log")
+            with httpx2.stream("POST", base + path, headers={**AUTH, "Idempotency-Key": route}, json=body) as r:
+                assert r.status_code == 200
+                r.read()
+            # written by ``after`` before the last message went out: there by the time the answer is read
+            assert client.lrange(prefix + "log", 0, -1) == [b"before", b"after:ok:3:idempotency,recorder"], route
+    finally:
+        client.close()
