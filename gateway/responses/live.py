@@ -37,6 +37,7 @@ class LiveStream:
         self._timer: asyncio.TimerHandle | None = None  # the flush due FLUSH_SECONDS after unflushed frames
         self._due: asyncio.Future[None] | None = None
         self.latest: dict[str, object] | None = None  # the response object as of the last lifecycle event
+        self.followers = 0  # clients reading it through ``follow`` right now
 
     async def publish(self, frames: list[bytes]) -> None:
         self.frames.extend(frames)
@@ -85,13 +86,17 @@ class LiveStream:
     async def follow(self, after: int = -1) -> AsyncIterator[bytes]:
         """Frames with sequence_number > ``after``, then new ones as they come, until the stream ends."""
         position = after + 1
-        while True:
-            while position < len(self.frames):
-                yield self.frames[position]
-                position += 1
-            if self.done:
-                return
-            await self._changed.wait()
+        self.followers += 1
+        try:
+            while True:
+                while position < len(self.frames):
+                    yield self.frames[position]
+                    position += 1
+                if self.done:
+                    return
+                await self._changed.wait()
+        finally:
+            self.followers -= 1
 
 
 class LiveStreams:

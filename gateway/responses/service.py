@@ -9,13 +9,13 @@ A background response answers at once (``queued``) and then runs in the same tas
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.types import Receive, Send
 
 from gateway.context import AnswerLog, RequestContext
-from gateway.disconnect import cancel_on_disconnect
+from gateway.disconnect import cancel_on_disconnect, until_disconnect
 from gateway.errors import JSON_HEADERS, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.pricing import PriceBook
@@ -46,15 +46,17 @@ class ResponsesService:
         self.instance = os.urandom(8).hex()
 
     # --- create -------------------------------------------------------------------------------------------
-    def admit(self, ctx: RequestContext) -> None:
+    def admit(self, ctx: RequestContext, receive: Receive) -> None:
         """Before the policy chain: validate the request (so a refused one consumes no Idempotency-Key) and
-        name a stream's response, whose event log a retry in flight can then follow (``ctx.answer_log``)."""
+        name a stream's response, whose event log a retry in flight can then follow (``ctx.answer_log``,
+        until that retry's client goes away)."""
         validate_create(ctx.body)
         ctx.stream = ctx.body.get("stream") is True
         if ctx.stream:
 
-            def follow(response_id: str, after: int) -> Awaitable[AsyncIterator[bytes] | None]:
-                return self.follow(ctx, response_id, after)
+            async def follow(response_id: str, after: int) -> AsyncIterator[bytes] | None:
+                frames = await self.follow(ctx, response_id, after)
+                return None if frames is None else until_disconnect(frames, receive)
 
             ctx.answer_log = AnswerLog(new_response_id(), follow)
 
@@ -255,10 +257,10 @@ class ResponsesService:
             await self.records.store.set(f"instance:{self.instance}", b"1", self.heartbeat_seconds * 3)
             await asyncio.sleep(self.heartbeat_seconds)
 
-    async def replay(self, record: StoredResponse, after: int, send: Send) -> None:
-        """SSE frames after sequence number ``after`` (``frames``), as an event stream."""
+    async def replay(self, record: StoredResponse, after: int, send: Send, receive: Receive) -> None:
+        """SSE frames after sequence number ``after`` (``frames``), as an event stream, while the client stays."""
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        async for frame in self.frames(record, after):
+        async for frame in until_disconnect(self.frames(record, after), receive):
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -3,8 +3,9 @@ moment it ended is a replay, never a 409), a streaming retry of a Responses stre
 its event log (same replica, or another one on the same Redis), and refusals that depend on the moment (a
 malformed body refused before any policy, a rate limit, a budget) do not consume the key."""
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2
@@ -223,3 +224,33 @@ def test_the_after_phase_run_before_the_end_sees_the_final_usage_and_outcome(
             assert client.lrange(prefix + "log", 0, -1) == [b"before", b"after:ok:3:idempotency,recorder"], route
     finally:
         client.close()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.01)
+
+
+def test_a_follower_whose_client_left_stops_following(gateway_of, upstream):
+    """An attached retry, or a GET replay, whose client went away stops reading the live stream at once,
+    while the stream itself still runs."""
+    gate = f"gate-{uuid.uuid4().hex[:8]}"
+    base = gateway_of(idem_catalogue(upstream[1], gate))
+    body, key = {"model": "up", "input": "x", "stream": True}, uuid.uuid4().hex
+    with held_stream(upstream[0], base, RESPONSES, body, key, gate) as (_, reader):
+        response_id = orjson.loads(frames(reader.data)[0].split(b"data: ", 1)[1])["response"]["id"]
+        live = base.app.state.gateway.responses.live.get(response_id)
+        with follow(base, RESPONSES, body, key, None) as again:
+            follower = Reader(again)  # (held: a reader dropped would close the connection itself)
+            follower.until(b"one ")
+            assert live.followers == 1
+        wait_until(lambda: live.followers == 0)
+        url = f"{base}/v1/responses/{response_id}"
+        with httpx2.stream("GET", url, params={"stream": "true"}, headers=AUTH, timeout=10) as replay:
+            follower = Reader(replay)
+            follower.until(b"one ")
+            assert live.followers == 1
+        wait_until(lambda: live.followers == 0)
+        assert not live.done
