@@ -20,7 +20,8 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.idempotency import IdempotencyRecords, fingerprint, parse_key, record_key, replay_of
+from gateway.http import SSE_HEADERS
+from gateway.idempotency import IdempotencyRecords, fingerprint, in_flight_log, parse_key, record_key, replay_of
 from gateway.policy import Policy, PolicyParams, StoreStep
 from gateway.pricing import PriceBook, usd
 from gateway.spend import SpendCounters
@@ -28,6 +29,7 @@ from gateway.sse import error_event, event_data, format_sse
 from gateway.store import Halt, Script, Store
 
 __all__ = [
+    "SSE_HEADERS",
     "AuditLog",
     "AuthenticationFailed",
     "BadRequest",
@@ -61,6 +63,7 @@ __all__ = [
     "event_data",
     "fingerprint",
     "format_sse",
+    "in_flight_log",
     "parse_key",
     "record_key",
     "replay_of",

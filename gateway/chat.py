@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
+from config.catalog import TenantModel
 from gateway.context import RequestContext, Usage
 from gateway.disconnect import aclose, cancel_on_disconnect
 from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError, redact_secret_bytes
@@ -61,12 +62,18 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
             if not watcher.done and ctx.outcome == "pending":
                 ctx.outcome = "upstream_error"
                 tail += error_event("The upstream stream ended before completion.", "upstream_stream_cut")
+            _count(gw, ctx, model, watcher)  # before the last message: the after phase may run as it passes
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
-            ctx.usage = watcher.usage
-            ctx.cost_micros = gw.prices.cost(model, ctx.usage)
+            if ctx.usage is not watcher.usage:  # ended early (an error, a disconnect): the partial usage
+                _count(gw, ctx, model, watcher)
             await aclose(chunks)
             await upstream.close()
+
+
+def _count(gw: Gateway, ctx: RequestContext, model: TenantModel, watcher: ChatStreamWatcher) -> None:
+    ctx.usage = watcher.usage
+    ctx.cost_micros = gw.prices.cost(model, ctx.usage)
 
 
 async def _relay(

@@ -1,6 +1,6 @@
 """What one request carries through auth, the policy chain, the provider and back."""
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +37,24 @@ class Usage:
 
 @dataclass(slots=True)
 class Reply:
-    """A complete answer a policy can return from ``before`` to skip the upstream call (e.g. a replay)."""
+    """An answer a policy can return from ``before`` to skip the upstream call (e.g. a replay): ``body`` whole,
+    or, with ``stream``, the body chunks as they come (following an answer still being written elsewhere)."""
 
     status: int
     body: bytes
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    stream: AsyncIterator[bytes] | None = None
+
+
+@dataclass(slots=True)
+class AnswerLog:
+    """Where a streamed answer can be followed while it is written (a Responses stream: its event log, which
+    another replica reads from the store). Set by the routes that keep one."""
+
+    id: str  # this request's own log (its response id), named before the answer starts
+    # the SSE frames of another request's log after sequence number N, following it live to its end;
+    # None when no such log is there (not started yet, or not kept where this replica can read it)
+    follow: Callable[[str, int], Awaitable[AsyncIterator[bytes] | None]]
 
 
 @dataclass(slots=True)
@@ -75,6 +88,10 @@ class RequestContext:
     # text filters for what the gateway keeps of the answer (output guardrails' masks): a stored response's
     # output text passes through them, and its event log is not kept (its frames were not filtered)
     redactors: list[Callable[[str], str]] = field(default_factory=list)
+    answer_log: AnswerLog | None = None
+    # a policy's store work must be done before the client can see the end of the answer (an idempotent
+    # answer is recorded before a retry can follow it): the chain then runs ``after`` just before the last message
+    settle_before_end: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them

@@ -1,6 +1,8 @@
 """Stopping upstream work the moment the client goes away, and closing async iterators on every path."""
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.types import Receive
@@ -50,3 +52,31 @@ class cancel_on_disconnect:
                 self.ctx.outcome = "disconnected"
             return True
         return False
+
+
+async def until_disconnect(frames: AsyncIterator[bytes], receive: Receive) -> AsyncIterator[bytes]:
+    """``frames`` until the client goes away: a follower of a stream (a replay, a retry attached to a stream in
+    flight) whose client left stops reading the log at once, instead of when the stream ends."""
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(frames))
+            await asyncio.wait((step, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():  # the client left while the stream had nothing new
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                return
+            try:
+                frame = step.result()
+            except StopAsyncIteration:
+                return
+            yield frame
+    finally:
+        gone.cancel()
+        await aclose(frames)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

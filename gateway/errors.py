@@ -37,6 +37,9 @@ class GatewayError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    # a refusal that holds only for the moment (a rate limit, a budget): the same request may pass later, so an
+    # idempotent answer must not be recorded from it
+    momentary = False
 
     def __init__(
         self,
@@ -121,6 +124,7 @@ class Unprocessable(GatewayError):
 class RateLimited(GatewayError):
     status_code = 429
     error_type = "rate_limit_error"
+    momentary = True
 
 
 class BudgetExceeded(GatewayError):
@@ -129,6 +133,7 @@ class BudgetExceeded(GatewayError):
     status_code = 429
     error_type = "insufficient_quota"
     code = "insufficient_quota"
+    momentary = True
 
     def __init__(self, message: str, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@
 A record lives under (tenant, space, principal, route, key). The first request claims it atomically and
 later stores its answer; a retry with the same fingerprint (method, path, canonical body) replays that
 answer with ``Idempotent-Replayed: true``; a retry while the first is still running gets 409 with
-``Retry-After``; the same key with another body gets 422.
+``Retry-After`` (or, when the claim names the log its answer is written to, may follow that log); the same
+key with another body gets 422.
 
 Each decision is one store round trip: ``claim`` is a script that either claims the key or returns the record
 already there; ``release`` deletes the claim only while it is still this request's (a claim that expired and
@@ -86,8 +87,20 @@ def record_key(scope: tuple[str, ...], key: str) -> str:
     return "idem:" + ":".join(scope) + ":" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def _claim_value(fp: str, owner: str) -> bytes:
-    return orjson.dumps({"fp": fp, "state": "in_flight", "owner": owner})
+def _claim_value(fp: str, owner: str, log: str | None = None) -> bytes:
+    claim = {"fp": fp, "state": "in_flight", "owner": owner}
+    if log is not None:  # where the answer can be followed while it is written (a Responses stream's log)
+        claim["log"] = log
+    return orjson.dumps(claim)
+
+
+def in_flight_log(raw: bytes, fp: str) -> str | None:
+    """The answer log named by a record still in flight for this same body (a retry may follow it), else None."""
+    record = orjson.loads(raw)
+    if record["fp"] != fp or record["state"] != "in_flight":
+        return None
+    log = record.get("log")
+    return log if isinstance(log, str) else None
 
 
 def replay_of(raw: bytes, fp: str) -> Reply:
@@ -129,9 +142,10 @@ class IdempotencyRecords:
         self._complete = store.script(_COMPLETE_LUA, _complete_in_memory)
         self._release = store.script(_RELEASE_LUA, _release_in_memory)
 
-    def claim_call(self, rkey: str, fp: str, owner: str) -> Call:
-        """The claim as a call: its result is None when claimed, else the record already there (``replay_of``)."""
-        return self._claim, [rkey], [_claim_value(fp, owner), self.claim_ttl * 1000]
+    def claim_call(self, rkey: str, fp: str, owner: str, log: str | None = None) -> Call:
+        """The claim as a call: its result is None when claimed, else the record already there (``replay_of``).
+        ``log`` names where the answer can be followed while it is written (see ``in_flight_log``)."""
+        return self._claim, [rkey], [_claim_value(fp, owner, log), self.claim_ttl * 1000]
 
     def complete_call(self, rkey: str, fp: str, reply: Reply) -> Call:
         """Store the finished answer for replay for the retention period, as a call."""
@@ -144,9 +158,9 @@ class IdempotencyRecords:
         }
         return self._complete, [rkey], [orjson.dumps(record), self.ttl * 1000]
 
-    def release_call(self, rkey: str, fp: str, owner: str) -> Call:
-        """Give the key back if the claim made by ``claim(rkey, fp, owner)`` is still there, as a call."""
-        return self._release, [rkey], [_claim_value(fp, owner)]
+    def release_call(self, rkey: str, fp: str, owner: str, log: str | None = None) -> Call:
+        """Give the key back if the claim made by ``claim_call(rkey, fp, owner, log)`` is still there, as a call."""
+        return self._release, [rkey], [_claim_value(fp, owner, log)]
 
     async def claim(self, rkey: str, fp: str, owner: str) -> Reply | None:
         """None when this request now owns the key; the stored Reply when it already finished (one round trip).

@@ -17,7 +17,9 @@ A policy is a class with a ``Params`` pydantic model (validated at start, ``extr
     Runs in reverse order for every policy whose ``before`` returned, on every exit path: success,
     rejection by a later policy, upstream error, client disconnect, cancellation. ``ctx.outcome``,
     ``ctx.status_code``, ``ctx.error``, ``ctx.usage`` and ``ctx.cost_micros`` say what happened; for
-    streams it runs after the last byte, with the final usage. Reservations and claims are released here.
+    streams it runs after the last byte, with the final usage, unless a policy set ``ctx.settle_before_end``
+    (its stored result must be in place before the client sees the end): then it runs as the answer's last
+    message passes, just before it goes out. Reservations and claims are released here.
     The store work it returns as a ``StoreStep`` runs with the other policies' in one round trip.
     Its errors are logged, never raised over the request's own outcome.
 
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette.types import Send
+from starlette.types import Message, Send
 
 from config.catalog import PolicySpec
 from gateway.context import Reply, RequestContext
@@ -120,20 +122,22 @@ class PolicyChain:
 
     async def run(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
         """Run ``before`` hooks (and their store steps), then ``call(send)`` (which answers the client), then
-        ``after`` hooks (and theirs).
+        ``after`` hooks (and theirs): after the last byte, or just before the last message of the answer when
+        the request asks for it (``ctx.settle_before_end``).
 
         A Reply from a ``before`` hook is sent as the answer. A GatewayError raised before the answer started
         is rendered here (through the policies' ``wrap_send``), in the shape of the caller's surface.
         """
         ran: list[Policy] = []
+        settlement = _Settlement(self, ctx, ran)
         outer: Send | None = None  # ``send`` wrapped by the policies that ran, once the before phase is over
         try:
             reply = await self._before(ctx, ran)
             if reply is not None:
                 ctx.outcome, ctx.status_code = "replayed", reply.status
-                await send_bytes(send, reply.status, reply.headers, reply.body)
+                await send_reply(send, reply)
             else:
-                outer = self._wrap(ctx, send, ran)
+                outer = self._wrap(ctx, settlement.before_end(send), ran)
                 await call(outer)
                 if ctx.outcome == "pending":
                     ctx.outcome = "ok"
@@ -144,7 +148,7 @@ class PolicyChain:
                 raise
             status, headers, body = render_error(exc, ctx.native)
             ctx.status_code = status
-            outer = outer or self._wrap(ctx, send, ran)
+            outer = outer or self._wrap(ctx, settlement.before_end(send), ran)
             await send_bytes(outer, status, headers, body)
         except asyncio.CancelledError as exc:
             ctx.outcome, ctx.error = ("disconnected" if ctx.outcome == "pending" else ctx.outcome), exc
@@ -153,7 +157,7 @@ class PolicyChain:
             _record_failure(ctx, exc)
             raise
         finally:
-            await self._after(ctx, ran)
+            await settlement.run()
 
     async def _before(self, ctx: RequestContext, ran: list[Policy]) -> Reply | None:
         """The ``before`` hooks in order, then their store steps in one round trip. Returns the Reply to send,
@@ -192,6 +196,48 @@ class PolicyChain:
                 steps.append((policy, step))
         if steps:
             await _after_steps(ctx, steps)
+
+
+class _Settlement:
+    """The after phase of one request, run once: at the end, or, when the request asks for it
+    (``ctx.settle_before_end``), as the last message of the answer passes on its way to the client. By then
+    the answer is whole (usage known, the outcome decided), and what the policies store is in place before the
+    client can see the end: a retry that follows at once finds the idempotent answer recorded."""
+
+    __slots__ = ("chain", "ctx", "ran", "done")
+
+    def __init__(self, chain: PolicyChain, ctx: RequestContext, ran: list[Policy]) -> None:
+        self.chain, self.ctx, self.ran, self.done = chain, ctx, ran, False
+
+    async def run(self) -> None:
+        if not self.done:
+            self.done = True
+            await self.chain._after(self.ctx, self.ran)
+
+    def before_end(self, send: Send) -> Send:
+        """``send``, running the after phase before the last body message when the request asks for it."""
+        if not self.ctx.settle_before_end:
+            return send
+
+        async def settling(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not self.done:
+                if self.ctx.outcome == "pending":  # the answer is complete: nothing can fail it any more
+                    self.ctx.outcome = "ok"
+                await self.run()
+            await send(message)
+
+        return settling
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    """A policy's Reply: its body whole, or its chunks as they come."""
+    if reply.stream is None:
+        await send_bytes(send, reply.status, reply.headers, reply.body)
+        return
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    async for chunk in reply.stream:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _before_steps(

@@ -2,12 +2,15 @@
 
 A request with a key claims it atomically (a script that claims the key or returns the record already there,
 run as a step of the chain's store round trip). Its answer (status, headers and body, or the SSE bytes of a
-stream) is captured on its way out and stored in ``after`` for ``ttl_seconds``; a retry with the same key
-and body replays it with ``Idempotent-Replayed: true``, errors included. A 5xx, a stream broken by the
-upstream, a client disconnect, a cancellation or an exception releases the claim instead, so a retry runs
-again (a crash is covered by the claim's TTL). A retry while the first is in flight gets 409
-``Retry-After: 1``; the same key with another body 422. A request without a key passes untouched, at no
-store cost.
+stream) is captured on its way out and stored in ``after`` for ``ttl_seconds``, which the chain runs as the
+answer's last message passes, just before it goes out (``ctx.settle_before_end``): a retry sent the moment
+the answer ended finds it recorded. A retry with the same key and body replays it with
+``Idempotent-Replayed: true``, errors included. A 5xx, a rate-limit or budget refusal (it may pass later), a
+stream that ended in an upstream failure, a client disconnect, a cancellation or an exception releases the
+claim instead, so a retry runs again (a crash is covered by the claim's TTL). A streaming retry of a Responses
+stream still in flight follows its event log (the claim names it), from the event after ``Last-Event-ID``; any
+other retry in flight gets 409 ``Retry-After: 1``; the same key with another body 422. A request without a
+key passes untouched, at no store cost.
 
 Scope: (tenant, space, principal, route). Fingerprint: method, route and the canonical body (the native body
 field ``idempotency_key``, which counts as the header, left out). On a replayed Responses stream,
@@ -23,6 +26,8 @@ from pydantic import Field
 from starlette.types import Message, Send
 
 from gateway import (
+    SSE_HEADERS,
+    GatewayError,
     IdempotencyRecords,
     InvalidRequest,
     Policy,
@@ -33,6 +38,7 @@ from gateway import (
     StoreStep,
     StoreUnavailable,
     fingerprint,
+    in_flight_log,
     parse_key,
     record_key,
     replay_of,
@@ -43,7 +49,7 @@ log = logging.getLogger("policies.idempotency")
 _STATE = "idempotency.capture"  # ctx.extras key of the request's claim and captured answer
 _STORED_OUTCOMES = frozenset({"ok", "rejected", "upstream_error"})
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
-_FAILED_EVENTS = (b"event: response.failed\n", b"event: error\n")
+_FOLLOWED_HEADERS = [*SSE_HEADERS, (b"idempotent-replayed", b"true")]
 
 
 @dataclass(slots=True)
@@ -54,11 +60,10 @@ class _Capture:
     rkey: str
     fp: str
     owner: str
+    log: str | None  # the event log a streaming retry may follow while this request runs
     status: int | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     chunks: list[bytes] = field(default_factory=list)
-    event_stream: bool = False
-    failed: bool = False  # an event stream that ended in response.failed or error
     complete: bool = False  # the last body message went out
     claimed: bool = False  # the claim step ran and this request holds the key
     stored: bool = False
@@ -69,16 +74,11 @@ class _Capture:
             return
         self.status = int(message["status"])
         self.headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in _FRAMING_HEADERS]
-        self.event_stream = any(
-            k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in self.headers
-        )
 
     def body(self, message: Message) -> None:
         chunk = message.get("body", b"")
         if chunk:
             self.chunks.append(chunk)
-            if self.event_stream and any(marker in chunk for marker in _FAILED_EVENTS):
-                self.failed = True
         if not message.get("more_body", False):
             self.complete = True
 
@@ -117,8 +117,9 @@ class Idempotency(Policy):
         records = self.records(ctx.store)
         rkey = record_key((ctx.tenant_id, ctx.space_id, ctx.principal.id, ctx.route), key)
         fp = fingerprint("POST", ctx.route, fingerprinted_body(ctx.body))
-        capture = ctx.extras[_STATE] = _Capture(records, rkey, fp, os.urandom(8).hex())
-        script, keys, args = records.claim_call(rkey, fp, capture.owner)
+        log = ctx.answer_log.id if ctx.stream and ctx.answer_log is not None else None
+        capture = ctx.extras[_STATE] = _Capture(records, rkey, fp, os.urandom(8).hex(), log)
+        script, keys, args = records.claim_call(rkey, fp, capture.owner, log)
         skip = None if self.config.on_store_error == "closed" else _skipped  # None: fail closed (503)
         return StoreStep(script, keys, args, then=self.claimed, unavailable=skip)
 
@@ -127,16 +128,20 @@ class Idempotency(Policy):
         capture: _Capture = ctx.extras[_STATE]
         if record is None:
             capture.claimed = True
+            # recorded before the client sees the end; a background answer (queued), from the send path at once
+            ctx.settle_before_end = not _answers_early(ctx)
             return None
         del ctx.extras[_STATE]
+        followed = await attached(ctx, record, capture.fp)
+        if followed is not None:
+            return followed
         return resumed(ctx, replay_of(record, capture.fp))  # or 409 in flight, 422 another body
 
     def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
         capture = ctx.extras.get(_STATE)
         if not isinstance(capture, _Capture) or not capture.claimed:
             return send
-        # a background response answers (queued) long before the request ends: store that answer at once
-        early = ctx.body.get("background") is True and not ctx.stream
+        early = _answers_early(ctx)
 
         async def capturing(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -156,8 +161,13 @@ class Idempotency(Policy):
         if _storable(ctx, capture):
             script, keys, args = capture.records.complete_call(capture.rkey, capture.fp, capture.reply())
             return StoreStep(script, keys, args, unavailable=_not_stored)
-        script, keys, args = capture.records.release_call(capture.rkey, capture.fp, capture.owner)
+        script, keys, args = capture.records.release_call(capture.rkey, capture.fp, capture.owner, capture.log)
         return StoreStep(script, keys, args, unavailable=_not_released)
+
+
+def _answers_early(ctx: RequestContext) -> bool:
+    """A background response answers (queued) long before the request ends: that answer is stored at once."""
+    return ctx.body.get("background") is True and not ctx.stream
 
 
 def _skipped(ctx: RequestContext, error: StoreUnavailable) -> None:
@@ -190,13 +200,16 @@ def fingerprinted_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _storable(ctx: RequestContext, capture: _Capture, early: bool = False) -> bool:
-    """A complete answer that is not a server failure: a 5xx or a stream the upstream broke runs again."""
+    """A complete answer that is neither a server failure nor a momentary refusal: a 5xx, a stream the upstream
+    broke (its outcome is ``upstream_error``) and a rate-limit or budget refusal run again."""
     status = capture.status
     if status is None or not capture.complete or status >= 500:
         return False
-    if not early and ctx.outcome not in _STORED_OUTCOMES:
+    if early:
+        return True
+    if ctx.outcome not in _STORED_OUTCOMES or isinstance(ctx.error, GatewayError) and ctx.error.momentary:
         return False
-    return not (status < 300 and (ctx.outcome == "upstream_error" or capture.failed))
+    return not (status < 300 and ctx.outcome == "upstream_error")
 
 
 async def _store(capture: _Capture) -> None:
@@ -207,16 +220,35 @@ async def _store(capture: _Capture) -> None:
         log.warning("idempotency answer for %s not stored (store unreachable): it expires on its own", capture.rkey)
 
 
+async def attached(ctx: RequestContext, record: bytes, fp: str) -> Reply | None:
+    """A streaming retry of a stream still in flight follows its event log, from the event after
+    ``Last-Event-ID`` (or the first) to the end; None when there is nothing to follow (409 then)."""
+    if not ctx.stream or ctx.answer_log is None:
+        return None
+    log = in_flight_log(record, fp)
+    if log is None:
+        return None
+    frames = await ctx.answer_log.follow(log, last_event_id(ctx))
+    return None if frames is None else Reply(200, b"", list(_FOLLOWED_HEADERS), stream=frames)
+
+
+def last_event_id(ctx: RequestContext) -> int:
+    """The ``Last-Event-ID`` sent (the last sequence number the client saw); -1 without one, or for a value
+    that is not one of our ids (then the whole stream is sent)."""
+    raw = ctx.header("last-event-id")
+    try:
+        return max(-1, int(raw.strip())) if raw is not None else -1
+    except ValueError:
+        return -1
+
+
 def resumed(ctx: RequestContext, reply: Reply) -> Reply:
     """A replayed event stream with ``Last-Event-ID: N`` keeps only the events after N."""
-    raw = ctx.header("last-event-id")
-    if raw is None or not any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in reply.headers):
+    if ctx.header("last-event-id") is None or not any(
+        k == b"content-type" and v.startswith(b"text/event-stream") for k, v in reply.headers
+    ):
         return reply
-    try:
-        last = int(raw.strip())
-    except ValueError:
-        return reply  # not one of our ids: the whole stream
-    return Reply(reply.status, events_after(reply.body, last), reply.headers)
+    return Reply(reply.status, events_after(reply.body, last_event_id(ctx)), reply.headers)
 
 
 def events_after(body: bytes, last: int) -> bytes:

@@ -7,6 +7,7 @@ def test_exported_names():
     assert sorted(gateway.__all__) == sorted(
         [
             "AuditLog",
+            "SSE_HEADERS",
             "AuthenticationFailed",
             "BadRequest",
             "BudgetExceeded",
@@ -39,6 +40,7 @@ def test_exported_names():
             "event_data",
             "fingerprint",
             "format_sse",
+            "in_flight_log",
             "parse_key",
             "record_key",
             "replay_of",

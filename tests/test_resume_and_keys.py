@@ -1,11 +1,16 @@
 """Edges of resuming a stream and of the Idempotency-Key header: a resume position is a non-negative sequence
 number (query ``starting_after`` or the ``Last-Event-ID`` an EventSource reconnects with), and a key sent twice
-is refused rather than guessed."""
+is refused rather than guessed; a response created without streaming replays as the events its stream would
+have carried."""
+
+import json
 
 import httpx
+import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, SPACE
+from tests.conftest import ADMIN_KEY, SPACE, catalogue
+from tests.test_responses_api import native_catalogue
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -59,3 +64,61 @@ def test_two_idempotency_keys_are_refused(gateway, upstream):
     assert len(upstream[0].requests) == calls
     repeated_other = [("Authorization", f"Bearer {ADMIN_KEY}"), ("Accept", "a"), ("Accept", "b")]
     assert httpx.post(gateway + "/v1/chat/completions", headers=repeated_other, json=chat).status_code == 200
+
+
+def event_frames(text: str) -> list[dict]:
+    return [json.loads(f.split("data: ", 1)[1]) for f in text.split("\n\n") if f.startswith("id: ")]
+
+
+@pytest.mark.parametrize("upstream_kind", ["chat", "responses"])
+def test_a_response_created_without_streaming_replays_as_its_event_sequence(start_gateway, upstream, upstream_kind):
+    """Built by the machine that builds live streams, from the stored response: the same events a stream of
+    it carries (one delta per part), numbered from 0, ending in response.completed with the stored response."""
+    url = upstream[1]
+    base = start_gateway(catalogue(url) if upstream_kind == "chat" else native_catalogue(url))
+    stored = httpx.post(base + "/v1/responses", headers=AUTH, json={"model": "up", "input": "hello"}).json()
+    r = replay(base, stored["id"], {})
+    events = event_frames(r.text)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["response"]["status"] == "in_progress" and events[0]["response"]["output"] == []
+    item = stored["output"][0]
+    assert events[2]["item"]["id"] == item["id"] and events[7]["item"]["id"] == item["id"]
+    assert events[4]["delta"] == events[5]["text"] == item["content"][0]["text"]
+    assert events[-1]["response"] == stored and stored["usage"]["total_tokens"] > 0
+    # the SDK reads it as a stream of its own types; a position keeps the events after it
+    sdk = openai.OpenAI(base_url=base + "/v1", api_key=ADMIN_KEY, max_retries=0)
+    assert [e.sequence_number for e in sdk.responses.retrieve(stored["id"], stream=True)] == list(range(9))
+    assert event_frames(replay(base, stored["id"], {"starting_after": "5"}).text) == events[6:]
+    assert event_frames(replay(base, stored["id"], {}, {"Last-Event-ID": "7"}).text) == events[8:]
+    assert event_frames(replay(base, stored["id"], {"starting_after": "8"}).text) == []
+
+
+def test_a_function_call_replays_with_its_arguments(gateway):
+    tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    body = {"model": "fake-tool", "input": "find it", "tools": tools}
+    stored = httpx.post(gateway + "/v1/responses", headers=AUTH, json=body).json()
+    events = event_frames(replay(gateway, stored["id"], {}).text)
+    call = stored["output"][0]
+    assert call["type"] == "function_call"
+    assert [e["type"] for e in events][2:] == [
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[3]["delta"] == events[4]["arguments"] == call["arguments"]
+    assert events[2]["item"]["call_id"] == events[5]["item"]["call_id"] == call["call_id"]
+    assert events[5]["item"] == call

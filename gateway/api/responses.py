@@ -32,7 +32,7 @@ class CreateResponse:
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
         ctx = gw.context(headers, "responses.create", {})
         ctx.body = parse_json_object(raw)
-        ctx.stream = ctx.body.get("stream") is True
+        gw.responses.admit(ctx, receive)
 
         async def call(out: Send) -> None:
             await gw.responses.create(ctx, out, receive, openai_response)
@@ -85,7 +85,7 @@ class RetrieveResponse:
             if "starting_after" not in request.query_params:
                 after = _last_event_id(request, after)
             with gw.inflight.track():  # a shutdown ends the replay with an error event
-                await gw.responses.replay(record, after, send)
+                await gw.responses.replay(record, after, send, receive)
             return
         await json_response(openai_response(record))(scope, receive, send)
 

@@ -34,7 +34,7 @@ class CreateSpaceResponse:
         ctx = space_context(gw, scope, "spaces.responses.create")
         ctx.native = True
         ctx.body = parse_json_object(await read_body(receive, ctx.headers, gw.settings.max_body_bytes))
-        ctx.stream = ctx.body.get("stream") is True
+        gw.responses.admit(ctx, receive)
         header_key = parse_key(ctx.headers.get(b"idempotency-key"))
         body_key = ctx.body.get("idempotency_key")
         if header_key and body_key and header_key != body_key:

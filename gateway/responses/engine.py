@@ -1,8 +1,9 @@
 """The Responses engine: one turn of a conversation over any upstream.
 
-``prepare`` validates the request, rebuilds the conversation from the store and builds the response shell;
-``complete`` answers whole; ``open_stream`` opens the upstream (refusals raise here, before any event, so the
-route can answer with a plain error status) and returns the event source. Chat-only upstreams are translated
+``prepare`` rebuilds the conversation from the store and builds the response shell (the routes validate the
+request before the policy chain runs, so that a refused request consumes no Idempotency-Key); ``complete``
+answers whole; ``open_stream`` opens the upstream (refusals raise here, before any event, so the route can
+answer with a plain error status) and returns the event source. Chat-only upstreams are translated
 both ways (``translate``, ``events``); deployments with ``api: responses`` are spoken to natively, with the
 conversation inlined (the gateway owns the state, the upstream stores nothing).
 """
@@ -26,7 +27,6 @@ from gateway.responses.ids import new_response_id
 from gateway.responses.inputs import normalize_input
 from gateway.responses.records import ResponseRecords
 from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
-from gateway.responses.validate import validate_create
 from gateway.sse import iter_sse_batches
 from gateway.upstream import credential, upstream_json
 
@@ -87,8 +87,8 @@ class ResponsesEngine:
         self.inflight = inflight
 
     async def prepare(self, ctx: RequestContext) -> Turn:
+        """The turn of a request already validated (``validate_create``, before the policy chain)."""
         request = ctx.body
-        validate_create(request)
         model = self.resolve_model(ctx)
         history: list[JSON] = []
         chain: list[str] = []
@@ -96,7 +96,8 @@ class ResponsesEngine:
         if previous:
             history, chain = await self.records.history(previous, ctx.tenant_id, ctx.space_id)
         stored, upstream = normalize_input(request["input"], request.get("x_context", request.get("context")))
-        shell = response_shell(request, response_id=new_response_id(), created_at=int(time.time()), model=model.alias)
+        response_id = ctx.answer_log.id if ctx.answer_log is not None else new_response_id()  # named before the chain
+        shell = response_shell(request, response_id=response_id, created_at=int(time.time()), model=model.alias)
         return Turn(ctx, request, model, shell, stored, upstream, history, chain)
 
     def _chat_body(self, turn: Turn, stream: bool) -> JSON:

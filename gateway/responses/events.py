@@ -25,6 +25,7 @@ from gateway.responses.translate import (
 )
 
 JSON = dict[str, Any]
+TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")  # the last event of a stream
 
 
 class _Part:
@@ -171,6 +172,60 @@ class ChatStreamToEvents:
         events.append(self._event("response.failed", response=self.response))
         return events
 
+    def replay(self, response: JSON) -> list[JSON]:
+        """The events a stream of the finished ``response`` would have carried, built as a live stream's are:
+        created and in_progress, then per output item its added, content part, delta and done events (one delta
+        per part, holding its whole text), then the terminal event carrying ``response`` itself. The machine's
+        shell is the response as it started (``status: in_progress``). A cancelled response has no terminal
+        event, as its live stream had none; output items of other types are announced added and done as stored.
+        """
+        events = self.start()
+        for stored in response.get("output") or []:
+            if isinstance(stored, dict):
+                self._replay_item(stored, events)
+        self._done = True
+        status = response.get("status")
+        if f"response.{status}" in TERMINAL_EVENTS:
+            events.append(self._event(f"response.{status}", response=response))
+        return events
+
+    def _replay_item(self, stored: JSON, events: list[JSON]) -> None:
+        kind, item_id = stored.get("type"), str(stored.get("id") or "")
+        if kind == "function_call":
+            call, fn = {"id": stored.get("call_id")}, {"name": stored.get("name")}
+            item = self._calls[0] = self._open("function_call", item_id, events, call, fn)
+            self._tool_delta(0, {"index": 0, "function": {"arguments": stored.get("arguments") or ""}}, events)
+        elif kind in ("message", "reasoning"):
+            item = self._open(kind, item_id, events)
+            for part in stored.get("content") or []:
+                self._replay_part(item, part if isinstance(part, dict) else {}, events)
+        else:  # a kind this machine does not stream: announced as stored
+            item = _Item(str(kind), item_id, len(self._items))
+            item.status = "completed"
+            self._items.append(item)
+            events.append(self._event("response.output_item.added", output_index=item.index, item=stored))
+            events.append(self._event("response.output_item.done", output_index=item.index, item=stored))
+            return
+        self._close(item, "incomplete" if stored.get("status") == "incomplete" else "completed", events)
+        self._message = self._reasoning = None
+        self._calls.clear()
+
+    def _replay_part(self, item: _Item, part: JSON, events: list[JSON]) -> None:
+        kind = "reasoning_text" if item.kind == "reasoning" else part.get("type")
+        if kind not in ("reasoning_text", "output_text", "refusal"):
+            return
+        text = part.get("refusal" if kind == "refusal" else "text")
+        if kind != "reasoning_text" or not item.parts:  # the machine streams reasoning as one part
+            self._open_part(item, kind, events)
+        if not isinstance(text, str) or not text:
+            return
+        if kind == "reasoning_text":
+            self._reasoning = item
+            self._reasoning_delta(text, events)
+        else:
+            self._message = item
+            self._text_delta(kind, text, [], events)
+
     # --- deltas ---
 
     def _event(self, kind: str, **fields: Any) -> JSON:
@@ -311,6 +366,11 @@ class ChatStreamToEvents:
         if part.kind == "refusal":
             return self._event("response.refusal.done", **where, refusal=part.text())
         return self._event("response.reasoning_text.done", **where, text=part.text())
+
+
+def events_of(response: JSON) -> list[JSON]:
+    """The event sequence of a finished response that was not streamed (``ChatStreamToEvents.replay``)."""
+    return ChatStreamToEvents({**response, "status": "in_progress"}).replay(response)
 
 
 def _where(item: _Item, content_index: int | None = None) -> JSON:

@@ -11,6 +11,7 @@ from config.deployments import Deployment
 from gateway.disconnect import aclose
 from gateway.errors import ShuttingDown, UpstreamError, redact_secret_bytes
 from gateway.inflight import InFlight
+from gateway.responses.events import TERMINAL_EVENTS
 from gateway.sse import iter_sse_batches
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ _GATEWAY_ONLY = (
     "metadata",
 )
 _ERROR_EVENTS = frozenset({"error", "response.failed"})
-_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _UPSTREAM_FIELDS = ("output", "usage", "status", "incomplete_details", "error", "completed_at")
 
 
@@ -86,7 +86,7 @@ async def relay_events(
                         if isinstance(event.get("response"), dict):
                             latest = merge_response(shell, event["response"])
                             event = {**event, "response": latest}
-                        terminal = event.get("type") in _TERMINAL_EVENTS
+                        terminal = event.get("type") in TERMINAL_EVENTS
                         out.append({**event, "sequence_number": sequence})
                         sequence += 1
                     yield out

@@ -115,6 +115,10 @@ class ResponseRecords:
         """Stored SSE frames with sequence_number > ``after``."""
         return await self.store.read_log(_events_key(response_id), after + 1)
 
+    async def logged(self, response_id: str) -> bool:
+        """Whether the response has an event log (it was streamed, and its log kept)."""
+        return bool(await self.store.read_log(_events_key(response_id), 0, 0))
+
 
 def _key(response_id: str) -> str:
     return f"resp:{response_id}"

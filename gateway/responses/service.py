@@ -9,20 +9,23 @@ A background response answers at once (``queued``) and then runs in the same tas
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.types import Receive, Send
 
-from gateway.context import RequestContext
-from gateway.disconnect import cancel_on_disconnect
+from gateway.context import AnswerLog, RequestContext
+from gateway.disconnect import cancel_on_disconnect, until_disconnect
 from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.inflight import InFlight
 from gateway.pricing import PriceBook
 from gateway.responses.engine import Events, ResponsesEngine, Turn, usage_of
+from gateway.responses.events import TERMINAL_EVENTS, events_of
+from gateway.responses.ids import new_response_id
 from gateway.responses.live import LiveStream, LiveStreams
 from gateway.responses.records import TERMINAL, ResponseRecords, StoredResponse
+from gateway.responses.validate import validate_create
 from gateway.sse import format_sse, responses_error_event
 
 JSON = dict[str, Any]
@@ -50,6 +53,20 @@ class ResponsesService:
         self.instance = os.urandom(8).hex()
 
     # --- create -------------------------------------------------------------------------------------------
+    def admit(self, ctx: RequestContext, receive: Receive) -> None:
+        """Before the policy chain: validate the request (so a refused one consumes no Idempotency-Key) and
+        name a stream's response, whose event log a retry in flight can then follow (``ctx.answer_log``,
+        until that retry's client goes away)."""
+        validate_create(ctx.body)
+        ctx.stream = ctx.body.get("stream") is True
+        if ctx.stream:
+
+            async def follow(response_id: str, after: int) -> AsyncIterator[bytes] | None:
+                frames = await self.follow(ctx, response_id, after)
+                return None if frames is None else until_disconnect(frames, receive)
+
+            ctx.answer_log = AnswerLog(new_response_id(), follow)
+
     async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
         turn = await self.engine.prepare(ctx)
         record = StoredResponse(
@@ -79,23 +96,41 @@ class ResponsesService:
         events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
         live = self.live.open(turn.id, self.records, persist=self._stored(turn) and not turn.ctx.redactors)
         self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
-        if self._stored(turn):  # retrievable (and resumable) while it runs
-            record.owner = self.instance
-            await self.records.save(record)
-        turn.ctx.status_code = 200
-        await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
+        try:
+            if self._stored(turn):  # retrievable (and resumable) while it runs
+                record.owner = self.instance
+                await self.records.save(record)
+            turn.ctx.status_code = 200
+            await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
+            tail = await self._run_stream(turn, record, events, live, send, receive)
+            if tail is not None:  # the end of the answer goes out once the record and the log are final
+                await send({"type": "http.response.body", "body": tail, "more_body": False})
+        finally:
+            self.jobs.pop(turn.id, None)  # (already gone unless the start failed)
+            self.live.forget(turn.id)
+
+    async def _run_stream(
+        self,
+        turn: Turn,
+        record: StoredResponse,
+        events: Events,
+        live: LiveStream,
+        send: Send,
+        receive: Receive,
+    ) -> bytes | None:
+        """Pump the events and end the response; returns the answer's last message (the frames from the terminal
+        event on), or None when the client is gone."""
+        tail: bytes | None = None
         try:
             async with cancel_on_disconnect(receive, turn.ctx) as finished:
-                await self._relay(turn, events, live, send)
+                tail = await self._relay(turn, events, live, send)
                 finished.set()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if turn.id not in self.cancelling:  # the gateway is stopping
                 turn.ctx.outcome = "interrupted"
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            turn.ctx.outcome = "cancelled"
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            turn.ctx.outcome, tail = "cancelled", b""
         finally:
             final = live.latest or turn.shell
             if turn.ctx.outcome in ("disconnected", "cancelled"):
@@ -104,31 +139,47 @@ class ResponsesService:
                 final = {**final, "status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
             self.jobs.pop(turn.id, None)
             self.cancelling.discard(turn.id)
+            await live.close()  # the whole log is stored before the record says the response ended
             await self._finish(turn, record, final)
-            await live.close()
-            self.live.forget(turn.id)
+        return tail
 
-    async def _relay(self, turn: Turn, events: Events, live: LiveStream, send: Send | None) -> None:
-        """Publish every event; a shutdown ends the stream with ``response.failed``: the source's own (with the
-        partial output) when it is still open, else one built on the latest response."""
+    async def _relay(self, turn: Turn, events: Events, live: LiveStream, send: Send | None) -> bytes:
+        """Publish every event (``_publish``); returns the frames from the terminal event on, unsent: the caller
+        sends them as the answer's last message once the response is recorded as ended. A shutdown ends the
+        stream with ``response.failed``: the source's own (with the partial output) when it is still open, else
+        one built on the latest response."""
+        held: list[bytes] | None = None
         try:
             with self.inflight.interruptible():
                 async for batch in events:
-                    await self._publish(batch, live, send)
+                    held = await self._publish(turn.ctx, batch, live, send, held)
         except ShuttingDown as exc:  # cut while publishing or sending: the source is at a yield, or ended
-            await self._publish(await _stopped(events, exc) or _failed(live, turn.shell, exc.message), live, send)
+            stopped = await _stopped(events, exc) or _failed(live, turn.shell, exc.message)
+            held = await self._publish(turn.ctx, stopped, live, send, held)
         if self.inflight.interrupted():
             turn.ctx.outcome = "interrupted"
+        return b"".join(held or ())
 
-    async def _publish(self, batch: list[JSON], live: LiveStream, send: Send | None) -> None:
-        """One batch to the live log (``live.latest`` tracks the response) and to the client, in one write."""
+    async def _publish(
+        self, ctx: RequestContext, batch: list[JSON], live: LiveStream, send: Send | None, held: list[bytes] | None
+    ) -> list[bytes] | None:
+        """One batch to the live log (``live.latest`` tracks the response) and to the client, in one write; from
+        the terminal event on, the frames are added to ``held`` (returned) instead of sent. A stream that ended
+        in ``response.failed`` is the upstream's failure (``ctx.outcome``)."""
         frames = [format_sse(event) for event in batch]
         for event in batch:
             if "response" in event:
                 live.latest = event["response"]
+                if event["type"] in TERMINAL_EVENTS and held is None:
+                    held = []
+                    if event["type"] == "response.failed" and ctx.outcome == "pending":
+                        ctx.outcome = "upstream_error"
         await live.publish(frames)
-        if send is not None:
+        if held is not None:
+            held.extend(frames)
+        elif send is not None:
             await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        return held
 
     async def _background(self, turn: Turn, record: StoredResponse, send: Send, render: Render) -> None:
         record.response = {**turn.shell, "status": "queued", "background": True}
@@ -144,13 +195,14 @@ class ResponsesService:
             await send_bytes(send, 200, turn.ctx.answer_headers(JSON_HEADERS), json_bytes(render(record)))
             send = None  # type: ignore[assignment]
         failure: JSON | None = None
+        tail = b""
         watcher = asyncio.ensure_future(self._watch_cancel(turn.id))
         try:
             with self.inflight.interruptible():
                 record.response = {**record.response, "status": "in_progress"}
                 await self.records.save(record)
                 events = await self.engine.open_stream(turn)
-            await self._relay(turn, events, live, send)
+            tail = await self._relay(turn, events, live, send)
         except asyncio.CancelledError:
             if turn.id not in self.cancelling:  # the gateway is stopping
                 failure = {"status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
@@ -161,16 +213,19 @@ class ResponsesService:
             failure = {"status": "failed", "error": {"code": "server_error", "message": exc.message}}
             turn.ctx.outcome = "interrupted" if isinstance(exc, ShuttingDown) else "upstream_error"
             turn.ctx.error = exc
-            await self._publish(_failed(live, record.response, exc.message), live, send)  # followers see it end
+            failed = _failed(live, record.response, exc.message)  # followers see it end; the client last
+            tail = b"".join(await self._publish(turn.ctx, failed, live, send, None) or ())
         finally:
             watcher.cancel()
             self.cancelling.discard(turn.id)
-            await self._finish(turn, record, {**(live.latest or record.response), **(failure or {})})
-            await live.close()
-            self.live.forget(turn.id)
-            self.jobs.pop(turn.id, None)
-            if send is not None:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            try:
+                await live.close()
+                await self._finish(turn, record, {**(live.latest or record.response), **(failure or {})})
+                self.jobs.pop(turn.id, None)
+                if send is not None:
+                    await send({"type": "http.response.body", "body": tail, "more_body": False})
+            finally:
+                self.live.forget(turn.id)
 
     async def _watch_cancel(self, response_id: str) -> None:
         """A cancel asked through another replica reaches the job here."""
@@ -228,30 +283,47 @@ class ResponsesService:
             await self.records.store.set(f"instance:{self.instance}", b"1", self.heartbeat_seconds * 3)
             await asyncio.sleep(self.heartbeat_seconds)
 
-    async def replay(self, record: StoredResponse, after: int, send: Send) -> None:
-        """SSE frames after sequence number ``after``: from the live stream here, else from the stored log,
-        following it until the response ends. A shutdown cuts it with an ``error`` event (the response itself
-        goes on, resumable from another replica)."""
+    async def replay(self, record: StoredResponse, after: int, send: Send, receive: Receive) -> None:
+        """SSE frames after sequence number ``after`` (``frames``), as an event stream, while the client stays.
+        A shutdown cuts it with an ``error`` event (the response itself goes on, resumable from another
+        replica)."""
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         try:
             with self.inflight.interruptible():
-                live = self.live.get(record.id)
-                if live is not None:
-                    async for frame in live.follow(after):
-                        await send({"type": "http.response.body", "body": frame, "more_body": True})
-                else:
-                    await self._replay_stored(record, after, send)
+                async for frame in until_disconnect(self.frames(record, after), receive):
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
         except ShuttingDown as exc:
             frame = responses_error_event(exc.message, exc.code)
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _replay_stored(self, record: StoredResponse, after: int, send: Send) -> None:
+    async def follow(self, ctx: RequestContext, response_id: str, after: int) -> AsyncIterator[bytes] | None:
+        """The frames of a response of the caller's space after ``after``, following it to its end; None when
+        it is neither running here nor stored (not started yet, or ``store: false`` on another replica)."""
+        live = self.live.get(response_id)
+        if live is not None:
+            return live.follow(after)
+        record = await self.records.load(response_id, ctx.tenant_id, ctx.space_id)
+        return None if record is None else self._stored_frames(record, after)
+
+    def frames(self, record: StoredResponse, after: int) -> AsyncIterator[bytes]:
+        """SSE frames after sequence number ``after``: from the live stream here, else from the stored log,
+        following it until the response ends."""
+        live = self.live.get(record.id)
+        return live.follow(after) if live is not None else self._stored_frames(record, after)
+
+    async def _stored_frames(self, record: StoredResponse, after: int) -> AsyncIterator[bytes]:
+        """The stored log after ``after``, polled until the response ends. A finished response without a log
+        (created without streaming, or with its log not kept) gives the events its stream would have carried."""
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline:
             frames = await self.records.events(record.id, after)
+            if not frames and record.terminal and (after < 0 or not await self.records.logged(record.id)):
+                for event in events_of(record.response)[after + 1 :]:
+                    yield format_sse(event)
+                return
             for frame in frames:
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+                yield frame
             after += len(frames)
             if record.terminal:
                 return

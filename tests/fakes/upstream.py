@@ -18,12 +18,15 @@
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
 ``length``        a completion cut by the output token limit (``finish_reason: length``)
 ``pieces-<n>``    echoes the last user message; streamed in pieces of n characters (splits inside words)
+``gate-<name>``   streams like ``ok``, but after its first chunk waits until the test opens the gate
+                  (``close_gate(model)`` before the request, ``open_gate(model)`` to let it finish)
 
 ``POST /v1/messages`` speaks Anthropic's Messages API (whole and streamed) for the litellm bridge, and
 ``POST /v1/responses`` OpenAI's Responses API (for ``api: responses`` deployments).
 """
 
 import asyncio
+import threading
 from typing import Any
 
 import orjson
@@ -77,6 +80,13 @@ class Upstream:
         self.headers: list[dict[str, str]] = []
         self.disconnects = 0
         self.counts: dict[str, int] = {}
+        self.gates: dict[str, threading.Event] = {}
+
+    def close_gate(self, model: str) -> None:
+        self.gates[model] = threading.Event()
+
+    def open_gate(self, model: str) -> None:
+        self.gates.setdefault(model, threading.Event()).set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         raw = b""
@@ -179,6 +189,11 @@ class Upstream:
         else:
             await self._answer(send, 200, orjson.dumps(COMPLETION), json_h)
 
+    async def _gate(self, model: str) -> None:
+        gate = self.gates.get(model)
+        if gate is not None:
+            await asyncio.to_thread(gate.wait, 30)  # bounded: a test that never opens it fails, not hangs
+
     async def _stream(self, model: str, body: dict[str, Any], receive: Any, send: Any) -> None:
         if model.startswith(("status-", "oai-")) or model in ("hang", "text-503", "echo-auth"):
             await self._whole(model, receive, send)
@@ -212,6 +227,7 @@ class Upstream:
             await self._wait_gone(receive)
             return
         await part(_chunk("one "))
+        await self._gate(model)
         await part(_chunk("two "))
         if model == "cut":
             await send({"type": "http.response.body", "body": b"", "more_body": False})

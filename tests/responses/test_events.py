@@ -11,7 +11,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from gateway.responses.events import ChatStreamToEvents, EventsToChatChunks
+from gateway.responses.events import ChatStreamToEvents, EventsToChatChunks, events_of
 from gateway.responses.translate import chat_to_response, response_shell, usage_to_chat
 from gateway.sse import format_sse
 from tests.responses import LLAMACPP, assert_subset, load, normalize_ids, read_json, read_sse, sdk_extras
@@ -124,6 +124,48 @@ def test_events_agree_with_the_final_response(case: dict[str, Any]) -> None:
         elif event["type"] == "response.refusal.done":
             assert texts[(event["item_id"], event["content_index"])] == event["refusal"]
     assert machine.feed(case["chunks"][0]) == machine.finish() == machine.fail("server_error", "late") == []
+
+
+def _per_item(events: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Each output item's event types, one delta per part (a live stream may interleave parallel calls)."""
+    items: dict[int, list[str]] = {}
+    for event in events[2:-1]:
+        kinds = items.setdefault(event["output_index"], [])
+        if not (event["type"].endswith(".delta") and kinds and kinds[-1] == event["type"]):
+            kinds.append(event["type"])
+    return items
+
+
+@pytest.mark.parametrize("case", [c for c in STREAMS if "fail" not in c], ids=lambda case: case["name"])
+def test_a_finished_response_replays_as_the_events_of_its_stream(case: dict[str, Any]) -> None:
+    """``events_of`` (a response created without streaming, replayed as a stream): the live stream's events,
+    one delta per part, from the stored response alone; its items and final response exactly as stored."""
+    _, live = run(case)
+    final = live[-1]["response"]
+    replayed = events_of(final)
+    assert _per_item(replayed) == _per_item(live)
+    assert [e["sequence_number"] for e in replayed] == list(range(len(replayed)))
+    assert_canonical_order(replayed)
+    for event in replayed:
+        assert sdk_extras(EVENT.validate_python(event)) == [], event["type"]
+    assert replayed[0]["response"] == {**live[0]["response"], "status": "in_progress"}
+    assert [e["item"] for e in replayed if e["type"] == "response.output_item.done"] == final["output"]
+    assert replayed[-1] == {**live[-1], "sequence_number": len(replayed) - 1}
+
+
+def test_a_replay_announces_items_it_cannot_stream_and_a_cancelled_one_ends_without_a_terminal_event() -> None:
+    search = {"id": "ws_1", "type": "web_search_call", "status": "completed", "action": {"type": "search"}}
+    message = {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant", "content": []}
+    response = {**shell_for({"model": "m"}), "status": "cancelled", "output": [search, message]}
+    types = [(e["type"], e.get("item", {}).get("id")) for e in events_of(response)]
+    assert types == [
+        ("response.created", None),
+        ("response.in_progress", None),
+        ("response.output_item.added", "ws_1"),
+        ("response.output_item.done", "ws_1"),
+        ("response.output_item.added", "msg_1"),
+        ("response.output_item.done", "msg_1"),
+    ]
 
 
 def test_start_is_implied_and_a_queued_shell_is_created_queued() -> None:
