@@ -58,14 +58,12 @@ async def until_disconnect(frames: AsyncIterator[bytes], receive: Receive) -> As
     """``frames`` until the client goes away: a follower of a stream (a replay, a retry attached to a stream in
     flight) whose client left stops reading the log at once, instead of when the stream ends."""
     gone = asyncio.ensure_future(_disconnected(receive))
+    step: asyncio.Future[bytes] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(frames))
             await asyncio.wait((step, gone), return_when=asyncio.FIRST_COMPLETED)
             if not step.done():  # the client left while the stream had nothing new
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
                 return
             try:
                 frame = step.result()
@@ -74,6 +72,10 @@ async def until_disconnect(frames: AsyncIterator[bytes], receive: Receive) -> As
             yield frame
     finally:
         gone.cancel()
+        if step is not None and not step.done():  # the client left, or this task was stopped (a shutdown)
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await step  # the read must have ended before the source can be closed
         await aclose(frames)
 
 
