@@ -17,6 +17,7 @@ from gateway.http import SSE_HEADERS, send_bytes
 from gateway.inflight import InFlight
 from gateway.runtime import Gateway
 from gateway.sse import ChatStreamWatcher, error_event
+from gateway.targets import target_model
 from gateway.upstream import credential, upstream_json
 
 
@@ -32,7 +33,7 @@ def upstream_body(ctx: RequestContext) -> dict[str, Any]:
 
 async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive) -> None:
     """One non-streaming completion, answered with the upstream's bytes."""
-    model = gw.resolve_model(ctx)
+    model = target_model(ctx)
     async with cancel_on_disconnect(receive, ctx) as finished:
         deployment, data = await gw.dispatcher.chat(model, upstream_body(ctx))
         answer = upstream_json(data)
@@ -48,7 +49,7 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
 async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive) -> None:
     """One streamed completion. Failures before the first upstream chunk (after retries and fallbacks) raise
     a normal error answer; failures after it end the stream with an error event and no ``[DONE]``."""
-    model = gw.resolve_model(ctx)
+    model = target_model(ctx)
     wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
     async with cancel_on_disconnect(receive, ctx) as finished:
         deployment, (upstream, chunks, first) = await gw.dispatcher.stream(model, upstream_body(ctx))

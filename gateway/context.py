@@ -59,7 +59,8 @@ class AnswerLog:
 
 @dataclass(slots=True)
 class RequestContext:
-    """One request. Policies read and change it; the pipeline fills ``model``, ``usage`` and ``outcome``.
+    """One request. Policies read and change it; the resolver sets ``alias`` and ``model`` before the policy
+    chain runs (``gateway.targets``), the call fills ``usage`` and ``outcome``.
 
     ``outcome`` is ``pending`` until the end, then one of ``ok``, ``replayed``, ``rejected`` (a policy or
     validation said no), ``upstream_error``, ``disconnected`` (the client went away), ``interrupted`` (the
@@ -76,7 +77,8 @@ class RequestContext:
     headers: dict[bytes, bytes]
     stream: bool = False
     native: bool = False  # answers in the native (FastAPI-style) shapes
-    model: TenantModel | None = None
+    alias: str = ""  # the model name the request runs on: the body's, or the space default (gateway.targets)
+    model: TenantModel | None = None  # the tenant's model of that name (None: the tenant has none)
     usage: Usage | None = None
     cost_micros: int = 0  # what ``usage`` cost, in micro-dollars (set with usage)
     prices: "PriceBook | None" = None  # the runtime's price book (to price estimates, e.g. budgets)
@@ -104,6 +106,12 @@ class RequestContext:
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""
         return [*base, (b"x-request-id", self.request_id.encode("latin-1")), *self.response_headers]
+
+    @property
+    def alias_shown(self) -> str:
+        """``alias`` as an error message may repeat it: a caller's text, so bounded."""
+        alias = self.alias
+        return alias if len(alias) <= 100 else alias[:100] + "…"
 
     def header(self, name: str) -> str | None:
         """A request header by lower-case name, decoded as latin-1 (HTTP's own charset)."""

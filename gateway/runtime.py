@@ -13,14 +13,12 @@ import aiohttp
 from starlette.types import Send
 
 from config import Catalogue, Settings
-from config.catalog import TenantModel
 from config.deployments import Timeouts
 from gateway.audit import AuditLog
 from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
 from gateway.context import RequestContext
 from gateway.dispatch import Dispatcher
-from gateway.errors import InvalidRequest, NotFound
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
@@ -32,6 +30,7 @@ from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
 from gateway.spend import SpendCounters
 from gateway.store import open_store
+from gateway.targets import resolve_target
 from gateway.upstream import make_session
 
 
@@ -62,7 +61,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
-        engine = ResponsesEngine(self.dispatcher, records, self.resolve_model, self.inflight)
+        engine = ResponsesEngine(self.dispatcher, records, self.inflight)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, settings.heartbeat_seconds)
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -117,24 +116,15 @@ class Gateway:
         )
 
     async def run_chain(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
-        """The space's policy chain around ``call``, tracked so that a shutdown can stop it cleanly: only
-        ``call`` (the upstream work) is interruptible, never a policy's store round trip."""
+        """The request's target resolved (``gateway.targets``), then the space's policy chain around ``call``,
+        tracked so that a shutdown can stop it cleanly: only ``call`` (the upstream work) is interruptible, never a
+        policy's store round trip."""
         inflight = self.inflight
 
         async def interruptible(out: Send) -> None:
             with inflight.interruptible():
                 await call(out)
 
+        resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
         with inflight.track():
             await self.chains[ctx.space_id].run(ctx, send, interruptible)
-
-    def resolve_model(self, ctx: RequestContext) -> TenantModel:
-        """The request's tenant model: as a policy resolved it, else by name."""
-        if ctx.model is None:
-            alias = ctx.body.get("model")
-            if not isinstance(alias, str):
-                raise InvalidRequest("'model' is required.", param="model")
-            ctx.model = self.catalog.tenant_model(ctx.principal.tenant, alias)
-            if ctx.model is None:
-                raise NotFound(f"The model '{alias}' does not exist.", code="model_not_found", param="model")
-        return ctx.model

@@ -4,7 +4,6 @@ import logging
 from typing import Any, Literal, NoReturn
 
 from gateway import (
-    InvalidRequest,
     PermissionDenied,
     Policy,
     PolicyParams,
@@ -18,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class AllowList(Policy):
-    """Resolves ``ctx.model`` from the request's alias (or the space default) and refuses anything not allowed.
+    """Refuses the request's model (``ctx.model``, resolved before the chain from the body's name or the space
+    default) unless it is allowed in the space; a name the tenant does not know is refused the same way.
 
     The check reads the space's allowed models in the store, as a step of the chain's one round trip. The
     refusal is a 403 listing the allowed aliases; the upstream is never called.
@@ -37,17 +37,9 @@ class AllowList(Policy):
     params: Params
 
     async def before(self, ctx: RequestContext) -> Reply | StoreStep | None:
-        alias = ctx.body.get("model")
-        if alias is None:
-            alias = ctx.space.default_model
-            if alias is None:
-                raise InvalidRequest("'model' is required: this space has no default model.", param="model")
-        if not isinstance(alias, str):  # before the catalogue lookup: a list or object there would crash it
-            raise InvalidRequest("'model' must be a string.", param="model", kind="type_error")
-        model = ctx.catalog.tenant_model(ctx.principal.tenant, alias)
+        model = ctx.model  # resolved before the chain (gateway.targets): the name, or the space default
         if model is None:
-            await self.refuse(ctx, alias)
-        ctx.model = model  # later policies (budgets) price the request with it; the step below may still refuse
+            await self.refuse(ctx)
         script, keys, args = ctx.catalog.allowed_call(ctx.space_id, model)
         mode = self.params.on_store_error
         unavailable = None if mode == "closed" else self.from_catalogue
@@ -56,28 +48,27 @@ class AllowList(Policy):
     async def checked(self, ctx: RequestContext, allowed: Any) -> None:
         if not allowed:
             ctx.model = None
-            await self.refuse(ctx, ctx.body.get("model") or ctx.space.default_model)
+            await self.refuse(ctx)
 
     def from_catalogue(self, ctx: RequestContext, error: StoreUnavailable) -> None:
         """The store is unreachable and the chain fails open: the catalogue's list for the space decides."""
         assert ctx.model is not None  # set in before
         if not ctx.catalog.in_catalogue(ctx.space_id, ctx.model):
             ctx.model = None
-            alias = ctx.body.get("model") or ctx.space.default_model
-            raise refusal(ctx, alias, ctx.catalog.catalogue_aliases(ctx.space_id))
+            raise refusal(ctx, ctx.catalog.catalogue_aliases(ctx.space_id))
         log.warning("allow_list decided from the catalogue for request %s: the store is unreachable", ctx.request_id)
 
-    async def refuse(self, ctx: RequestContext, alias: Any) -> NoReturn:
+    async def refuse(self, ctx: RequestContext) -> NoReturn:
         try:
             allowed = [a.model.alias for a in await ctx.catalog.allowed_models(ctx.principal.tenant, ctx.space)]
         except StoreUnavailable:  # the refusal stands without the store; only its list comes from the YAML
             allowed = ctx.catalog.catalogue_aliases(ctx.space_id)
-        raise refusal(ctx, alias, allowed)
+        raise refusal(ctx, allowed)
 
 
-def refusal(ctx: RequestContext, alias: Any, allowed: list[str]) -> PermissionDenied:
+def refusal(ctx: RequestContext, allowed: list[str]) -> PermissionDenied:
     return PermissionDenied(
-        f"Model '{alias}' is not allowed in space '{ctx.space.name or ctx.space.id}'. "
+        f"Model '{ctx.alias_shown}' is not allowed in space '{ctx.space.name or ctx.space.id}'. "
         f"Allowed models: {', '.join(allowed) or '(none)'}.",
         code="model_not_allowed",
         param="model",

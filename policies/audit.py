@@ -48,9 +48,8 @@ class Audit(Policy):
 
     def _fields(self, ctx: RequestContext) -> dict[str, Any]:
         error = ctx.error
-        alias = ctx.model.alias if ctx.model is not None else ctx.body.get("model")
         fields: dict[str, Any] = {
-            "model": alias[:200] if isinstance(alias, str) else None,
+            "model": ctx.alias[:200] or None,  # the name asked for (or the space default), as resolved
             "status": ctx.status_code,
             "error": {
                 "code": error.code if isinstance(error, GatewayError) else None,

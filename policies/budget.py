@@ -277,11 +277,7 @@ class Budget(Policy):
 
     def worst_case(self, ctx: RequestContext) -> int:
         """The most this request can cost: a prompt estimate plus every output token it may produce."""
-        model = ctx.model
-        if model is None:
-            alias = ctx.body.get("model")
-            alias = alias if isinstance(alias, str) else ctx.space.default_model
-            model = ctx.catalog.tenant_model(ctx.principal.tenant, alias) if alias else None
+        model = ctx.model  # resolved before the chain (gateway.targets)
         if model is None or ctx.prices is None:
             return 0
         body = ctx.body

@@ -9,7 +9,7 @@ conversation inlined (the gateway owns the state, the upstream stores nothing).
 """
 
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from gateway.responses.inputs import normalize_input
 from gateway.responses.records import ResponseRecords
 from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
 from gateway.sse import iter_sse_batches
+from gateway.targets import target_model
 from gateway.upstream import credential, upstream_json
 
 JSON = dict[str, Any]
@@ -78,18 +79,16 @@ class ResponsesEngine:
         self,
         dispatcher: Dispatcher,
         records: ResponseRecords,
-        resolve_model: Callable[[RequestContext], TenantModel],
         inflight: InFlight,
     ) -> None:
         self.dispatcher = dispatcher
         self.records = records
-        self.resolve_model = resolve_model
         self.inflight = inflight
 
     async def prepare(self, ctx: RequestContext) -> Turn:
         """The turn of a request already validated (``validate_create``, before the policy chain)."""
         request = ctx.body
-        model = self.resolve_model(ctx)
+        model = target_model(ctx)
         history: list[JSON] = []
         chain: list[str] = []
         previous = request.get("previous_response_id")
