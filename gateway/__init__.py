@@ -1,7 +1,7 @@
 """The gateway's extension API: what policy and provider authors may import. Cheap to import."""
 
 from gateway.audit import AuditLog
-from gateway.context import Reply, RequestContext, Usage
+from gateway.context import Reply, RequestContext, Surface, Usage
 from gateway.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -53,6 +53,7 @@ __all__ = [
     "Store",
     "StoreStep",
     "StoreUnavailable",
+    "Surface",
     "Unprocessable",
     "Usage",
     "UpstreamError",

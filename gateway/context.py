@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from config.catalog import Space, TenantModel
@@ -33,6 +34,22 @@ class Usage:
             cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
             reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
         )
+
+
+class Surface(Enum):
+    """What the caller speaks, set by its route: the API its answers follow (``api``) and whether they come in the
+    native shapes (``{"data": …}`` envelopes, FastAPI-style errors) or OpenAI's (``native``). Rendering and
+    policies read it; nothing learns it from the answer's bytes or the request's path."""
+
+    CHAT = ("chat", False)  # POST /v1/chat/completions
+    RESPONSES = ("responses", False)  # /v1/responses
+    MODELS = ("models", False)  # /v1/models
+    NATIVE = ("admin", True)  # the native /v1/spaces/{id}/… routes but responses
+    NATIVE_RESPONSES = ("responses", True)  # /v1/spaces/{id}/responses
+
+    def __init__(self, api: str, native: bool) -> None:
+        self.api = api
+        self.native = native
 
 
 @dataclass(slots=True)
@@ -76,7 +93,7 @@ class RequestContext:
     body: dict[str, Any]
     headers: dict[bytes, bytes]
     stream: bool = False
-    native: bool = False  # answers in the native (FastAPI-style) shapes
+    surface: Surface = Surface.CHAT  # what the caller speaks (its route says)
     alias: str = ""  # the model name the request runs on: the body's, or the space default (gateway.targets)
     model: TenantModel | None = None  # the tenant's model of that name (None: the tenant has none)
     usage: Usage | None = None
@@ -106,6 +123,11 @@ class RequestContext:
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""
         return [*base, (b"x-request-id", self.request_id.encode("latin-1")), *self.response_headers]
+
+    @property
+    def native(self) -> bool:
+        """Whether answers and errors take the native shapes (``surface.native``)."""
+        return self.surface.native
 
     @property
     def alias_shown(self) -> str:

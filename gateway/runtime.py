@@ -17,7 +17,7 @@ from config.deployments import Timeouts
 from gateway.audit import AuditLog
 from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
-from gateway.context import RequestContext
+from gateway.context import RequestContext, Surface
 from gateway.dispatch import Dispatcher
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
@@ -93,7 +93,12 @@ class Gateway:
         await self.store.close()
 
     def context(
-        self, headers: dict[bytes, bytes], route: str, body: dict[str, Any], space_id: str | None = None
+        self,
+        headers: dict[bytes, bytes],
+        route: str,
+        body: dict[str, Any],
+        surface: Surface,
+        space_id: str | None = None,
     ) -> RequestContext:
         """Authenticate the caller and pick the space: the one named by the route, else ``OpenAI-Project`` /
         ``X-Space-Id``, else the key's default."""
@@ -113,6 +118,7 @@ class Gateway:
             body=body,
             headers=headers,
             prices=self.prices,
+            surface=surface,
         )
 
     async def run_chain(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:

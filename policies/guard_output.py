@@ -27,9 +27,10 @@ def found_reason(finding: Finding) -> str:
     return f"the output contains {finding.label}"
 
 
-def _text_slots(data: JSON) -> list[tuple[JSON, str]]:
-    """Where a whole answer keeps its text: Chat message contents, Responses output text parts."""
-    body = data["data"] if isinstance(data.get("data"), dict) else data
+def _text_slots(data: JSON, native: bool) -> list[tuple[JSON, str]]:
+    """Where a whole answer keeps its text: Chat message contents, Responses output text parts (inside the
+    ``{"data": …}`` envelope on native routes)."""
+    body = data["data"] if native and isinstance(data.get("data"), dict) else data
     slots: list[tuple[JSON, str]] = []
     for choice in body.get("choices") or ():
         message = choice.get("message") if isinstance(choice, dict) else None
@@ -70,7 +71,7 @@ class OutputGuard:
         self.mode = "start"  # start | json | sse | pass | closed
         self.start: Message | None = None
         self.body = b""
-        self.chat = ctx.route.startswith("chat")
+        self.chat = ctx.surface.api == "chat"
         self.maskers: dict[Any, TailMasker] = {}
         self.template: JSON = {}  # the last Chat chunk, to carry text still held when a stream ends early
         self.pending: JSON | None = None  # Responses: the last text delta, sent once the next event shows up
@@ -118,7 +119,7 @@ class OutputGuard:
             data = None
         if isinstance(data, dict):
             changed = False
-            for holder, key in _text_slots(data):
+            for holder, key in _text_slots(data, self.ctx.native):
                 text = await self._check_whole(holder[key])
                 changed = changed or text != holder[key]
                 holder[key] = text

@@ -30,6 +30,7 @@ def test_exported_names():
             "Store",
             "StoreStep",
             "StoreUnavailable",
+            "Surface",
             "Unprocessable",
             "Usage",
             "UpstreamError",

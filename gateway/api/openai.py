@@ -11,6 +11,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import chat
 from gateway.call_options import refuse_call_options
 from gateway.catalog import AllowedModel
+from gateway.context import Surface
 from gateway.errors import InvalidRequest, NotFound
 from gateway.http import json_response, parse_json_object, read_body, request_headers
 from gateway.runtime import Gateway
@@ -60,7 +61,7 @@ class ChatCompletions:
         gw = self.gw
         headers = request_headers(scope)
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
-        ctx = gw.context(headers, "chat.completions", {})
+        ctx = gw.context(headers, "chat.completions", {}, Surface.CHAT)
         ctx.body = parse_json_object(raw)
         validate_chat_body(ctx.body)
         ctx.stream = ctx.body.get("stream") is True
@@ -82,7 +83,7 @@ def _model_object(entry: AllowedModel, owner: str) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     """Exactly the space's allowed models."""
     gw: Gateway = request.app.state.gateway
-    ctx = gw.context(dict(request.scope["headers"]), "models.list", {})
+    ctx = gw.context(dict(request.scope["headers"]), "models.list", {}, Surface.MODELS)
     entries = await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space)
     data = [_model_object(e, ctx.principal.tenant.name) for e in entries]
     return json_response({"object": "list", "data": data})
@@ -90,7 +91,7 @@ async def list_models(request: Request) -> Response:
 
 async def retrieve_model(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
-    ctx = gw.context(dict(request.scope["headers"]), "models.retrieve", {})
+    ctx = gw.context(dict(request.scope["headers"]), "models.retrieve", {}, Surface.MODELS)
     name = request.path_params["model"]
     for entry in await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space):
         if entry.model.alias == name:

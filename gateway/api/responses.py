@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.spaces import PAGE_LIMIT
+from gateway.context import Surface
 from gateway.errors import BadRequest, InvalidRequest, NotFound
 from gateway.http import json_response, parse_json_object, read_body, request_headers
 from gateway.responses.records import StoredResponse
@@ -30,7 +31,7 @@ class CreateResponse:
         gw = self.gw
         headers = request_headers(scope)
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
-        ctx = gw.context(headers, "responses.create", {})
+        ctx = gw.context(headers, "responses.create", {}, Surface.RESPONSES)
         ctx.body = parse_json_object(raw)
         gw.responses.admit(ctx, receive)
 
@@ -42,7 +43,7 @@ class CreateResponse:
 
 async def _record(request: Request) -> tuple[Gateway, StoredResponse]:
     gw: Gateway = request.app.state.gateway
-    ctx = gw.context(dict(request.scope["headers"]), "responses.read", {})
+    ctx = gw.context(dict(request.scope["headers"]), "responses.read", {}, Surface.RESPONSES)
     response_id = request.path_params["response_id"]
     record = await gw.responses.get(ctx, response_id)
     if record is None:

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.spaces import space_context
+from gateway.context import Surface
 from gateway.errors import NotFound, Unprocessable
 from gateway.http import json_response, parse_json_object, read_body
 from gateway.idempotency import parse_key
@@ -31,8 +32,7 @@ class CreateSpaceResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
-        ctx = space_context(gw, scope, "spaces.responses.create")
-        ctx.native = True
+        ctx = space_context(gw, scope, "spaces.responses.create", Surface.NATIVE_RESPONSES)
         ctx.body = parse_json_object(await read_body(receive, ctx.headers, gw.settings.max_body_bytes))
         gw.responses.admit(ctx, receive)
         header_key = parse_key(ctx.headers.get(b"idempotency-key"))
@@ -49,7 +49,7 @@ class CreateSpaceResponse:
 
 async def _record(request: Request, route: str) -> tuple[Gateway, StoredResponse]:
     gw: Gateway = request.app.state.gateway
-    ctx = space_context(gw, request.scope, route)
+    ctx = space_context(gw, request.scope, route, Surface.NATIVE_RESPONSES)
     response_id = request.path_params["response_id"]
     record = await gw.responses.get(ctx, response_id)
     if record is None:

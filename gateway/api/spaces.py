@@ -13,7 +13,7 @@ from starlette.types import Scope
 
 from config.catalog import Space
 from gateway.catalog import AllowedModel
-from gateway.context import Reply, RequestContext
+from gateway.context import Reply, RequestContext, Surface
 from gateway.errors import (
     JSON_HEADERS,
     BadRequest,
@@ -47,12 +47,12 @@ def validated(adapter: TypeAdapter[Any], raw: Any, loc: tuple[str, ...]) -> Any:
         raise InvalidRequest(err["msg"], loc=loc + tuple(err["loc"]), kind=err["type"], input=raw) from None
 
 
-def space_context(gw: Gateway, scope: Scope, route: str) -> RequestContext:
+def space_context(gw: Gateway, scope: Scope, route: str, surface: Surface = Surface.NATIVE) -> RequestContext:
     """401 for a bad key, 422 for a malformed space id, 404 for another tenant's space, 403 without rights."""
     headers = request_headers(scope)
     gw.catalog.authenticate(bearer_key(headers))
     space_id = validated(_UUID, scope["path_params"]["space_id"], ("path", "space_id"))
-    return gw.context(headers, route, {}, space_id=str(space_id))
+    return gw.context(headers, route, {}, surface, space_id=str(space_id))
 
 
 async def _space_context(request: Request, route: str, admin: bool = False) -> tuple[Gateway, RequestContext]:
