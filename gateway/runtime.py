@@ -22,6 +22,7 @@ from gateway.dispatch import Dispatcher
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
+from gateway.jobs import Jobs
 from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
@@ -62,7 +63,8 @@ class Gateway:
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
         engine = ResponsesEngine(self.dispatcher, records, self.inflight)
-        self.responses = ResponsesService(engine, records, self.prices, self.inflight, settings.heartbeat_seconds)
+        self.jobs = Jobs(self.store, settings.heartbeat_seconds)
+        self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs)
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -75,7 +77,7 @@ class Gateway:
         self.dispatcher.providers = build_providers(self.session, self.timeouts)
         await self.store.ping()
         await self.catalog.seed()
-        self._heartbeat = asyncio.ensure_future(self.responses.heartbeat())
+        self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
 
     async def stop(self) -> None:
         # requests still running end first (a stream with its error event), releasing what they hold while

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest
+from gateway.jobs import cancel_key
 from gateway.store import Store
 
 JSON = dict[str, Any]
@@ -81,14 +82,7 @@ class ResponseRecords:
         return _visible(raw, tenant_id, space_id)
 
     async def delete(self, response_id: str) -> None:
-        await self.store.delete(_key(response_id), _events_key(response_id), _cancel_key(response_id))
-
-    async def request_cancel(self, response_id: str) -> None:
-        """Ask whichever replica runs a background response to cancel it."""
-        await self.store.set(_cancel_key(response_id), b"1", 3600)
-
-    async def cancel_requested(self, response_id: str) -> bool:
-        return await self.store.get(_cancel_key(response_id)) is not None
+        await self.store.delete(_key(response_id), _events_key(response_id), cancel_key(response_id))
 
     async def history(self, previous_id: str, tenant_id: str, space_id: str) -> tuple[list[JSON], list[str]]:
         """The items of every turn up to and including ``previous_id`` and the new turn's ancestor chain.
@@ -126,10 +120,6 @@ def _key(response_id: str) -> str:
 
 def _events_key(response_id: str) -> str:
     return f"resp:{response_id}:events"
-
-
-def _cancel_key(response_id: str) -> str:
-    return f"cancel:{response_id}"
 
 
 def _visible(raw: bytes | None, tenant_id: str, space_id: str) -> StoredResponse | None:

@@ -7,7 +7,6 @@ A background response answers at once (``queued``) and then runs in the same tas
 """
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,6 +18,7 @@ from gateway.disconnect import cancel_on_disconnect, until_disconnect
 from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.inflight import InFlight
+from gateway.jobs import Jobs
 from gateway.pricing import PriceBook
 from gateway.responses.engine import Events, ResponsesEngine, Turn, usage_of
 from gateway.responses.events import TERMINAL_EVENTS, events_of
@@ -40,17 +40,14 @@ class ResponsesService:
         records: ResponseRecords,
         prices: PriceBook,
         inflight: InFlight,
-        heartbeat_seconds: float = 5.0,
+        jobs: Jobs,
     ) -> None:
         self.inflight = inflight
         self.prices = prices
-        self.heartbeat_seconds = heartbeat_seconds
         self.engine = engine
         self.records = records
         self.live = LiveStreams()
-        self.jobs: dict[str, asyncio.Task[Any]] = {}  # responses running in this process, by id
-        self.cancelling: set[str] = set()  # ids whose task was cancelled through the API
-        self.instance = os.urandom(8).hex()
+        self.jobs = jobs  # responses running here, cancels, owners' liveness
 
     # --- create -------------------------------------------------------------------------------------------
     def admit(self, ctx: RequestContext, receive: Receive) -> None:
@@ -95,10 +92,10 @@ class ResponsesService:
     async def _stream(self, turn: Turn, record: StoredResponse, send: Send, receive: Receive) -> None:
         events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
         live = self.live.open(turn.id, self.records, persist=self._stored(turn) and not turn.ctx.redactors)
-        self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
+        self.jobs.started(turn.id)
         try:
             if self._stored(turn):  # retrievable (and resumable) while it runs
-                record.owner = self.instance
+                record.owner = self.jobs.instance
                 await self.records.save(record)
             turn.ctx.status_code = 200
             await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
@@ -106,7 +103,7 @@ class ResponsesService:
             if tail is not None:  # the end of the answer goes out once the record and the log are final
                 await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
-            self.jobs.pop(turn.id, None)  # (already gone unless the start failed)
+            self.jobs.ended(turn.id)  # (already ended unless the start failed)
             self.live.forget(turn.id)
 
     async def _run_stream(
@@ -126,7 +123,7 @@ class ResponsesService:
                 tail = await self._relay(turn, events, live, send)
                 finished.set()
         except asyncio.CancelledError:
-            if turn.id not in self.cancelling:  # the gateway is stopping
+            if not self.jobs.cancelled(turn.id):  # the gateway is stopping
                 turn.ctx.outcome = "interrupted"
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
@@ -137,8 +134,7 @@ class ResponsesService:
                 final = {**final, "status": "cancelled"}
             elif turn.ctx.outcome == "interrupted" and final.get("status") != "failed":
                 final = {**final, "status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
-            self.jobs.pop(turn.id, None)
-            self.cancelling.discard(turn.id)
+            self.jobs.ended(turn.id)
             await live.close()  # the whole log is stored before the record says the response ended
             await self._finish(turn, record, final)
         return tail
@@ -183,10 +179,10 @@ class ResponsesService:
 
     async def _background(self, turn: Turn, record: StoredResponse, send: Send, render: Render) -> None:
         record.response = {**turn.shell, "status": "queued", "background": True}
-        record.owner = self.instance
+        record.owner = self.jobs.instance
         await self.records.save(record)
         live = self.live.open(turn.id, self.records, persist=not turn.ctx.redactors)
-        self.jobs[turn.id] = asyncio.current_task()  # type: ignore[assignment]
+        self.jobs.started(turn.id)
         if turn.ctx.stream:
             turn.ctx.status_code = 200
             await send({"type": "http.response.start", "status": 200, "headers": turn.ctx.answer_headers(SSE_HEADERS)})
@@ -196,7 +192,7 @@ class ResponsesService:
             send = None  # type: ignore[assignment]
         failure: JSON | None = None
         tail = b""
-        watcher = asyncio.ensure_future(self._watch_cancel(turn.id))
+        watcher = asyncio.ensure_future(self.jobs.watch_cancel(turn.id))
         try:
             with self.inflight.interruptible():
                 record.response = {**record.response, "status": "in_progress"}
@@ -204,7 +200,7 @@ class ResponsesService:
                 events = await self.engine.open_stream(turn)
             tail = await self._relay(turn, events, live, send)
         except asyncio.CancelledError:
-            if turn.id not in self.cancelling:  # the gateway is stopping
+            if not self.jobs.cancelled(turn.id):  # the gateway is stopping
                 failure = {"status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
@@ -217,31 +213,15 @@ class ResponsesService:
             tail = b"".join(await self._publish(turn.ctx, failed, live, send, None) or ())
         finally:
             watcher.cancel()
-            self.cancelling.discard(turn.id)
             try:
                 await live.close()
                 await self._finish(turn, record, {**(live.latest or record.response), **(failure or {})})
-                self.jobs.pop(turn.id, None)
+                self.jobs.ended(turn.id)
                 if send is not None:
                     await send({"type": "http.response.body", "body": tail, "more_body": False})
             finally:
+                self.jobs.ended(turn.id)  # (already ended unless finishing failed)
                 self.live.forget(turn.id)
-
-    async def _watch_cancel(self, response_id: str) -> None:
-        """A cancel asked through another replica reaches the job here."""
-        while True:
-            await asyncio.sleep(0.5)
-            if await self.records.cancel_requested(response_id):
-                self._cancel_here(response_id)
-                return
-
-    def _cancel_here(self, response_id: str) -> bool:
-        job = self.jobs.get(response_id)
-        if job is None:
-            return False
-        self.cancelling.add(response_id)
-        job.cancel()
-        return True
 
     def _stored(self, turn: Turn) -> bool:
         return turn.request.get("store") is not False
@@ -266,22 +246,15 @@ class ResponsesService:
         """A background response whose owner is gone ends as failed (after a crash, say). This instance's own
         records are left alone: one without a job here has just finished, and its final save may still be on
         its way (overwriting it with "failed" would race that save)."""
-        if not record.owner or record.owner == self.instance:
+        if not record.owner or await self.jobs.owner_alive(record.owner):
             return
-        if not await self.records.store.get(f"instance:{record.owner}"):
-            record.response = {
-                **record.response,
-                "status": "failed",
-                "error": {"code": "server_error", "message": INTERRUPTED},
-            }
-            record.finished_at = int(time.time())
-            await self.records.save(record)
-
-    async def heartbeat(self) -> None:
-        """Keep this instance's liveness key fresh while it runs (background jobs' owners are checked by it)."""
-        while True:
-            await self.records.store.set(f"instance:{self.instance}", b"1", self.heartbeat_seconds * 3)
-            await asyncio.sleep(self.heartbeat_seconds)
+        record.response = {
+            **record.response,
+            "status": "failed",
+            "error": {"code": "server_error", "message": INTERRUPTED},
+        }
+        record.finished_at = int(time.time())
+        await self.records.save(record)
 
     async def replay(self, record: StoredResponse, after: int, send: Send, receive: Receive) -> None:
         """SSE frames after sequence number ``after`` (``frames``), as an event stream, while the client stays.
@@ -336,8 +309,8 @@ class ResponsesService:
     async def cancel(self, record: StoredResponse) -> StoredResponse:
         """Cancel a background response in flight (here, or through the store on another replica); returns the
         record once it is cancelled, or as it stands after 5 s."""
-        if not self._cancel_here(record.id):
-            await self.records.request_cancel(record.id)
+        if not self.jobs.cancel_here(record.id):
+            await self.jobs.request_cancel(record.id)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             fresh = await self.records.load(record.id, record.tenant_id, record.space_id)
