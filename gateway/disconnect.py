@@ -29,13 +29,10 @@ class cancel_on_disconnect:
         self.disconnected = False
 
     async def _watch(self, task: asyncio.Task[Any]) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                if not self.finished.is_set():
-                    self.disconnected = True
-                    task.cancel()
-                return
+        await _disconnected(self.receive)
+        if not self.finished.is_set():
+            self.disconnected = True
+            task.cancel()
 
     async def __aenter__(self) -> asyncio.Event:
         task = asyncio.current_task()

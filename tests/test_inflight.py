@@ -41,6 +41,7 @@ async def test_a_request_in_its_policies_store_work_is_refused_at_its_next_step(
     await entered.wait()
     stopping = asyncio.ensure_future(inflight.stop(grace=30))
     await asyncio.sleep(0)  # the stop has run up to its wait
+    assert inflight.stopping and inflight.requests  # (so the next line can fail: the stop did look at the request)
     assert not task.done()  # not cut while it waits outside interruptible()
     gate.set()
     assert await stopping == 0 and task.result() == "stopped"

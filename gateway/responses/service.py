@@ -31,6 +31,8 @@ from gateway.sse import format_sse, responses_error_event
 JSON = dict[str, Any]
 Render = Callable[[StoredResponse], JSON]
 INTERRUPTED = "interrupted: the gateway instance running this response stopped before it finished"
+# what a response whose gateway stopped (or crashed) under it ends as; only ever spread into a new dict
+_INTERRUPTED_END: JSON = {"status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
 
 
 class ResponsesService:
@@ -133,7 +135,7 @@ class ResponsesService:
             if turn.ctx.outcome in ("disconnected", "cancelled"):
                 final = {**final, "status": "cancelled"}
             elif turn.ctx.outcome == "interrupted" and final.get("status") != "failed":
-                final = {**final, "status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
+                final = {**final, **_INTERRUPTED_END}
             self.jobs.ended(turn.id)
             await live.close()  # the whole log is stored before the record says the response ended
             await self._finish(turn, record, final)
@@ -201,7 +203,7 @@ class ResponsesService:
             tail = await self._relay(turn, events, live, send)
         except asyncio.CancelledError:
             if not self.jobs.cancelled(turn.id):  # the gateway is stopping
-                failure = {"status": "failed", "error": {"code": "server_error", "message": INTERRUPTED}}
+                failure = _INTERRUPTED_END
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             failure, turn.ctx.outcome = {"status": "cancelled"}, "cancelled"
@@ -248,11 +250,7 @@ class ResponsesService:
         its way (overwriting it with "failed" would race that save)."""
         if not record.owner or await self.jobs.owner_alive(record.owner):
             return
-        record.response = {
-            **record.response,
-            "status": "failed",
-            "error": {"code": "server_error", "message": INTERRUPTED},
-        }
+        record.response = {**record.response, **_INTERRUPTED_END}
         record.finished_at = int(time.time())
         await self.records.save(record)
 
