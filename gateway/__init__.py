@@ -1,7 +1,7 @@
 """The gateway's extension API: what policy and provider authors may import. Cheap to import."""
 
 from gateway.audit import AuditLog
-from gateway.context import Reply, RequestContext, Surface, Usage
+from gateway.context import ModelCall, Reply, RequestContext, Surface, Usage
 from gateway.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -39,6 +39,7 @@ __all__ = [
     "Halt",
     "IdempotencyRecords",
     "InvalidRequest",
+    "ModelCall",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",

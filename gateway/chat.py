@@ -9,7 +9,6 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
-from config.catalog import TenantModel
 from gateway.context import RequestContext, Usage
 from gateway.disconnect import aclose, cancel_on_disconnect
 from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError, redact_secret_bytes
@@ -39,8 +38,7 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
         answer = upstream_json(data)
         if "error" in answer:  # a 200 carrying an error may echo the key the upstream was sent
             data = redact_secret_bytes(data, credential(deployment))
-        ctx.usage = Usage.from_chat(answer.get("usage"))
-        ctx.cost_micros = gw.prices.cost(model, ctx.usage)
+        ctx.count(Usage.from_chat(answer.get("usage")))
         ctx.status_code = 200
         finished.set()
         await send_bytes(send, 200, ctx.answer_headers(JSON_HEADERS), data)
@@ -63,18 +61,13 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
             if not watcher.done and ctx.outcome == "pending":
                 ctx.outcome = "upstream_error"
                 tail += error_event("The upstream stream ended before completion.", "upstream_stream_cut")
-            _count(gw, ctx, model, watcher)  # before the last message: the after phase may run as it passes
+            ctx.count(watcher.usage)  # before the last message: the after phase may run as it passes
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             if ctx.usage is not watcher.usage:  # ended early (an error, a disconnect): the partial usage
-                _count(gw, ctx, model, watcher)
+                ctx.count(watcher.usage)
             await aclose(chunks)
             await upstream.close()
-
-
-def _count(gw: Gateway, ctx: RequestContext, model: TenantModel, watcher: ChatStreamWatcher) -> None:
-    ctx.usage = watcher.usage
-    ctx.cost_micros = gw.prices.cost(model, ctx.usage)
 
 
 async def _relay(

@@ -35,6 +35,32 @@ class Usage:
             reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
         )
 
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+@dataclass(slots=True)
+class ModelCall:
+    """One upstream model call of a request: a request makes one; the tool loop one per round. The policies'
+    per-call hooks (``before_call``, ``after_call``) read it: what the call sends, then what it used and cost.
+
+    ``body`` is what the call sends, in the caller's API (Chat Completions ``messages``, or a Responses request);
+    an input guardrail may change it in place. The first call's is the request body itself; a later round's
+    carries in ``input`` only the items added since the previous call (tool outputs fed back), with the request's
+    parameters, and ``continues`` says the upstream also receives the conversation before them.
+    """
+
+    body: dict[str, Any]
+    round: int = 1
+    continues: bool = False
+    usage: Usage | None = None
+    cost_micros: int = 0
+
 
 class Surface(Enum):
     """What the caller speaks, set by its route: the API its answers follow (``api``) and whether they come in the
@@ -96,7 +122,7 @@ class RequestContext:
     surface: Surface = Surface.CHAT  # what the caller speaks (its route says)
     alias: str = ""  # the model name the request runs on: the body's, or the space default (gateway.targets)
     model: TenantModel | None = None  # the tenant's model of that name (None: the tenant has none)
-    usage: Usage | None = None
+    usage: Usage | None = None  # the request's usage: the sum over its model calls (``count``)
     cost_micros: int = 0  # what ``usage`` cost, in micro-dollars (set with usage)
     prices: "PriceBook | None" = None  # the runtime's price book (to price estimates, e.g. budgets)
     status_code: int | None = None
@@ -112,6 +138,11 @@ class RequestContext:
     # answer is recorded before a retry can follow it): the chain then runs ``after`` just before the last message
     settle_before_end: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    # the model call in progress, set by the policy chain as the first one starts; later ones (the tool loop's
+    # rounds) start with ``next_call``, which runs the policies' per-call hooks between them (``begin_call``)
+    call: ModelCall | None = None
+    begin_call: "Callable[[ModelCall], Awaitable[None]] | None" = None
+    earlier: tuple[Usage | None, int] = (None, 0)  # usage and cost of the calls before ``call``
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
     space_id: str = field(init=False)
@@ -119,6 +150,31 @@ class RequestContext:
     def __post_init__(self) -> None:
         self.tenant_id = self.principal.tenant_id
         self.space_id = self.catalog.space_ids.get(id(self.space)) or str(self.space.id)
+
+    def count(self, usage: Usage | None) -> None:
+        """The current model call's usage (again as a stream's grows): the call's cost, and the request's totals
+        (``usage``, ``cost_micros``) over every call so far."""
+        cost = self.prices.cost(self.model, usage) if self.prices is not None and self.model is not None else 0
+        call = self.call
+        if call is not None:
+            call.usage, call.cost_micros = usage, cost
+        before, spent = self.earlier
+        if before is None:
+            self.usage, self.cost_micros = usage, spent + cost
+        else:
+            self.usage, self.cost_micros = (before if usage is None else before + usage), spent + cost
+
+    async def next_call(self, body: dict[str, Any]) -> ModelCall:
+        """Start the request's next model call (a tool loop's round): the previous call's ``after_call`` hooks,
+        then this one's ``before_call`` (which may refuse it: a budget's ``BudgetExceeded``, say)."""
+        previous = self.call
+        self.earlier = (self.usage, self.cost_micros)
+        call = ModelCall(body, round=(previous.round + 1) if previous is not None else 1, continues=True)
+        if self.begin_call is not None:
+            await self.begin_call(call)
+        else:
+            self.call = call
+        return call
 
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""

@@ -23,6 +23,17 @@ A policy is a class with a ``Params`` pydantic model (validated at start, ``extr
     The store work it returns as a ``StoreStep`` runs with the other policies' in one round trip.
     Its errors are logged, never raised over the request's own outcome.
 
+``async before_call(ctx, call) -> StoreStep | None`` and ``async after_call(ctx, call) -> StoreStep | None``
+    The per-call hooks, around every upstream model call of the request (``ctx.call``, a ``ModelCall``: one for
+    a plain request, one per round of the tool loop): ``before_call`` sees what the call sends (``call.body``)
+    and may refuse it (raise), ``after_call`` sees what it used (``call.usage``, ``call.cost_micros``). The first
+    call's ``before_call`` hooks run in the request's before phase, after every ``before`` (their store steps in
+    the same round trip); the last call's ``after_call`` hooks in its after phase, before every ``after``.
+    Between two calls (``ctx.next_call``) the finished call's ``after_call`` steps run in one round trip and the
+    next call's ``before_call`` steps in another. A request-level concern (a claim, an audit line, the request's
+    allow-list decision) stays in ``before``/``after``; what is counted per call (a budget reservation, the tokens
+    of a rate limit, the input guardrails) goes in the per-call hooks.
+
 ``wrap_send(ctx, send) -> send`` (optional)
     Sees every ASGI message of the answer on its way out (status and headers, then body chunks: whole SSE
     events for streams), and may change them: capture them for replay, mask text. Wrapped, once the
@@ -45,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.types import Message, Send
 
 from config.catalog import PolicySpec
-from gateway.context import Reply, RequestContext
+from gateway.context import ModelCall, Reply, RequestContext
 from gateway.errors import GatewayError, ShuttingDown, StoreUnavailable, UpstreamError, render_error
 from gateway.http import send_bytes
 from gateway.importer import ImportFromStringError, import_from_string
@@ -96,9 +107,23 @@ class Policy:
         """Record or release; runs on every exit path for every policy whose ``before`` returned."""
         return None
 
+    async def before_call(self, ctx: RequestContext, call: ModelCall) -> StoreStep | None:
+        """Check or change what one model call sends (``call.body``); raise to refuse the call."""
+        return None
+
+    async def after_call(self, ctx: RequestContext, call: ModelCall) -> StoreStep | None:
+        """Record or release what one model call used; runs for every call whose ``before_call`` returned."""
+        return None
+
     def wrap_send(self, ctx: RequestContext, send: Send) -> Send:
         """Return a ``send`` that sees (and may change) the answer's messages; the default adds nothing."""
         return send
+
+
+# What ran of a request's policies, in order: the policies whose ``before`` returned (``REQUEST``), then those
+# whose ``before_call`` returned for the call in progress (``CALL``); their ``after``/``after_call`` run for them.
+REQUEST, CALL = False, True
+Ran = list[tuple[Policy, bool]]
 
 
 class PolicyConfigError(Exception):
@@ -117,18 +142,24 @@ class PolicyChain:
         self.policies = tuple(policies)
         modes = {getattr(p.params, "on_store_error", None) for p in self.policies}
         self.fails_open = "open" in modes and "closed" not in modes
-        # only policies that override wrap_send cost anything per message
+        # only policies that override wrap_send cost anything per message, only those with per-call hooks per call
         self.wrapping = frozenset(id(p) for p in self.policies if type(p).wrap_send is not Policy.wrap_send)
+        self.per_call = tuple(
+            p
+            for p in self.policies
+            if type(p).before_call is not Policy.before_call or type(p).after_call is not Policy.after_call
+        )
 
     async def run(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
         """Run ``before`` hooks (and their store steps), then ``call(send)`` (which answers the client), then
         ``after`` hooks (and theirs): after the last byte, or just before the last message of the answer when
-        the request asks for it (``ctx.settle_before_end``).
+        the request asks for it (``ctx.settle_before_end``). ``ctx.next_call`` moves the per-call hooks on to
+        the request's next model call.
 
         A Reply from a ``before`` hook is sent as the answer. A GatewayError raised before the answer started
         is rendered here (through the policies' ``wrap_send``), in the shape of the caller's surface.
         """
-        ran: list[Policy] = []
+        ran: Ran = []
         settlement = _Settlement(self, ctx, ran)
         outer: Send | None = None  # ``send`` wrapped by the policies that ran, once the before phase is over
         try:
@@ -137,6 +168,8 @@ class PolicyChain:
                 ctx.outcome, ctx.status_code = "replayed", reply.status
                 await send_reply(send, reply)
             else:
+                if self.per_call:
+                    ctx.begin_call = lambda next_call: self._next_call(ctx, ran, next_call)
                 outer = self._wrap(ctx, settlement.before_end(send), ran)
                 await call(outer)
                 if ctx.outcome == "pending":
@@ -159,38 +192,64 @@ class PolicyChain:
         finally:
             await settlement.run()
 
-    async def _before(self, ctx: RequestContext, ran: list[Policy]) -> Reply | None:
-        """The ``before`` hooks in order, then their store steps in one round trip. Returns the Reply to send,
-        if one answers; ``ran`` ends up holding the policies that count as having run."""
-        steps: list[tuple[int, StoreStep]] = []  # (index in ran of the policy, its step)
+    async def _before(self, ctx: RequestContext, ran: Ran) -> Reply | None:
+        """The ``before`` hooks in order, then the first call's ``before_call``, then their store steps in one
+        round trip. Returns the Reply to send, if one answers; ``ran`` ends up holding what counts as having run."""
+        steps: list[tuple[int, StoreStep]] = []  # (index in ran of the hook, its step)
         reply: Reply | None = None
         for policy in self.policies:
             result = await policy.before(ctx)
-            ran.append(policy)
+            ran.append((policy, REQUEST))
             ctx.governance_applied.append(policy.name)
             if isinstance(result, StoreStep):
                 steps.append((len(ran) - 1, result))
             elif result is not None:
                 reply = result
                 break
+        if reply is None:
+            ctx.call = ModelCall(ctx.body)
+            await self._before_call(ctx, ctx.call, ran, steps)
         if steps:
             return await _before_steps(ctx, ran, steps, self.fails_open) or reply
         return reply
 
-    def _wrap(self, ctx: RequestContext, send: Send, ran: list[Policy]) -> Send:
-        for policy in ran:
-            if id(policy) in self.wrapping:
+    async def _before_call(
+        self, ctx: RequestContext, call: ModelCall, ran: Ran, steps: list[tuple[int, StoreStep]]
+    ) -> None:
+        for policy in self.per_call:
+            step = await policy.before_call(ctx, call)
+            ran.append((policy, CALL))
+            if step is not None:
+                steps.append((len(ran) - 1, step))
+
+    async def _next_call(self, ctx: RequestContext, ran: Ran, call: ModelCall) -> None:
+        """Between two model calls: the finished call's ``after_call`` hooks (one round trip), then the next
+        one's ``before_call`` (another). A refusal raises with the refusing hook and those after it not run."""
+        first = next((i for i, (_, per_call) in enumerate(ran) if per_call), len(ran))
+        finished = ran[first:]
+        del ran[first:]
+        await self._after(ctx, finished)
+        ctx.call = call
+        steps: list[tuple[int, StoreStep]] = []
+        await self._before_call(ctx, call, ran, steps)  # a raising hook has not joined ``ran``
+        if steps:
+            await _before_steps(ctx, ran, steps, self.fails_open)
+
+    def _wrap(self, ctx: RequestContext, send: Send, ran: Ran) -> Send:
+        for policy, per_call in ran:
+            if not per_call and id(policy) in self.wrapping:
                 send = policy.wrap_send(ctx, send)
         return send
 
-    async def _after(self, ctx: RequestContext, ran: list[Policy]) -> None:
-        """The ``after`` hooks in reverse order, then their store steps in one round trip; nothing raises."""
+    async def _after(self, ctx: RequestContext, ran: Ran) -> None:
+        """The ``after_call`` and ``after`` hooks in reverse order, then their store steps in one round trip;
+        nothing raises."""
         steps: list[tuple[Policy, StoreStep]] = []
-        for policy in reversed(ran):
+        for policy, per_call in reversed(ran):
             try:
-                step = await policy.after(ctx)
+                step = await (policy.after_call(ctx, _call_of(ctx)) if per_call else policy.after(ctx))
             except Exception:
-                log.exception("policy %s failed in after()", policy.name)
+                log.exception("policy %s failed in after%s()", policy.name, "_call" if per_call else "")
                 continue
             if isinstance(step, StoreStep):
                 steps.append((policy, step))
@@ -206,12 +265,13 @@ class _Settlement:
 
     __slots__ = ("chain", "ctx", "ran", "done")
 
-    def __init__(self, chain: PolicyChain, ctx: RequestContext, ran: list[Policy]) -> None:
+    def __init__(self, chain: PolicyChain, ctx: RequestContext, ran: Ran) -> None:
         self.chain, self.ctx, self.ran, self.done = chain, ctx, ran, False
 
     async def run(self) -> None:
         if not self.done:
             self.done = True
+            self.ctx.begin_call = None  # no call starts once the request is settled
             await self.chain._after(self.ctx, self.ran)
 
     def before_end(self, send: Send) -> Send:
@@ -241,7 +301,7 @@ async def send_reply(send: Send, reply: Reply) -> None:
 
 
 async def _before_steps(
-    ctx: RequestContext, ran: list[Policy], steps: list[tuple[int, StoreStep]], fails_open: bool
+    ctx: RequestContext, ran: Ran, steps: list[tuple[int, StoreStep]], fails_open: bool
 ) -> Reply | None:
     """Run the before phase's steps in one round trip and hand each result to its ``then`` in chain order."""
     try:
@@ -292,12 +352,17 @@ async def _after_steps(ctx: RequestContext, steps: list[tuple[Policy, StoreStep]
                 log.exception("policy %s failed in after()", policy.name)
 
 
-def _forget(ctx: RequestContext, ran: list[Policy], keep: int) -> None:
-    """Only the first ``keep`` policies of ``ran`` count as having run (their ``after`` runs)."""
-    dropped = len(ran) - keep
+def _forget(ctx: RequestContext, ran: Ran, keep: int) -> None:
+    """Only the first ``keep`` hooks of ``ran`` count as having run (their ``after``/``after_call`` runs)."""
+    dropped = sum(not per_call for _, per_call in ran[keep:])
+    del ran[keep:]
     if dropped > 0:
-        del ran[keep:]
         del ctx.governance_applied[-dropped:]
+
+
+def _call_of(ctx: RequestContext) -> ModelCall:
+    assert ctx.call is not None  # a per-call hook ran, so a call had started
+    return ctx.call
 
 
 def _record_failure(ctx: RequestContext, exc: BaseException) -> None:

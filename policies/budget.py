@@ -1,11 +1,13 @@
 """budget: hard spending limits per tenant, space or API key, per UTC day, UTC month or in total.
 
-``before`` reserves the request's worst-case cost against every configured budget in one atomic script, a step
-of the chain's store round trip before the upstream call: all reservations are taken or none is (then 429
-``insufficient_quota`` naming the budget, ``x-should-retry: false``). A budget admits a reservation only while
-``settled + live reservations + this one <= limit``. ``after`` settles it on every exit path, in one script (a
-step of the round trip after the call): the reservation is dropped and the real cost (``ctx.cost_micros``; the
-partial usage's cost after an error or a disconnect, 0 when no usage is known) is added to the settled spend.
+Per model call (a plain request makes one; the tool loop one per round): ``before_call`` reserves the call's
+worst-case cost against every configured budget in one atomic script, a step of the chain's store round trip
+before the upstream call: all reservations are taken or none is (then 429 ``insufficient_quota`` naming the
+budget, ``x-should-retry: false``; between rounds, the loop ends the response ``incomplete``). A budget admits a
+reservation only while ``settled + live reservations + this one <= limit``. ``after_call`` settles it on every
+exit path, in one script (a step of the round trip after the call): the reservation is dropped and the call's
+real cost (``call.cost_micros``; the partial usage's cost after an error or a disconnect, 0 when no usage is
+known) is added to the settled spend.
 
 Each reservation is a member of its budget's sorted set scored by its expiry; every script first drops the
 expired ones, so a reservation whose process died (or whose settle could not reach the store) frees itself
@@ -27,6 +29,7 @@ from pydantic import Field, model_validator
 from gateway import (
     BudgetExceeded,
     Halt,
+    ModelCall,
     Policy,
     PolicyParams,
     RequestContext,
@@ -240,8 +243,8 @@ class Budget(Policy):
             self._store = store
         return self._scripts
 
-    async def before(self, ctx: RequestContext) -> StoreStep | None:
-        amount = self.worst_case(ctx)
+    async def before_call(self, ctx: RequestContext, call: ModelCall) -> StoreStep | None:
+        amount = self.worst_case(ctx, call)
         now_ms = int(time.time() * 1000)
         keys = self._budget_keys(ctx, now_ms // 86_400_000)
         rid = os.urandom(8).hex()
@@ -268,27 +271,27 @@ class Budget(Policy):
             raise BudgetExceeded(_message(self.params.limits[int(refused) - 1], ctx, reservation.amount))
         reservation.taken = True
 
-    async def after(self, ctx: RequestContext) -> StoreStep | None:
+    async def after_call(self, ctx: RequestContext, call: ModelCall) -> StoreStep | None:
         reservation = ctx.extras.pop(self._slot, None)
         if not isinstance(reservation, _Reservation) or not reservation.taken:
             return None
-        args = [int(time.time() * 1000), reservation.rid, max(ctx.cost_micros, 0), *self._ttls]
+        args = [int(time.time() * 1000), reservation.rid, max(call.cost_micros, 0), *self._ttls]
         return StoreStep(self.scripts(ctx.store)[1], reservation.keys, args, unavailable=_not_settled)
 
-    def worst_case(self, ctx: RequestContext) -> int:
-        """The most this request can cost: a prompt estimate plus every output token it may produce."""
+    def worst_case(self, ctx: RequestContext, call: ModelCall) -> int:
+        """The most this call can cost: a prompt estimate plus every output token it may produce."""
         model = ctx.model  # resolved before the chain (gateway.targets)
         if model is None or ctx.prices is None:
             return 0
-        body = ctx.body
+        body = call.body
         output = next((v for f in _OUTPUT_FIELDS if _positive(v := body.get(f))), None)
         output = output or model.context_window or self.params.default_output_tokens
         if _positive(body.get("n")):
             output *= body["n"]
-        length = ctx.headers.get(b"content-length")
+        length = ctx.headers.get(b"content-length") if call.round == 1 else None
         size = int(length) if length and length.isdigit() else len(orjson.dumps(body))
         prompt = math.ceil(size / self.params.bytes_per_token)
-        if body.get("previous_response_id") and model.context_window:
+        if (call.continues or body.get("previous_response_id")) and model.context_window:
             prompt = max(prompt, model.context_window)  # the stored conversation is not in the body
         # every output token at the dearer of the output and reasoning prices
         pricing = ctx.prices.pricing(model)

@@ -1,10 +1,11 @@
 """guardrails: input and output checks that pass, mask or reject.
 
 Built-in detectors (e-mail, phone, card numbers with the Luhn check, IBANs with the mod-97 check, API-key-like
-secrets), a deny-list of words and phrases, a maximum input size, and a webhook. Input checks run in ``before``
-on the request's text (masking rewrites ``ctx.body`` in place; a rejection is a 403 ``guardrail_rejected`` that
-never quotes the text); output checks run on the answer through ``wrap_send`` (policies/guard_output.py), on
-streams too.
+secrets), a deny-list of words and phrases, a maximum input size, and a webhook. Input checks run in
+``before_call`` on the text each model call sends: the request's, and in the tool loop the tool outputs fed back
+(masking rewrites ``call.body`` in place; a rejection is a 403 ``guardrail_rejected`` that never quotes the text,
+or, between rounds, ends the response ``incomplete``); output checks run on the answer through ``wrap_send``
+(policies/guard_output.py), on streams too.
 """
 
 import asyncio
@@ -16,7 +17,7 @@ import orjson
 from pydantic import AnyHttpUrl, Field, field_validator
 from starlette.types import Send
 
-from gateway import GatewayError, PermissionDenied, Policy, PolicyParams, Reply, RequestContext
+from gateway import GatewayError, ModelCall, PermissionDenied, Policy, PolicyParams, RequestContext
 from policies.guard_output import OutputGuard
 from policies.pii import DETECTORS, Action, Detector, Rules, deny_detector, masked
 
@@ -167,12 +168,14 @@ class Guardrails(Policy):
         """Every output finding masked, whatever its action: what the gateway may keep of an answer."""
         return masked(text, self.output_rules.findings(text))
 
-    async def before(self, ctx: RequestContext) -> Reply | None:
+    async def before(self, ctx: RequestContext) -> None:
         if self.output_rules:
             ctx.redactors.append(self._redact)
+
+    async def before_call(self, ctx: RequestContext, call: ModelCall) -> None:
         if not self.checks_input:
             return None
-        slots = [(holder, key) for holder, key in input_slots(ctx.body) if holder[key]]
+        slots = [(holder, key) for holder, key in input_slots(call.body) if holder[key]]
         if self.max_chars is not None and sum(len(h[k]) for h, k in slots) > self.max_chars:
             raise refused(f"the input is longer than the {self.max_chars} characters allowed")
         if self.input_rules:

@@ -4,8 +4,8 @@ Each limit is a GCRA cell (a "theoretical arrival time" in the store): a limit o
 once and then one every 60/N seconds. One Lua script decides a request atomically against every configured
 limit (Lua on Redis, the same logic in Python on the in-memory store; a step of the chain's store round trip):
 it takes one request from each request limit only when all limits allow it. Tokens are counted after the
-fact: ``after`` charges ``ctx.usage`` (input + output tokens) to the token limits, and a new request is
-refused while a token limit is used up.
+fact, for every model call of the request (each round of the tool loop): ``after_call`` charges the call's
+usage (input + output tokens) to the token limits, and a new request is refused while a token limit is used up.
 
 Over a limit: 429 ``rate_limit_exceeded`` with ``Retry-After``; every answer carries OpenAI's
 ``x-ratelimit-*`` headers of the most constrained request and token limits.
@@ -19,7 +19,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from gateway import Halt, Policy, PolicyParams, RateLimited, RequestContext, StoreStep, StoreUnavailable
+from gateway import (
+    Halt,
+    ModelCall,
+    Policy,
+    PolicyParams,
+    RateLimited,
+    RequestContext,
+    StoreStep,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("gateway.policy.rate_limit")
 WINDOW_MS = 60_000
@@ -210,10 +219,10 @@ class RateLimit(Policy):
         what = ", ".join(f"{limit} {dim} per minute for this {scope}" for scope, dim, limit in spent) or "a limit"
         return f"Rate limit reached ({what}). Please retry after {retry} seconds."
 
-    async def after(self, ctx: RequestContext) -> StoreStep | None:
-        if not ctx.extras.get(self._slot) or not self.token_cells or ctx.usage is None:
+    async def after_call(self, ctx: RequestContext, call: ModelCall) -> StoreStep | None:
+        if not ctx.extras.get(self._slot) or not self.token_cells or call.usage is None:
             return None
-        used = ctx.usage.input_tokens + ctx.usage.output_tokens
+        used = call.usage.input_tokens + call.usage.output_tokens
         if used <= 0:
             return None
         keys = self._keys(ctx)

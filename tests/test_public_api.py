@@ -16,6 +16,7 @@ def test_exported_names():
             "Halt",
             "IdempotencyRecords",
             "InvalidRequest",
+            "ModelCall",
             "NotFound",
             "PayloadTooLarge",
             "PermissionDenied",

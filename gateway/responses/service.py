@@ -231,8 +231,8 @@ class ResponsesService:
     async def _finish(self, turn: Turn, record: StoredResponse, response: JSON) -> None:
         record.response = redact({**turn.shell, **response, "id": turn.id}, turn.ctx.redactors)
         record.finished_at = int(time.time())
-        turn.ctx.usage = usage_of(record.response)
-        turn.ctx.cost_micros = record.cost_micros = self.prices.cost(turn.model, turn.ctx.usage)
+        turn.ctx.count(usage_of(record.response))
+        record.cost_micros = turn.ctx.cost_micros
         record.aimable["iteration_count"] = 1
         if self._stored(turn):
             await self.records.save(record)
