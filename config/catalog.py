@@ -67,12 +67,21 @@ class PolicySpec(_Strict):
         return dict(self.model_extra or {})
 
 
+class ToolLoop(_Strict):
+    """Limits of the server-side tool loop (``tool_mode: auto_resolve``) in a space."""
+
+    max_rounds: int = Field(8, ge=1, le=64, description="Model calls per response; more ends it incomplete.")
+    max_seconds: float = Field(300.0, gt=0, le=3600, description="Wall time of a response's loop.")
+    call_timeout_seconds: float = Field(60.0, gt=0, le=600, description="One tool call's longest wait.")
+
+
 class Space(_Strict):
     id: UUID
     name: str = ""
     models: list[str] = Field(default_factory=list, description="Aliases (or ids) of allowed tenant models.")
     default_model: str | None = None
     policies: list[PolicySpec] | None = Field(None, description="Overrides the tenant's default chain.")
+    tool_loop: ToolLoop = ToolLoop()
 
 
 class ApiKey(_Strict):

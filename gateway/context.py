@@ -143,6 +143,7 @@ class RequestContext:
     call: ModelCall | None = None
     begin_call: "Callable[[ModelCall], Awaitable[None]] | None" = None
     earlier: tuple[Usage | None, int] = (None, 0)  # usage and cost of the calls before ``call``
+    tools: list[Any] = field(default_factory=list)  # the servers of the tools the gateway runs for this request
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
     space_id: str = field(init=False)

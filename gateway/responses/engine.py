@@ -25,6 +25,7 @@ from gateway.responses import native
 from gateway.responses.events import ChatStreamToEvents
 from gateway.responses.ids import new_response_id
 from gateway.responses.inputs import normalize_input
+from gateway.responses.loop import LoopLimits, ToolLoop
 from gateway.responses.records import ResponseRecords
 from gateway.responses.translate import UnsupportedFeature, chat_to_response, request_to_chat, response_shell
 from gateway.sse import iter_sse_batches
@@ -47,6 +48,12 @@ class Turn:
     upstream_input: list[JSON]  # as sent (x_context rendered in)
     history: list[JSON] = field(default_factory=list)
     chain: list[str] = field(default_factory=list)
+    rounds: int = 1  # model calls made (the tool loop makes one per round)
+
+    @property
+    def loops(self) -> bool:
+        """Whether the turn runs the tool loop: the request names tools the gateway executes."""
+        return bool(self.ctx.tools)
 
     @property
     def id(self) -> str:
@@ -84,6 +91,7 @@ class ResponsesEngine:
         self.dispatcher = dispatcher
         self.records = records
         self.inflight = inflight
+        self.loop: ToolLoop | None = None  # set by the runtime once its tools exist
 
     async def prepare(self, ctx: RequestContext) -> Turn:
         """The turn of a request already validated (``validate_create``, before the policy chain)."""
@@ -106,7 +114,29 @@ class ResponsesEngine:
             raise InvalidRequest(exc.message, param=exc.param) from None
 
     async def complete(self, turn: Turn) -> JSON:
-        """The whole response (not yet stored)."""
+        """The whole response (not yet stored): one model call, or the tool loop's rounds."""
+        if turn.loops:
+            final = turn.shell
+            async for batch in self._run_loop(turn):
+                final = next((e["response"] for e in reversed(batch) if "response" in e), final)
+            return final
+        return await self.complete_round(turn)
+
+    async def open_stream(self, turn: Turn) -> Events:
+        """Open the upstream (errors raise here) and return the Responses event stream. An upstream failure, or
+        a shutdown, ends it with ``response.failed``; so does ``athrow(ShuttingDown())`` at any of its yields.
+        A turn that loops starts its events at once and reports a failure to open a round as ``response.failed``."""
+        if turn.loops:
+            return self._run_loop(turn)
+        return await self.open_round(turn)
+
+    def _run_loop(self, turn: Turn) -> Events:
+        assert self.loop is not None  # a request names executable tools only when the runtime has them
+        limits = turn.ctx.space.tool_loop
+        return self.loop.run(turn, LoopLimits(limits.max_rounds, limits.max_seconds, limits.call_timeout_seconds))
+
+    async def complete_round(self, turn: Turn) -> JSON:
+        """One model call's whole response."""
         chat_body = self._chat_body(turn, stream=False)
 
         async def attempt(dep: Deployment) -> JSON:
@@ -121,9 +151,8 @@ class ResponsesEngine:
 
         return await self.dispatcher.run(turn.model, attempt)
 
-    async def open_stream(self, turn: Turn) -> Events:
-        """Open the upstream (errors raise here) and return the Responses event stream. An upstream failure, or
-        a shutdown, ends it with ``response.failed``; so does ``athrow(ShuttingDown())`` at any of its yields."""
+    async def open_round(self, turn: Turn) -> Events:
+        """One model call's event stream, opened (errors raise here)."""
         chat_body = self._chat_body(turn, stream=True)
 
         def open_upstream(dep: Deployment) -> Awaitable[Any]:

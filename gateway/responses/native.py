@@ -12,6 +12,7 @@ from gateway.disconnect import aclose
 from gateway.errors import ShuttingDown, UpstreamError, redact_secret_bytes
 from gateway.inflight import InFlight
 from gateway.responses.events import TERMINAL_EVENTS
+from gateway.responses.mcp_items import plain_items
 from gateway.sse import iter_sse_batches
 
 if TYPE_CHECKING:
@@ -40,9 +41,10 @@ def upstream_body(turn: "Turn", dep: Deployment, stream: bool) -> JSON:
     body = {k: v for k, v in turn.request.items() if k not in _GATEWAY_ONLY}
     history = [
         {k: v for k, v in item.items() if k not in ("id", "metadata")} if item.get("type") != "reasoning" else item
-        for item in turn.history
+        for item in plain_items(turn.history)
     ]
-    body.update(model=dep.model, input=[*history, *turn.upstream_input], store=False, stream=stream)
+    upstream_input = plain_items(turn.upstream_input)
+    body.update(model=dep.model, input=[*history, *upstream_input], store=False, stream=stream)
     return body
 
 

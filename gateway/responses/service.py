@@ -231,9 +231,10 @@ class ResponsesService:
     async def _finish(self, turn: Turn, record: StoredResponse, response: JSON) -> None:
         record.response = redact({**turn.shell, **response, "id": turn.id}, turn.ctx.redactors)
         record.finished_at = int(time.time())
-        turn.ctx.count(usage_of(record.response))
+        if not turn.loops:  # the loop counts each round as it ends
+            turn.ctx.count(usage_of(record.response))
         record.cost_micros = turn.ctx.cost_micros
-        record.aimable["iteration_count"] = 1
+        record.aimable["iteration_count"] = turn.rounds
         if self._stored(turn):
             await self.records.save(record)
 

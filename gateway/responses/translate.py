@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.responses.ids import new_call_id, new_function_call_id, new_message_id, new_reasoning_id
+from gateway.responses.mcp_items import plain_items
 
 JSON = dict[str, Any]
 
@@ -73,7 +74,7 @@ def request_to_chat(request: JSON, history: list[JSON]) -> JSON:
 
 
 def _append_items(messages: list[JSON], items: list[JSON], param: str) -> None:
-    for i, item in enumerate(items):
+    for i, item in enumerate(plain_items(items)):
         where = f"{param}[{i}]" if param != "previous_response_id" else param
         if not isinstance(item, dict):
             raise UnsupportedFeature(where, f"'{where}' must be an object.")

@@ -67,6 +67,12 @@ _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
     "function_call_output": {"call_id": _STR, "output": (str, list)},
     "item_reference": {"id": _STR},
     "reasoning": {},
+    # MCP items (gateway/responses/mcp_items.py): an approval answers a request of the previous response; the
+    # others come back when a caller sends a conversation's output again
+    "mcp_approval_response": {"approval_request_id": _STR, "approve": (bool,)},
+    "mcp_approval_request": {"id": _STR, "server_label": _STR, "name": _STR, "arguments": _STR},
+    "mcp_call": {"id": _STR, "server_label": _STR, "name": _STR, "arguments": _STR},
+    "mcp_list_tools": {"id": _STR, "server_label": _STR, "tools": (list,)},
 }
 _OPTIONAL_ITEM = {"id": _STR, "status": _STR, "summary": (list,)}
 _PART_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
