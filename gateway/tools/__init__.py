@@ -124,6 +124,8 @@ class Tools:
     async def resolve(self, space_id: str, tools: Sequence[Any]) -> ResolvedTools:
         """Sort the request's ``tools`` (the body's list) into the gateway's and the caller's; see the class."""
         space = self._space(space_id)
+        if sum(1 for t in tools if isinstance(t, dict) and t.get("type") == "mcp") > MAX_SERVERS:
+            raise InvalidRequest(f"tools: at most {MAX_SERVERS} MCP servers in one request", param="tools")
         mcp: list[McpServer] = []
         http: list[HttpTool] = []
         client: list[Any] = []
@@ -141,8 +143,6 @@ class Tools:
                 http.append(self._http(space, tool, f"tools[{i}]"))
             else:
                 client.append(tool)
-        if len(mcp) > MAX_SERVERS:
-            raise InvalidRequest(f"tools: at most {MAX_SERVERS} MCP servers in one request", param="tools")
         names = {t.name for t in http}
         for i, tool in enumerate(tools):
             if isinstance(tool, dict) and tool.get("type") == "function" and tool.get("name") in names:

@@ -100,8 +100,7 @@ class HttpTools:
         is_get = spec.method == "GET"
         request = self._client(policy).build_request(
             spec.method,
-            spec.url,
-            params=_query(checked) if is_get else None,
+            httpx2.URL(spec.url).copy_merge_params(_query(checked)) if is_get else spec.url,  # the URL's own kept
             content=None if is_get else orjson.dumps(checked),
             headers={**({} if is_get else {"content-type": "application/json"}), **dict(tool.headers)},
             timeout=httpx2.Timeout(limit),

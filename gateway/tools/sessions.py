@@ -102,7 +102,7 @@ class _Session:
                 self.session = session
                 self.ready.set()
                 await self.closing.wait()
-        except BaseException as exc:  # noqa: B036 - kept for the callers waiting on ready; the task ends here
+        except BaseException as exc:  # kept for the callers waiting on ready; the task ends here
             self.failure = exc
         finally:
             self.ready.set()
