@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from config.deployments import Deployment, Routing
+from config.tools import HttpToolSpec, McpServerSpec, SpaceMcp
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -82,6 +83,10 @@ class Space(_Strict):
     default_model: str | None = None
     policies: list[PolicySpec] | None = Field(None, description="Overrides the tenant's default chain.")
     tool_loop: ToolLoop = ToolLoop()
+    mcp: SpaceMcp = SpaceMcp()
+    tools: list[str] = Field(
+        default_factory=list, description="Labels of the tenant's MCP servers and names of its HTTP tools it may use."
+    )
 
 
 class ApiKey(_Strict):
@@ -106,6 +111,18 @@ class Tenant(_Strict):
     models: list[TenantModel] = Field(default_factory=list)
     spaces: list[Space] = Field(default_factory=list)
     api_keys: list[ApiKey] = Field(default_factory=list)
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list, description="MCP servers its spaces may use.")
+    http_tools: list[HttpToolSpec] = Field(default_factory=list, description="HTTP tools its spaces may use.")
+
+    @model_validator(mode="after")
+    def _check_tools(self) -> "Tenant":
+        names = [m.label for m in self.mcp_servers] + [t.name for t in self.http_tools]
+        _unique(names, "tools: the same name twice among mcp_servers labels and http_tools names")
+        for s in self.spaces:
+            for ref in s.tools:
+                if ref not in names:
+                    raise ValueError(f"space {s.id}: tool {ref!r} is not an MCP server or HTTP tool of this tenant")
+        return self
 
     @model_validator(mode="after")
     def _check_references(self) -> "Tenant":

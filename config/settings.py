@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         description="The in-memory store's limit for stored responses and event logs (approximate bytes); past "
         "it the oldest are evicted first. 0: no limit. Not used with Redis.",
     )
+    tool_output_max_bytes: int = Field(
+        64 * 1024, gt=0, description="Longest output of an executed tool (MCP or HTTP) kept; the rest is cut."
+    )
+    tool_dns_timeout_seconds: float = Field(5.0, gt=0, description="Longest wait to resolve a tool server's host.")
+    mcp_max_sessions: int = Field(256, gt=0, description="MCP sessions kept open per process (oldest closed first).")
     log_level: str = "info"
     access_log: bool = Field(False, description="One log line per request (costs throughput).")
     gc_gen0_threshold: int = Field(

@@ -32,6 +32,7 @@ from gateway.responses.service import ResponsesService
 from gateway.spend import SpendCounters
 from gateway.store import open_store
 from gateway.targets import resolve_target
+from gateway.tools import Tools
 from gateway.upstream import make_session
 
 
@@ -65,6 +66,7 @@ class Gateway:
         engine = ResponsesEngine(self.dispatcher, records, self.inflight)
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs)
+        self.tools = Tools(catalogue, settings)  # MCP sessions and HTTP tools' clients; secret headers read here
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -88,6 +90,7 @@ class Gateway:
                 aclose = getattr(policy, "aclose", None)
                 if aclose is not None:
                     await aclose()
+        await self.tools.aclose()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self.session is not None:

@@ -59,6 +59,47 @@ class InFlight:
                 raise AssertionError(f"{self.running} requests still running after {timeout} s")
 
 
+class Canary:
+    """A TCP listener on a loopback address that only counts the connections it is offered (and closes them):
+    where a hostile input points, it must count zero."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.base = f"http://{host}:{self.port}"
+        self.url = self.base + "/v1"
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def canary(host: str = "127.0.0.1") -> Iterator[Canary]:
+    listener = Canary(host)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,8 +5,6 @@ field, streamed or not, on chat, /v1/responses and the native route, for an Open
 ``type: litellm`` one and a named litellm type (Anthropic), neither of the last two with a ``base_url``.
 """
 
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,35 +12,9 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY, SPACE, catalogue
+from tests.servers import Canary
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-class Canary:
-    """A TCP listener that only counts the connections it is offered."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
