@@ -144,6 +144,8 @@ class RequestContext:
     begin_call: "Callable[[ModelCall], Awaitable[None]] | None" = None
     earlier: tuple[Usage | None, int] = (None, 0)  # usage and cost of the calls before ``call``
     tools: list[Any] = field(default_factory=list)  # the servers of the tools the gateway runs for this request
+    # the tool calls the gateway ran (the loop): server, tool, arguments (bounded), ms, outcome; audit records them
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
     space_id: str = field(init=False)

@@ -27,6 +27,7 @@ from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
 from gateway.responses.engine import ResponsesEngine
+from gateway.responses.loop import ToolLoop
 from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
 from gateway.spend import SpendCounters
@@ -63,10 +64,11 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
-        engine = ResponsesEngine(self.dispatcher, records, self.inflight)
-        self.jobs = Jobs(self.store, settings.heartbeat_seconds)
-        self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs)
         self.tools = Tools(catalogue, settings)  # MCP sessions and HTTP tools' clients; secret headers read here
+        engine = ResponsesEngine(self.dispatcher, records, self.inflight)
+        engine.loop = ToolLoop(engine, self.tools)
+        self.jobs = Jobs(self.store, settings.heartbeat_seconds)
+        self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -1,4 +1,6 @@
-"""audit: records every request a policy (or validation inside the chain) refused in the space's audit log.
+"""audit: records every request a policy (or validation inside the chain) refused in the space's audit log,
+and every tool call the gateway ran for a request (the tool loop: server, tool, duration, outcome; the arguments
+only with ``include_prompts``).
 
 Who (principal and key name), when, what (route, space, model alias, status, error code and message); never
 the prompt or a secret unless ``include_prompts: true``. Put it first in the chain: its ``after`` runs only if
@@ -39,12 +41,18 @@ class Audit(Policy):
         return audit
 
     async def after(self, ctx: RequestContext) -> None:
-        if ctx.outcome != "rejected":
-            return
         try:
-            await self._log(ctx).record_request(ctx, "policy_denial", "request.rejected", self._fields(ctx))
+            if ctx.tool_calls:
+                await self._log(ctx).record_request(ctx, "tool_call", "tools.executed", self._tool_fields(ctx))
+            if ctx.outcome == "rejected":
+                await self._log(ctx).record_request(ctx, "policy_denial", "request.rejected", self._fields(ctx))
         except StoreUnavailable:
-            log.error("audit entry lost (store unreachable): %s refused on %s", ctx.route, ctx.space_id)
+            log.error("audit entry lost (store unreachable): %s on %s", ctx.route, ctx.space_id)
+
+    def _tool_fields(self, ctx: RequestContext) -> dict[str, Any]:
+        keep = self.include_prompts
+        calls = [{k: v for k, v in call.items() if keep or k != "arguments"} for call in ctx.tool_calls]
+        return {"model": ctx.alias[:200] or None, "status": ctx.status_code, "calls": calls}
 
     def _fields(self, ctx: RequestContext) -> dict[str, Any]:
         error = ctx.error

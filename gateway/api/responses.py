@@ -33,7 +33,7 @@ class CreateResponse:
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
         ctx = gw.context(headers, "responses.create", {}, Surface.RESPONSES)
         ctx.body = parse_json_object(raw)
-        gw.responses.admit(ctx, receive)
+        await gw.responses.admit(ctx, receive)
 
         async def call(out: Send) -> None:
             await gw.responses.create(ctx, out, receive, openai_response)

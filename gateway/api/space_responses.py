@@ -34,7 +34,7 @@ class CreateSpaceResponse:
         gw = self.gw
         ctx = space_context(gw, scope, "spaces.responses.create", Surface.NATIVE_RESPONSES)
         ctx.body = parse_json_object(await read_body(receive, ctx.headers, gw.settings.max_body_bytes))
-        gw.responses.admit(ctx, receive)
+        await gw.responses.admit(ctx, receive)
         header_key = parse_key(ctx.headers.get(b"idempotency-key"))
         body_key = ctx.body.get("idempotency_key")
         if header_key and body_key and header_key != body_key:

@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -27,28 +27,10 @@ from gateway.errors import BudgetExceeded, GatewayError, RateLimited, ShuttingDo
 from gateway.responses import mcp_items
 from gateway.responses.events import TERMINAL_EVENTS
 from gateway.responses.mcp_items import function_name
+from gateway.tools import Tools
 
 JSON = dict[str, Any]
 _MAX_TOOLS_OFFERED = 128  # per request, over every server
-
-
-class ToolServer(Protocol):
-    label: str
-
-
-class ToolResultLike(Protocol):
-    output: str
-    error: str | None
-
-
-class ToolHost(Protocol):
-    """What the loop needs of the gateway's tools (``gateway.tools``)."""
-
-    async def list_tools(self, server: Any) -> list[JSON]: ...
-
-    async def call_tool(self, server: Any, name: str, arguments: JSON, timeout: float) -> ToolResultLike: ...
-
-    def needs_approval(self, server: Any, name: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +49,7 @@ class _Tool:
 class ToolLoop:
     """Runs the loop of one turn (``run``) over an engine's single model calls (``open_round``)."""
 
-    def __init__(self, engine: Any, host: ToolHost) -> None:
+    def __init__(self, engine: Any, host: Tools) -> None:
         self.engine = engine
         self.host = host
 
@@ -218,43 +200,39 @@ class _Run:
 
     # --- tools ---
     async def _list_tools(self) -> AsyncIterator[list[JSON]]:
+        """List each server's tools (``mcp_list_tools``) unless the conversation has, and offer them as functions."""
         known = mcp_items.listed_tools(self.turn.history + self.turn.input_items)
         for server in self.ctx.tools:
-            tools = known.get(server.label)
+            tools: list[Any] | None = known.get(server.label)
             if tools is None:
                 item = mcp_items.list_tools_item(mcp_items.new_item_id("mcp_list_tools"), server.label, [])
                 yield self.item_events(item, ("response.mcp_list_tools.in_progress", {}))
+                outcome = "completed"
                 try:
-                    tools = await self.loop.host.list_tools(server)
-                    item["tools"] = tools
-                    yield [
-                        self.event(
-                            "response.mcp_list_tools.completed",
-                            output_index=self.output.index(item),
-                            item_id=item["id"],
-                        ),
-                        self.done(item),
-                    ]
+                    tools = item["tools"] = list(await self.loop.host.list_tools(server))
                 except (TimeoutError, GatewayError, OSError) as exc:
                     item["error"] = str(getattr(exc, "message", exc))[:300] or type(exc).__name__
-                    yield [
-                        self.event(
-                            "response.mcp_list_tools.failed", output_index=self.output.index(item), item_id=item["id"]
-                        ),
-                        self.done(item),
-                    ]
-                    continue
-            for tool in tools:
-                name = str(tool.get("name") or "")
-                if not name or len(self.offered) >= _MAX_TOOLS_OFFERED:
-                    continue
-                fname = function_name(server.label, name)
-                self.tools[fname] = _Tool(server, name)
-                schema = tool.get("input_schema") if isinstance(tool.get("input_schema"), dict) else {"type": "object"}
-                described = {"type": "function", "name": fname, "parameters": schema}
-                if isinstance(tool.get("description"), str):
-                    described["description"] = tool["description"][:1024]
-                self.offered.append(described)
+                    outcome = "failed"
+                index = self.output.index(item)
+                yield [
+                    self.event(f"response.mcp_list_tools.{outcome}", output_index=index, item_id=item["id"]),
+                    self.done(item),
+                ]
+            self._offer(server, [t for t in tools or () if server.allows_tool(str(t.get("name") or ""))])
+
+    def _offer(self, server: Any, tools: list[Any]) -> None:
+        """The server's tools as function tools, named so that a call finds its way back (``function_name``)."""
+        for tool in tools:
+            name = str(tool.get("name") or "")
+            if not name or len(self.offered) >= _MAX_TOOLS_OFFERED:
+                continue
+            fname = function_name(server.label, name)
+            self.tools[fname] = _Tool(server, name)
+            schema = tool.get("input_schema") if isinstance(tool.get("input_schema"), dict) else {"type": "object"}
+            described = {"type": "function", "name": fname, "parameters": schema}
+            if isinstance(tool.get("description"), str):
+                described["description"] = tool["description"][:1024]
+            self.offered.append(described)
 
     def _approved_calls(self) -> list[JSON]:
         """The calls the request approves (``mcp_approval_response`` items naming a request of the conversation):
@@ -319,12 +297,13 @@ class _Run:
                 item.update(status="failed", error="The arguments are not a JSON object.")
             else:
                 timeout = max(0.0, min(self.limits.call_timeout, self.deadline - time.monotonic()))
-                result = await self.loop.host.call_tool(tool.server, tool.name, arguments, timeout)
+                result = await self.loop.host.call_mcp(tool.server, tool.name, arguments, timeout)
                 item.update(output=result.output, error=result.error, status="failed" if result.error else "completed")
-        self.ctx.extras.setdefault("tool_calls", []).append(
+        self.ctx.tool_calls.append(
             {
                 "server": item["server_label"][:100],
                 "tool": item["name"][:100],
+                "arguments": str(item.get("arguments") or "")[:2000],
                 "ms": int((time.monotonic() - started) * 1000),
                 "outcome": "error" if item.get("error") else "ok",
             }
@@ -410,7 +389,7 @@ class _RoundEvents:
             self.approvals.append(asked)
             out = run.item_events(asked)
             return [*out, run.done(asked)]
-        call = mcp_items.call_item(str(item.get("id") or mcp_items.new_item_id("mcp_call")), label, tool.name, "")
+        call = mcp_items.call_item(mcp_items.new_item_id("mcp_call"), label, tool.name, "")
         out = run.item_events(call, ("response.mcp_call.in_progress", {}))
         call["arguments"] = arguments
         index = run.output.index(call)

@@ -15,7 +15,7 @@ from starlette.types import Receive, Send
 
 from gateway.context import AnswerLog, RequestContext
 from gateway.disconnect import cancel_on_disconnect, until_disconnect
-from gateway.errors import JSON_HEADERS, ShuttingDown, UpstreamError
+from gateway.errors import JSON_HEADERS, InvalidRequest, ShuttingDown, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
@@ -27,6 +27,7 @@ from gateway.responses.live import LiveStream, LiveStreams
 from gateway.responses.records import TERMINAL, ResponseRecords, StoredResponse
 from gateway.responses.validate import validate_create
 from gateway.sse import format_sse, responses_error_event
+from gateway.tools import Tools
 
 JSON = dict[str, Any]
 Render = Callable[[StoredResponse], JSON]
@@ -43,7 +44,9 @@ class ResponsesService:
         prices: PriceBook,
         inflight: InFlight,
         jobs: Jobs,
+        tools: Tools,
     ) -> None:
+        self.tools = tools
         self.inflight = inflight
         self.prices = prices
         self.engine = engine
@@ -52,11 +55,13 @@ class ResponsesService:
         self.jobs = jobs  # responses running here, cancels, owners' liveness
 
     # --- create -------------------------------------------------------------------------------------------
-    def admit(self, ctx: RequestContext, receive: Receive) -> None:
-        """Before the policy chain: validate the request (so a refused one consumes no Idempotency-Key) and
-        name a stream's response, whose event log a retry in flight can then follow (``ctx.answer_log``,
-        until that retry's client goes away)."""
+    async def admit(self, ctx: RequestContext, receive: Receive) -> None:
+        """Before the policy chain: validate the request (so a refused one consumes no Idempotency-Key), resolve
+        the tools the gateway runs for it (``ctx.tools``: the tool loop's servers), and name a stream's response,
+        whose event log a retry in flight can then follow (``ctx.answer_log``, until that retry's client goes
+        away)."""
         validate_create(ctx.body)
+        await self._executable_tools(ctx)
         ctx.stream = ctx.body.get("stream") is True
         if ctx.stream:
 
@@ -65,6 +70,21 @@ class ResponsesService:
                 return None if frames is None else until_disconnect(frames, receive)
 
             ctx.answer_log = AnswerLog(new_response_id(), follow)
+
+    async def _executable_tools(self, ctx: RequestContext) -> None:
+        """The request's MCP servers, checked (the space's allowed servers and addresses) before the chain runs.
+        ``tool_mode: manual`` executes nothing, so it cannot take them: the caller has no way to run them."""
+        tools = ctx.body.get("tools")
+        if not tools or all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
+            return
+        resolved = await self.tools.resolve(ctx.space_id, tools)
+        if resolved.http:
+            raise InvalidRequest("HTTP tools are not run by the Responses loop yet; use MCP servers.", param="tools")
+        if resolved.mcp and ctx.body.get("tool_mode") == "manual":
+            raise InvalidRequest(
+                "MCP tools need tool_mode 'auto_resolve': with 'manual' the gateway runs no tool.", param="tool_mode"
+            )
+        ctx.tools = list(resolved.mcp)
 
     async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
         turn = await self.engine.prepare(ctx)

@@ -59,6 +59,16 @@ COMPLETION = {
 }
 
 
+async def read_json(receive: Any) -> Any:
+    """A request's whole body, parsed."""
+    raw = b""
+    while True:
+        message = await receive()
+        raw += message.get("body", b"")
+        if not message.get("more_body"):
+            return orjson.loads(raw)
+
+
 def _last_user_text(body: dict[str, Any]) -> str:
     for message in reversed(body.get("messages") or []):
         if message.get("role") == "user":
@@ -89,13 +99,7 @@ class Upstream:
         self.gates.setdefault(model, threading.Event()).set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        body = orjson.loads(raw)
+        body = await read_json(receive)
         self.requests.append(body)
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
         model = body.get("model", "ok")
