@@ -1,6 +1,8 @@
 """MCP tools against the SDK's own server on loopback (streamable HTTP and SSE) and a hostile raw server: listing,
 calls that succeed, fail, time out or answer too much, pooled sessions, references to declared servers."""
 
+import asyncio
+
 import pytest
 
 from config import Catalogue, CatalogueError
@@ -72,6 +74,18 @@ async def test_one_pooled_session_closed_at_shutdown():
         assert wait_for(lambda: recorder.deleted, lambda n: n == 1) == 1  # the session was ended
         assert tools.sessions.open_sessions == 0
         assert (await tools.call_mcp(mcp, "add", {"a": 1, "b": 2})).error == "The gateway is shutting down."
+
+
+async def test_concurrent_calls_share_one_session():
+    with streamable_server() as (url, recorder):
+        tools = make_tools(tools_catalogue())
+        try:
+            (mcp,) = (await tools.resolve(OPEN, [mcp_tool(url)])).mcp
+            results = await asyncio.gather(*(tools.call_mcp(mcp, "add", {"a": i, "b": 1}) for i in range(8)))
+            assert results == [ToolResult(str(i + 1)) for i in range(8)]
+            assert len(recorder.session_ids) == 1
+        finally:
+            await tools.aclose()
 
 
 async def test_a_broken_session_is_reopened_once():
