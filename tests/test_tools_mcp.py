@@ -11,7 +11,7 @@ from gateway.tools import ToolResult, ToolUnavailable
 from gateway.tools.mcp import McpServer, resolve_mcp_tool
 from gateway.tools.sessions import MAX_DESCRIPTION, MAX_TOOLS
 from tests.mcp_server import BIG, hostile_app, sse_server, streamable_server
-from tests.servers import serve, wait_for
+from tests.servers import canary, serve, wait_for
 from tests.tools_helpers import OPEN, make_tools, mcp_tool, tools_catalogue
 
 ALLOWED = ["add", "boom", "slow", "big"]
@@ -218,3 +218,21 @@ async def test_a_listing_with_a_schema_that_is_not_an_object_is_refused():
                 await tools.list_tools(mcp)
         finally:
             await tools.aclose()
+
+
+async def test_a_server_that_never_answers_times_out():
+    with canary(hold=True) as silent:
+        declared = {"label": "silent", "url": f"{silent.base}/mcp", "timeout_seconds": 0.5}
+        tools = make_tools(tools_catalogue(mcp_servers=[declared]))
+        try:
+            (mcp,) = (await tools.resolve(OPEN, [mcp_tool(None, "silent")])).mcp
+            with pytest.raises(
+                ToolUnavailable, match=r"'silent' is not reachable: no (tool list|session) within 0\.5 s"
+            ):
+                await tools.list_tools(mcp)
+            result = await tools.call_mcp(mcp, "add", {})
+            assert result.error and "within 0.5 s" in result.error
+            assert tools.sessions.open_sessions == 0
+        finally:
+            await tools.aclose()
+        assert silent.connections >= 1

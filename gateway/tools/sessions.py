@@ -109,6 +109,8 @@ class _Session:
 
     async def close(self) -> None:
         self.closing.set()
+        if self.session is None:  # still opening (a server that does not answer): nothing to end politely
+            self.task.cancel()
         with contextlib.suppress(BaseException):
             async with asyncio.timeout(5):
                 await asyncio.shield(self.task)
