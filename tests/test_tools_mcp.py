@@ -113,6 +113,10 @@ async def test_headers_reach_only_their_server(server):
         assert await tools.call_mcp(mcp, "add", {"a": 1, "b": 2}) == ToolResult("3")
         seen = recorder.headers[-1]
         assert seen["x-api-key"] == "s3cret" and seen["authorization"] == "Bearer caller"  # the declared one wins
+        with streamable_server() as (other_url, other):  # another server of the same request sees neither
+            both = await tools.resolve(OPEN, [ref, mcp_tool(other_url, label="other")])
+            assert await tools.call_mcp(both.mcp_server("other"), "add", {"a": 1, "b": 1}) == ToolResult("2")
+            assert other.headers and not any("authorization" in h or "x-api-key" in h for h in other.headers)
     finally:
         await tools.aclose()
     with pytest.raises(CatalogueError, match=r"tenants\[0\]\.mcp_servers\[0\]\.headers_env\.X-Api-Key: .*DEEPWIKI_KEY"):
