@@ -63,7 +63,9 @@ class Canary:
     """A TCP listener on a loopback address that only counts the connections it is offered (and closes them):
     where a hostile input points, it must count zero."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", hold: bool = False) -> None:
+        self.hold = hold  # keep the connections open, silent, until closed (a server that never answers)
+        self.held: list[socket.socket] = []
         self.sock = socket.create_server((host, 0))
         self.sock.settimeout(0.2)
         self.port = int(self.sock.getsockname()[1])
@@ -83,17 +85,22 @@ class Canary:
             except OSError:
                 return
             self.connections += 1
-            conn.close()
+            if self.hold:
+                self.held.append(conn)
+            else:
+                conn.close()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        for conn in self.held:
+            conn.close()
         self.sock.close()
 
 
 @contextlib.contextmanager
-def canary(host: str = "127.0.0.1") -> Iterator[Canary]:
-    listener = Canary(host)
+def canary(host: str = "127.0.0.1", hold: bool = False) -> Iterator[Canary]:
+    listener = Canary(host, hold)
     try:
         yield listener
     finally:

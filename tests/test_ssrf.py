@@ -159,3 +159,13 @@ async def test_messages_repeat_at_most_100_characters_of_a_name():
     with pytest.raises(Exception) as caught:
         await check_url(f"http://{host}/", NONE, 1.0)
     assert len(str(caught.value)) < 200
+
+
+async def test_a_host_allowed_by_name_may_resolve_to_loopback():
+    async def lookup(host: str, port: int, timeout: float):
+        return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+
+    policy = AddressPolicy.from_entries(["mcp.internal."])
+    assert len(await resolve("MCP.internal", 443, policy, 1.0, lookup)) == 2
+    with pytest.raises(Refused, match="'other.internal' resolves to 127.0.0.1, a loopback address"):
+        await resolve("other.internal", 443, policy, 1.0, lookup)

@@ -1,6 +1,8 @@
 """MCP tools against the SDK's own server on loopback (streamable HTTP and SSE) and a hostile raw server: listing,
 calls that succeed, fail, time out or answer too much, pooled sessions, references to declared servers."""
 
+import asyncio
+
 import pytest
 
 from config import Catalogue, CatalogueError
@@ -9,7 +11,7 @@ from gateway.tools import ToolResult, ToolUnavailable
 from gateway.tools.mcp import McpServer, resolve_mcp_tool
 from gateway.tools.sessions import MAX_DESCRIPTION, MAX_TOOLS
 from tests.mcp_server import BIG, hostile_app, sse_server, streamable_server
-from tests.servers import serve, wait_for
+from tests.servers import canary, serve, wait_for
 from tests.tools_helpers import OPEN, make_tools, mcp_tool, tools_catalogue
 
 ALLOWED = ["add", "boom", "slow", "big"]
@@ -74,6 +76,18 @@ async def test_one_pooled_session_closed_at_shutdown():
         assert (await tools.call_mcp(mcp, "add", {"a": 1, "b": 2})).error == "The gateway is shutting down."
 
 
+async def test_concurrent_calls_share_one_session():
+    with streamable_server() as (url, recorder):
+        tools = make_tools(tools_catalogue())
+        try:
+            (mcp,) = (await tools.resolve(OPEN, [mcp_tool(url)])).mcp
+            results = await asyncio.gather(*(tools.call_mcp(mcp, "add", {"a": i, "b": 1}) for i in range(8)))
+            assert results == [ToolResult(str(i + 1)) for i in range(8)]
+            assert len(recorder.session_ids) == 1
+        finally:
+            await tools.aclose()
+
+
 async def test_a_broken_session_is_reopened_once():
     with streamable_server() as (url, recorder):
         tools = make_tools(tools_catalogue())
@@ -99,6 +113,10 @@ async def test_headers_reach_only_their_server(server):
         assert await tools.call_mcp(mcp, "add", {"a": 1, "b": 2}) == ToolResult("3")
         seen = recorder.headers[-1]
         assert seen["x-api-key"] == "s3cret" and seen["authorization"] == "Bearer caller"  # the declared one wins
+        with streamable_server() as (other_url, other):  # another server of the same request sees neither
+            both = await tools.resolve(OPEN, [ref, mcp_tool(other_url, label="other")])
+            assert await tools.call_mcp(both.mcp_server("other"), "add", {"a": 1, "b": 1}) == ToolResult("2")
+            assert other.headers and not any("authorization" in h or "x-api-key" in h for h in other.headers)
     finally:
         await tools.aclose()
     with pytest.raises(CatalogueError, match=r"tenants\[0\]\.mcp_servers\[0\]\.headers_env\.X-Api-Key: .*DEEPWIKI_KEY"):
@@ -204,3 +222,21 @@ async def test_a_listing_with_a_schema_that_is_not_an_object_is_refused():
                 await tools.list_tools(mcp)
         finally:
             await tools.aclose()
+
+
+async def test_a_server_that_never_answers_times_out():
+    with canary(hold=True) as silent:
+        declared = {"label": "silent", "url": f"{silent.base}/mcp", "timeout_seconds": 0.5}
+        tools = make_tools(tools_catalogue(mcp_servers=[declared]))
+        try:
+            (mcp,) = (await tools.resolve(OPEN, [mcp_tool(None, "silent")])).mcp
+            with pytest.raises(
+                ToolUnavailable, match=r"'silent' is not reachable: no (tool list|session) within 0\.5 s"
+            ):
+                await tools.list_tools(mcp)
+            result = await tools.call_mcp(mcp, "add", {})
+            assert result.error and "within 0.5 s" in result.error
+            assert tools.sessions.open_sessions == 0
+        finally:
+            await tools.aclose()
+        assert silent.connections >= 1

@@ -109,6 +109,8 @@ class _Session:
 
     async def close(self) -> None:
         self.closing.set()
+        if self.session is None:  # still opening (a server that does not answer): nothing to end politely
+            self.task.cancel()
         with contextlib.suppress(BaseException):
             async with asyncio.timeout(5):
                 await asyncio.shield(self.task)
@@ -193,7 +195,7 @@ class McpSessions:
 
     async def list_tools(self, server: McpServer) -> list[McpTool]:
         """The server's tools the request allows (``allowed_tools``), at most ``MAX_TOOLS``, each bounded; a tool
-        with a bad name or a schema that is not an object is left out. ``ToolUnavailable`` (424) when the server
+        with a bad name or an oversized schema is left out. ``ToolUnavailable`` (424) when the server
         cannot be reached or fails the listing."""
         try:
             async with asyncio.timeout(server.timeout):
@@ -202,8 +204,8 @@ class McpSessions:
             raise
         except TimeoutError:
             raise ToolUnavailable(self._unreachable(server, f"no tool list within {server.timeout:g} s")) from None
-        except (Exception, *_BROKEN) as exc:  # an unreachable server, or a listing the SDK refused (a schema
-            raise ToolUnavailable(self._unreachable(server, describe(exc))) from None  # that is not an object)
+        except Exception as exc:  # unreachable, or a listing the SDK refused (a schema that is not an object)
+            raise ToolUnavailable(self._unreachable(server, describe(exc))) from None
         tools: list[McpTool] = []
         for tool in listed:
             if len(tools) == MAX_TOOLS:
@@ -251,7 +253,7 @@ class McpSessions:
             if exc.error.code == mcp_types.REQUEST_TIMEOUT:
                 return ToolResult.failed(f"tool {shown(name)} timed out after {limit:g} s")
             return ToolResult.failed(f"MCP error {exc.error.code}: {exc.error.message}")
-        except (Exception, *_BROKEN) as exc:  # the SDK's own failures: the model is told, the request goes on
+        except Exception as exc:  # the SDK's own failures: the model is told, the request goes on
             return ToolResult.failed(describe(exc))
         text = bounded_output(_text(result), self.max_output_bytes)
         if result.is_error:
