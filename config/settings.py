@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     )
     tool_dns_timeout_seconds: float = Field(5.0, gt=0, description="Longest wait to resolve a tool server's host.")
     mcp_max_sessions: int = Field(256, gt=0, description="MCP sessions kept open per process (oldest closed first).")
+    mcp_listing_ttl_seconds: float = Field(
+        30.0, ge=0, description="How long an MCP session's tool listing is reused before the server is asked again."
+    )
     log_level: str = "info"
     access_log: bool = Field(False, description="One log line per request (costs throughput).")
     gc_gen0_threshold: int = Field(

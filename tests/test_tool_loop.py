@@ -336,3 +336,37 @@ def test_a_background_loop_runs_as_a_job_and_cancel_stops_it(loop_gateway, mcp):
     stream.close()
     cancelled = client.responses.cancel(response_id)
     assert cancelled.status == "cancelled"
+
+
+def _sse_events(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_a_streamed_loop_resumes_from_any_sequence_number_across_rounds(loop_gateway, mcp):
+    base = loop_gateway()
+    with _ask(base, mcp[0], [["calc__add", {"a": 1, "b": 2}]], "sum {outputs}", stream=True) as stream:
+        events = [e.model_dump() for e in stream]
+    response_id = events[0]["response"]["id"]
+    cut = next(e["sequence_number"] for e in events if e["type"] == "response.mcp_call.completed")
+    r = httpx2.get(f"{base}/v1/responses/{response_id}", headers=AUTH, params={"stream": "true", "starting_after": cut})
+    rest = _sse_events(r.text)
+    assert [e["sequence_number"] for e in rest] == list(range(cut + 1, len(events)))
+    assert [e["type"] for e in rest] == [e["type"] for e in events[cut + 1 :]]
+
+
+def test_an_idempotent_retry_of_a_loop_replays_it_without_running_anything_again(start_gateway, mcp, scripted):
+    base = start_gateway(_catalogue(scripted[1], policies=[{"use": "idempotency"}, {"use": "allow_list"}]))
+    body = {
+        "model": "up",
+        "input": _script([["calc__add", {"a": 3, "b": 4}]], "sum {outputs}"),
+        "tools": [_mcp_tool(mcp[0], require_approval="never")],
+    }
+    headers = {**AUTH, "Idempotency-Key": "loop-1"}
+    first = httpx2.post(f"{base}/v1/spaces/{SPACE}/responses", headers=headers, json=body, timeout=30)
+    base.idle()
+    calls = len(scripted[0].bodies)
+    again = httpx2.post(f"{base}/v1/spaces/{SPACE}/responses", headers=headers, json=body, timeout=30)
+    assert again.status_code == first.status_code == 200
+    assert again.json()["data"]["id"] == first.json()["data"]["id"]
+    assert again.json()["data"]["output"] == first.json()["data"]["output"]
+    assert len(scripted[0].bodies) == calls  # no round ran again

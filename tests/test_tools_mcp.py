@@ -240,3 +240,18 @@ async def test_a_server_that_never_answers_times_out():
         finally:
             await tools.aclose()
         assert silent.connections >= 1
+
+
+@pytest.mark.parametrize("ttl, asked", [(30.0, 1), (0.0, 2)])
+async def test_a_sessions_tool_listing_is_reused_for_its_ttl(ttl, asked):
+    with streamable_server() as (url, recorder):
+        tools = make_tools(tools_catalogue(), mcp_listing_ttl_seconds=ttl)
+        try:
+            (mcp,) = (await tools.resolve(OPEN, [mcp_tool(url)])).mcp
+            first = await tools.list_tools(mcp)
+            before = len(recorder.headers)
+            second = await tools.list_tools(mcp)
+            assert first == second and {t["name"] for t in first} >= {"add"}
+            assert (len(recorder.headers) > before) is (asked == 2)  # the second listing went to the server
+        finally:
+            await tools.aclose()

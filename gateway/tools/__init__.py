@@ -94,7 +94,12 @@ class Tools:
     def __init__(self, catalogue: Catalogue, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.dns_timeout = settings.tool_dns_timeout_seconds
-        self.sessions = McpSessions(self.dns_timeout, settings.tool_output_max_bytes, settings.mcp_max_sessions)
+        self.sessions = McpSessions(
+            self.dns_timeout,
+            settings.tool_output_max_bytes,
+            settings.mcp_max_sessions,
+            settings.mcp_listing_ttl_seconds,
+        )
         self.http = HttpTools(self.dns_timeout, settings.tool_output_max_bytes)
         self._secrets: dict[str, dict[str, dict[str, str]]] = {}  # tenant id -> server label -> headers
         self._spaces: dict[str, _SpaceTools] = {}

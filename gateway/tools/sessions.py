@@ -12,6 +12,7 @@ tools, the size of names, descriptions and schemas, and non-object schemas are d
 import asyncio
 import contextlib
 import math
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
@@ -63,6 +64,7 @@ class _Session:
         self.dns_timeout = dns_timeout
         self.session: ClientSession | None = None
         self.failure: BaseException | None = None
+        self.listing: tuple[float, list[mcp_types.Tool]] | None = None  # (when, the server's tools)
         self.ready = asyncio.Event()
         self.closing = asyncio.Event()
         self.task = asyncio.ensure_future(self._own())
@@ -123,7 +125,10 @@ class _Session:
 class McpSessions:
     """The pool of one app's MCP sessions. ``aclose`` closes them all (the app's shutdown)."""
 
-    def __init__(self, dns_timeout: float, max_output_bytes: int, max_sessions: int = 256) -> None:
+    def __init__(
+        self, dns_timeout: float, max_output_bytes: int, max_sessions: int = 256, listing_ttl: float = 30.0
+    ) -> None:
+        self.listing_ttl = listing_ttl  # how long a session's tool listing is reused
         self.dns_timeout = dns_timeout
         self.max_output_bytes = max_output_bytes
         self.max_sessions = max_sessions
@@ -197,15 +202,16 @@ class McpSessions:
         """The server's tools the request allows (``allowed_tools``), at most ``MAX_TOOLS``, each bounded; a tool
         with a bad name or an oversized schema is left out. ``ToolUnavailable`` (424) when the server
         cannot be reached or fails the listing."""
-        try:
-            async with asyncio.timeout(server.timeout):
-                listed = await self._with_session(server, self._read_listing)
-        except ToolUnavailable:
-            raise
-        except TimeoutError:
-            raise ToolUnavailable(self._unreachable(server, f"no tool list within {server.timeout:g} s")) from None
-        except Exception as exc:  # unreachable, or a listing the SDK refused (a schema that is not an object)
-            raise ToolUnavailable(self._unreachable(server, describe(exc))) from None
+        key = self.key(server)
+        entry = self._sessions.get(key)
+        cached = entry.listing if entry is not None and entry.alive else None
+        if cached is not None and time.monotonic() - cached[0] < self.listing_ttl:
+            listed = cached[1]
+        else:
+            listed = await self._list(server)
+            entry = self._sessions.get(key)
+            if entry is not None:  # the session's listing, kept for a while: most loops list the same server
+                entry.listing = (time.monotonic(), listed)
         tools: list[McpTool] = []
         for tool in listed:
             if len(tools) == MAX_TOOLS:
@@ -215,6 +221,18 @@ class McpSessions:
                 if kept is not None:
                     tools.append(kept)
         return tools
+
+    async def _list(self, server: McpServer) -> list[mcp_types.Tool]:
+        try:
+            async with asyncio.timeout(server.timeout):
+                listed: list[mcp_types.Tool] = await self._with_session(server, self._read_listing)
+                return listed
+        except ToolUnavailable:
+            raise
+        except TimeoutError:
+            raise ToolUnavailable(self._unreachable(server, f"no tool list within {server.timeout:g} s")) from None
+        except Exception as exc:  # unreachable, or a listing the SDK refused (a schema that is not an object)
+            raise ToolUnavailable(self._unreachable(server, describe(exc))) from None
 
     @staticmethod
     async def _read_listing(session: ClientSession) -> list[mcp_types.Tool]:
