@@ -33,9 +33,22 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(1000, gt=0)
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a replica proves it is alive (x3 = expiry).")
-    shutdown_grace_seconds: float = Field(
-        10.0, ge=0, description="At shutdown, how long stopped requests get to end and release what they hold."
+    shutdown_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, how long to keep serving (with /readyz at 503) before the listener closes, so "
+        "that load balancers stop routing here first.",
     )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="At shutdown, how long requests and streams in flight get to finish by themselves."
+    )
+    shutdown_cleanup_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="After the grace, how long the requests then stopped get to send their error event and "
+        "release what they hold.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port (more than one needs Redis).")
     response_ttl_seconds: int = Field(30 * 24 * 3600, gt=0, description="How long stored responses are kept.")
     memory_store_max_bytes: int = Field(
         256 * 1024 * 1024,

@@ -5,10 +5,14 @@ message naming the field.
 """
 
 import argparse
+import asyncio
 import gc
+import math
 import signal
 import socket
 import sys
+import time
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -47,19 +51,66 @@ def tune_gc(gen0_threshold: int) -> None:
 
 
 class GatewayServer(uvicorn.Server):
-    """uvicorn's server, stopping the gateway's requests as soon as it is told to exit (SIGTERM, SIGINT)
-    rather than after uvicorn's graceful timeout: each ends with its error event and releases its budget
-    holds and idempotency claims while the store is still open (``gateway.inflight``)."""
+    """uvicorn's server with the gateway's drain at SIGTERM (or SIGINT): ``/readyz`` answers 503 from the signal on;
+    the server keeps serving for ``shutdown_delay_seconds`` (a second signal ends that), then closes its
+    listener and lets the requests in flight finish within ``shutdown_grace_seconds``; what is left then ends
+    with its error event and releases its budget holds and idempotency claims while the store is still open
+    (``Gateway.drain``).
 
-    def __init__(self, config: uvicorn.Config, gateway: "Gateway") -> None:
+    ``worker``: one of several processes (``gateway.workers``), whose supervisor forwards every stop as
+    SIGTERM; a terminal's SIGINT, which reaches the whole process group, is left to it (two signals would
+    force the exit).
+    """
+
+    def __init__(self, config: uvicorn.Config, gateway: "Gateway", worker: bool = False) -> None:
         super().__init__(config)
         self.gateway = gateway
+        self.worker = worker
+        self.cut_delay = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.worker and sig == signal.SIGINT:
+            return
+        self.cut_delay = self.should_exit  # a second signal ends the delay
+        self.gateway.draining = True
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:  # no new connections while the requests in flight are stopped
+        deadline = time.monotonic() + self.gateway.settings.shutdown_delay_seconds
+        while time.monotonic() < deadline and not self.cut_delay:  # out of rotation, still serving
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        for server in self.servers:  # no new connections while the requests in flight finish
             server.close()
-        await self.gateway.inflight.stop(self.gateway.settings.shutdown_grace_seconds)
+        await self.gateway.drain()
         await super().shutdown(sockets)
+
+
+def server_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway's app (one process, or each worker)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http="httptools",
+        loop="uvloop",
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_keep_alive=75,
+        # the drain has ended every request by then: what is left is closing connections
+        timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_cleanup_seconds)),
+    )
+
+
+def serve(server: GatewayServer) -> None:
+    """Run ``server`` until it has drained; exits 3 when it could not start (uvicorn's own status)."""
+    # uvicorn raises the signal it stopped on again once it has shut down, under the handler it found: with its
+    # own handler found there, that changes nothing, so a completed shutdown exits with status 0 (under the
+    # default one, SIGTERM killed the process: -15); a signal before uvicorn installs its handlers is not lost
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, server.handle_exit)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's own status when the server could not start (the port is taken, say)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,26 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"gateway: cannot start: {problem}\n")
         sys.exit(2)
     tune_gc(settings.gc_gen0_threshold)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="httptools",
-        loop="uvloop",
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=30,
-    )
-    server = GatewayServer(config, app.state.gateway)
-    # uvicorn raises the signal it stopped on again once it has shut down, under the handler it found: with its
-    # own handler found there, that changes nothing, so a completed shutdown exits with status 0 (under the
-    # default one, SIGTERM killed the process: -15); a signal before uvicorn installs its handlers is not lost
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, server.handle_exit)
-    server.run()
-    if not server.started:
-        sys.exit(3)  # uvicorn's own status when the server could not start (the port is taken, say)
+    serve(GatewayServer(server_config(app, settings), app.state.gateway))
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ class ShuttingDown(GatewayError):
     code = "gateway_shutting_down"
 
     def __init__(self, message: str = "The gateway is shutting down; retry the request.") -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
+        # the connection closes too: a client retrying on it would reach this instance again
+        super().__init__(message, headers={"Retry-After": "1", "Connection": "close"})
 
 
 class UpstreamError(GatewayError):
