@@ -20,10 +20,10 @@ import uvicorn
 import yaml
 
 from config import Settings
-from gateway.__main__ import GatewayServer
 from gateway.app import create_app
+from gateway.server import GatewayServer
 from tests.conftest import ADMIN_KEY, catalogue
-from tests.servers import free_port, spawn_gateway
+from tests.servers import free_port, kill_if_running, spawn_gateway
 from tests.test_shutdown import holds, prefix_keys, stalling_catalogue
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -128,9 +128,7 @@ async def test_streams_finishing_within_the_grace_complete_and_the_process_exits
         assert prefix_keys(store, prefix, "instance:") == []  # withdrawn: its jobs' readers repair them at once
     finally:
         fake.open_gate(gate)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
         store.close()
 
 
@@ -153,9 +151,7 @@ async def test_streams_outlasting_the_grace_end_with_their_error_event_and_the_p
         assert holds(store, prefix) == 0
         assert prefix_keys(store, prefix, "idem:") == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
         store.close()
 
 

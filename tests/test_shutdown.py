@@ -18,7 +18,7 @@ import yaml
 from config import Settings
 from gateway.app import create_app
 from tests.conftest import ADMIN_KEY, catalogue
-from tests.servers import serve, spawn_gateway
+from tests.servers import kill_if_running, serve, spawn_gateway
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 STREAMS = 20  # half Chat Completions, half Responses
@@ -164,9 +164,7 @@ def test_sigterm_ends_every_request_cleanly_and_releases_what_it_held(
         assert holds(store, prefix) == 0
         assert prefix_keys(store, prefix, "idem:") == []  # released, not stored: a retry runs again
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
         store.close()
 
     reader = start_gateway(cat, redis_url=redis_url, redis_prefix=prefix)  # the stored responses, as left
