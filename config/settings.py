@@ -4,6 +4,7 @@ Read from the environment (prefix ``GATEWAY_``) and overridable by command-line 
 """
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,8 +57,11 @@ class Settings(BaseSettings):
         description="The in-memory store's limit for stored responses and event logs (approximate bytes); past "
         "it the oldest are evicted first. 0: no limit. Not used with Redis.",
     )
-    log_level: str = "info"
-    access_log: bool = Field(False, description="One log line per request (costs throughput).")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="Level of the gateway's loggers and uvicorn's."
+    )
+    request_log: bool = Field(True, description="One JSON line per request (logger gateway.requests, level info).")
+    access_log: bool = Field(False, description="uvicorn's own access log besides (costs throughput).")
     gc_gen0_threshold: int = Field(
         10_000,
         ge=0,

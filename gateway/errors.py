@@ -40,6 +40,7 @@ class GatewayError(Exception):
     # a refusal that holds only for the moment (a rate limit, a budget): the same request may pass later, so an
     # idempotent answer must not be recorded from it
     momentary = False
+    logged = False  # its request's log line was written (by the request's own end, gateway.logs)
 
     def __init__(
         self,

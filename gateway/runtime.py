@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,11 +22,12 @@ from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
 from gateway.context import RequestContext, Surface
 from gateway.dispatch import Dispatcher
-from gateway.errors import StoreUnavailable
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
+from gateway.logs import log_request
 from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
@@ -160,6 +162,16 @@ class Gateway:
             with inflight.interruptible():
                 await call(out)
 
-        resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
-        with inflight.track():
-            await self.chains[ctx.space_id].run(ctx, send, interruptible)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
+            with inflight.track():
+                await self.chains[ctx.space_id].run(ctx, send, interruptible)
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, GatewayError):
+                exc.logged = True  # (the exception handlers would log it again)
+            raise
+        finally:
+            log_request(ctx, started, error)

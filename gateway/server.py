@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from config import Settings
+from gateway.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -70,7 +71,10 @@ class GatewayServer(uvicorn.Server):
 
 
 def server_config(app: Any, settings: Settings) -> uvicorn.Config:
-    """uvicorn's configuration for the gateway's app (one process, or each worker)."""
+    """uvicorn's configuration for the gateway's app (one process, or each worker), and the gateway's logging
+    (``gateway.logs``: JSON lines; uvicorn's own access log stays off unless asked, the request lines replace
+    it)."""
+    configure_logging(settings)
     return uvicorn.Config(
         app,
         host=settings.host,
