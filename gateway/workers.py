@@ -22,6 +22,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from config import Settings
+from gateway.logs import configure as configure_logging
 from gateway.server import GatewayServer, serve, server_config, tune_gc
 
 log = logging.getLogger("gateway")
@@ -74,6 +75,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until told to stop; returns the process's exit status."""
+        configure_logging(self.settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
         # the place where each worker process is started (anything it must inherit, set it before)
