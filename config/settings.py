@@ -4,6 +4,7 @@ Read from the environment (prefix ``GATEWAY_``) and overridable by command-line 
 """
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,9 +34,22 @@ class Settings(BaseSettings):
     upstream_max_connections: int = Field(1000, gt=0)
     idempotency_ttl_seconds: int = Field(24 * 3600, gt=0)
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a replica proves it is alive (x3 = expiry).")
-    shutdown_grace_seconds: float = Field(
-        10.0, ge=0, description="At shutdown, how long stopped requests get to end and release what they hold."
+    shutdown_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, how long to keep serving (with /readyz at 503) before the listener closes, so "
+        "that load balancers stop routing here first.",
     )
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="At shutdown, how long requests and streams in flight get to finish by themselves."
+    )
+    shutdown_cleanup_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="After the grace, how long the requests then stopped get to send their error event and "
+        "release what they hold.",
+    )
+    workers: int = Field(1, ge=1, le=64, description="Worker processes sharing the port (more than one needs Redis).")
     response_ttl_seconds: int = Field(30 * 24 * 3600, gt=0, description="How long stored responses are kept.")
     memory_store_max_bytes: int = Field(
         256 * 1024 * 1024,
@@ -51,8 +65,11 @@ class Settings(BaseSettings):
     mcp_listing_ttl_seconds: float = Field(
         30.0, ge=0, description="How long an MCP session's tool listing is reused before the server is asked again."
     )
-    log_level: str = "info"
-    access_log: bool = Field(False, description="One log line per request (costs throughput).")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="Level of the gateway's loggers and uvicorn's."
+    )
+    request_log: bool = Field(True, description="One JSON line per request (logger gateway.requests, level info).")
+    access_log: bool = Field(False, description="uvicorn's own access log besides (costs throughput).")
     gc_gen0_threshold: int = Field(
         10_000,
         ge=0,

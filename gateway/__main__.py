@@ -5,21 +5,18 @@ message naming the field.
 """
 
 import argparse
-import gc
-import signal
-import socket
 import sys
-from typing import TYPE_CHECKING, Any
-
-import uvicorn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from config import CatalogueError, Settings
 from gateway.catalog import hash_key
 from gateway.exposure import exposure_problem
 from gateway.policy import PolicyConfigError
+from gateway.server import GatewayServer, serve, server_config, tune_gc
+from gateway.workers import COULD_NOT_START, Supervisor, listen_socket, workers_problem
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from starlette.applications import Starlette
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -28,38 +25,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--host", help="listen address (GATEWAY_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (GATEWAY_PORT, default 8080)")
     parser.add_argument("--redis-url", help="redis://… shared store (GATEWAY_REDIS_URL); default in-memory")
-    parser.add_argument("--log-level", help="uvicorn log level (GATEWAY_LOG_LEVEL)")
+    parser.add_argument("--log-level", help="log level (GATEWAY_LOG_LEVEL)")
+    parser.add_argument("--workers", type=int, help="worker processes on the port (GATEWAY_WORKERS); >1 needs Redis")
     return parser.parse_args(argv)
-
-
-def tune_gc(gen0_threshold: int) -> None:
-    """Make Python's cyclic collector cheaper for a server: a request allocates hundreds of containers, so with
-    the default threshold (700) generation 0 is collected every request or two, and the older generations,
-    which hold every imported module and the catalogue, are walked again and again. Freezing the start-up heap
-    takes it out of every collection; a higher threshold makes collections rarer (garbage cycles wait a little
-    longer). Only the server process does this: an app built in tests leaves the collector alone."""
-    if gen0_threshold <= 0:
-        return
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
-
-
-class GatewayServer(uvicorn.Server):
-    """uvicorn's server, stopping the gateway's requests as soon as it is told to exit (SIGTERM, SIGINT)
-    rather than after uvicorn's graceful timeout: each ends with its error event and releases its budget
-    holds and idempotency claims while the store is still open (``gateway.inflight``)."""
-
-    def __init__(self, config: uvicorn.Config, gateway: "Gateway") -> None:
-        super().__init__(config)
-        self.gateway = gateway
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:  # no new connections while the requests in flight are stopped
-            server.close()
-        await self.gateway.inflight.stop(self.gateway.settings.shutdown_grace_seconds)
-        await super().shutdown(sockets)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,38 +40,42 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
+    app = _validated_app(settings)
+    if settings.workers > 1:
+        del app  # each worker builds its own
+        sys.exit(_run_workers(settings))
+    tune_gc(settings.gc_gen0_threshold)
+    serve(GatewayServer(server_config(app, settings), app.state.gateway))
+
+
+def _cannot_start(problem: object, status: int = 2) -> NoReturn:
+    sys.stderr.write(f"gateway: cannot start: {problem}\n")
+    sys.exit(status)
+
+
+def _validated_app(settings: Settings) -> "Starlette":
+    """The app, or exit 2 naming what is wrong: the catalogue, a policy's config, the exposure, the workers."""
     from gateway.app import create_app
 
+    problem = workers_problem(settings)
+    if problem is not None:
+        _cannot_start(problem)
     try:
         app = create_app(settings)
     except (CatalogueError, PolicyConfigError) as exc:
-        sys.stderr.write(f"gateway: cannot start: {exc}\n")
-        sys.exit(2)
+        _cannot_start(exc)
     problem = exposure_problem(settings.host, app.state.gateway.catalog.tenants, settings.demo)
     if problem is not None:
-        sys.stderr.write(f"gateway: cannot start: {problem}\n")
-        sys.exit(2)
-    tune_gc(settings.gc_gen0_threshold)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http="httptools",
-        loop="uvloop",
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=30,
-    )
-    server = GatewayServer(config, app.state.gateway)
-    # uvicorn raises the signal it stopped on again once it has shut down, under the handler it found: with its
-    # own handler found there, that changes nothing, so a completed shutdown exits with status 0 (under the
-    # default one, SIGTERM killed the process: -15); a signal before uvicorn installs its handlers is not lost
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, server.handle_exit)
-    server.run()
-    if not server.started:
-        sys.exit(3)  # uvicorn's own status when the server could not start (the port is taken, say)
+        _cannot_start(problem)
+    return app
+
+
+def _run_workers(settings: Settings) -> int:
+    try:
+        sock = listen_socket(settings.host, settings.port)
+    except OSError as exc:
+        _cannot_start(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}", COULD_NOT_START)
+    return Supervisor(settings, sock).run()
 
 
 if __name__ == "__main__":

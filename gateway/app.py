@@ -13,6 +13,7 @@ from starlette.routing import Route
 from config import Settings, load_catalogue
 from gateway.api import audit, health, openai, responses, space_responses, spaces, usage
 from gateway.errors import GatewayError, NotFound, is_native, render_error
+from gateway.logs import bounded, log_refused
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
@@ -25,8 +26,17 @@ def _error_response(exc: GatewayError, path: str) -> Response:
     )
 
 
+def _log_refused(request: Request, exc: GatewayError | None) -> None:
+    """A request answered with an error before (or outside) a policy chain: its log line, with what is known."""
+    if exc is None or not exc.logged:
+        scope = request.scope
+        request_id = dict(scope["headers"]).get(b"x-request-id")
+        log_refused(scope["method"], scope["path"], request_id, exc)
+
+
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    _log_refused(request, exc)
     return _error_response(exc, request.url.path)
 
 
@@ -39,11 +49,13 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     else:
         error = GatewayError(str(exc.detail), status_code=exc.status_code, code="method_not_allowed")
         error.error_type = "invalid_request_error"
+    _log_refused(request, error)
     return _error_response(error, request.url.path)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    log.exception("unhandled error on %s %s", request.method, bounded(request.url.path))
+    _log_refused(request, None)
     error = GatewayError("The gateway hit an internal error.", code="internal_error")
     return _error_response(error, request.url.path)
 

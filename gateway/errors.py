@@ -40,6 +40,7 @@ class GatewayError(Exception):
     # a refusal that holds only for the moment (a rate limit, a budget): the same request may pass later, so an
     # idempotent answer must not be recorded from it
     momentary = False
+    logged = False  # its request's log line was written (by the request's own end, gateway.logs)
 
     def __init__(
         self,
@@ -154,7 +155,8 @@ class ShuttingDown(GatewayError):
     code = "gateway_shutting_down"
 
     def __init__(self, message: str = "The gateway is shutting down; retry the request.") -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
+        # the connection closes too: a client retrying on it would reach this instance again
+        super().__init__(message, headers={"Retry-After": "1", "Connection": "close"})
 
 
 class UpstreamError(GatewayError):

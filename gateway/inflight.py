@@ -1,13 +1,15 @@
-"""The requests one app is serving, so that shutting down ends them cleanly instead of cutting them.
+"""The requests one app is serving, so that shutting down lets them finish, and ends cleanly those that do not.
 
-A request is tracked from the start of its policy chain to the end of its ``after`` hooks. ``stop`` (called at
-SIGTERM by ``python -m gateway``, and by the app's lifespan shutdown) cancels every tracked request that is
-inside ``interruptible()`` (its upstream call and relay), where the cancellation surfaces as ``ShuttingDown``:
-a stream ends with its error event (Chat Completions) or ``response.failed`` (Responses), an answer not yet
-started is a 503, and the chain's ``after`` hooks then release budget holds and idempotency claims as after
-any failure. A request still in its ``before`` hooks is refused as it enters ``interruptible()`` (never cut
-inside a store round trip), one in its ``after`` hooks is left to finish, and a new request is refused with
-503. ``stop`` waits for all of them, bounded by a grace period, while the store is still open.
+A request is tracked from the start of its policy chain to the end of its ``after`` hooks. ``drain`` (called at
+SIGTERM by ``python -m gateway``) refuses new requests and waits, for a grace period, for the tracked ones to
+finish by themselves; then it ``stop``s what is left. ``stop`` (also called by the app's lifespan shutdown) cancels
+every tracked request that is inside ``interruptible()`` (its upstream call and relay), where the cancellation
+surfaces as ``ShuttingDown``: a stream ends with its error event (Chat Completions) or ``response.failed``
+(Responses), an answer not yet started is a 503, and the chain's ``after`` hooks then release budget holds and
+idempotency claims as after any failure. A request still in its ``before`` hooks is refused as it enters
+``interruptible()`` (never cut inside a store round trip), one in its ``after`` hooks is left to finish, and a new
+request is refused with 503 (from the start of the drain). ``stop`` waits for all of them, bounded by a cleanup
+period, while the store is still open.
 """
 
 import asyncio
@@ -99,6 +101,21 @@ class InFlight:
         request = self.requests.get(task) if task is not None else None
         return request is not None and request.stop
 
+    async def drain(self, grace: float, cleanup: float) -> int:
+        """Refuse new requests and let the tracked ones finish, for at most ``grace`` seconds; then ``stop``
+        what is left, waiting at most ``cleanup`` seconds for their ends. Returns how many were still running."""
+        self.stopping = True
+        await self._idle(grace)
+        return await self.stop(cleanup)
+
+    async def _idle(self, seconds: float) -> None:
+        if self.requests:
+            try:
+                async with asyncio.timeout(seconds):
+                    await self.idle.wait()
+            except TimeoutError:
+                pass
+
     async def stop(self, grace: float) -> int:
         """Refuse new requests, stop the tracked ones and wait (at most ``grace`` seconds) until each has ended
         and run its ``after`` hooks. Returns how many were still running then. Safe to call again."""
@@ -111,10 +128,5 @@ class InFlight:
             if request.depth > 0 and not request.task.done() and not request.task.cancelling():
                 request.cancelled = True
                 request.task.cancel()
-        if self.requests:
-            try:
-                async with asyncio.timeout(grace):
-                    await self.idle.wait()
-            except TimeoutError:
-                pass
+        await self._idle(grace)
         return len(self.requests)

@@ -8,6 +8,8 @@ job from any replica. Background responses use it; skill executions will.
   and ``cancelled(job_id)`` tells the job's own cancellation handler that the API asked (not a shutdown).
 - ``request_cancel`` leaves the signal (``cancel:<id>``) for the replica that runs the job, whose
   ``watch_cancel`` polls for it.
+- ``hand_back()``, once a draining replica's jobs have ended (or been stopped), deletes its liveness key: a job
+  whose end it could not record is then repaired by its next reader at once, not three beats later.
 """
 
 import asyncio
@@ -69,9 +71,17 @@ class Jobs:
     async def heartbeat(self) -> None:
         """Keep this instance's liveness key fresh while it runs."""
         while True:
-            await self.store.set(f"instance:{self.instance}", b"1", self.heartbeat_seconds * 3)
+            await self.store.set(self.instance_key, b"1", self.heartbeat_seconds * 3)
             await asyncio.sleep(self.heartbeat_seconds)
 
     async def owner_alive(self, owner: str) -> bool:
         """Whether the replica named ``owner`` proved it was alive within the last three beats."""
         return owner == self.instance or await self.store.get(f"instance:{owner}") is not None
+
+    @property
+    def instance_key(self) -> str:
+        return f"instance:{self.instance}"
+
+    async def hand_back(self) -> None:
+        """This replica is going: it no longer claims to be alive (the heartbeat must be stopped first)."""
+        await self.store.delete(self.instance_key)

@@ -5,7 +5,10 @@ fails the start; connections are opened in ``start`` and closed in ``stop`` by t
 """
 
 import asyncio
+import contextlib
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,10 +22,12 @@ from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
 from gateway.context import RequestContext, Surface
 from gateway.dispatch import Dispatcher
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
+from gateway.logs import log_request
 from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
@@ -35,6 +40,8 @@ from gateway.store import open_store
 from gateway.targets import resolve_target
 from gateway.tools import Tools
 from gateway.upstream import make_session
+
+log = logging.getLogger("gateway")
 
 
 class Gateway:
@@ -70,6 +77,7 @@ class Gateway:
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
         self._heartbeat: asyncio.Task[None] | None = None
+        self.draining = False  # set at SIGTERM: /readyz answers 503 from then on
 
     async def start(self) -> None:
         s = self.settings
@@ -83,18 +91,39 @@ class Gateway:
         await self.catalog.seed()
         self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
 
+    async def drain(self, grace: float | None = None) -> int:
+        """Stop taking requests (``/readyz`` says so at once) and let those in flight, background responses
+        included, finish within ``grace`` (default: the setting); then stop what is left with its error event,
+        its holds released while the store is open, and hand the replica's jobs back (``Jobs.hand_back``).
+        Returns how many requests had still not ended. Safe to call again."""
+        s = self.settings
+        self.draining = True
+        grace = s.shutdown_grace_seconds if grace is None else grace
+        left = await self.inflight.drain(grace, s.shutdown_cleanup_seconds)
+        if left:
+            log.warning("shutdown: %d request(s) had not ended after their cleanup time", left)
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await heartbeat
+            try:
+                await self.jobs.hand_back()
+            except StoreUnavailable as exc:
+                log.warning("shutdown: could not withdraw this replica's liveness key: %s", exc.message)
+        return left
+
     async def stop(self) -> None:
         # requests still running end first (a stream with its error event), releasing what they hold while
-        # the store is open; after SIGTERM (gateway.__main__) they were stopped already
-        await self.inflight.stop(self.settings.shutdown_grace_seconds)
+        # the store is open; after SIGTERM (gateway.__main__) the drain has run already, and served by plain
+        # uvicorn, its graceful timeout was the grace
+        await self.drain(grace=0)
         for chain in self.chains.values():  # policies holding clients of their own (webhooks) close them
             for policy in chain.policies:
                 aclose = getattr(policy, "aclose", None)
                 if aclose is not None:
                     await aclose()
         await self.tools.aclose()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
         if self.session is not None:
             await self.session.close()
         await self.store.close()
@@ -138,6 +167,16 @@ class Gateway:
             with inflight.interruptible():
                 await call(out)
 
-        resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
-        with inflight.track():
-            await self.chains[ctx.space_id].run(ctx, send, interruptible)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
+            with inflight.track():
+                await self.chains[ctx.space_id].run(ctx, send, interruptible)
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, GatewayError):
+                exc.logged = True  # (the exception handlers would log it again)
+            raise
+        finally:
+            log_request(ctx, started, error)

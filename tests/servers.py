@@ -239,6 +239,13 @@ def spawn_gateway(
     raise RuntimeError("the gateway process did not start")
 
 
+def kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+    """A test's last word on a process it started: killed (by PID) if it has not exited."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 @contextlib.contextmanager
 def gateway_process(catalogue: dict[str, Any], folder: Path, redis_url: str, prefix: str, **env: str) -> Iterator[str]:
     """``spawn_gateway`` as a context: yields the base URL, stops the process by PID on exit."""

@@ -81,7 +81,7 @@ def test_hash_key_command():
 @pytest.mark.parametrize(("threshold", "expected"), [(10_000, "10000 True"), (0, "700 False")])
 def test_the_server_process_tunes_the_garbage_collector(threshold, expected):
     code = (
-        "import gc; from gateway.__main__ import tune_gc; "
+        "import gc; from gateway.server import tune_gc; "
         f"tune_gc({threshold}); print(gc.get_threshold()[0], gc.get_freeze_count() > 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -265,8 +265,10 @@ def test_the_bundled_redis_serves_the_gateway(renders: dict[str, list[Manifest]]
 def test_the_pod_outlives_the_drain_and_the_shutdown_grace(renders: dict[str, list[Manifest]], name: str) -> None:
     pod = pod_spec(renders[name])
     container = gateway_container(renders[name])
-    grace = float(env_of(container)["GATEWAY_SHUTDOWN_GRACE_SECONDS"])
+    env = env_of(container)
+    grace = float(env["GATEWAY_SHUTDOWN_GRACE_SECONDS"]) + float(env["GATEWAY_SHUTDOWN_CLEANUP_SECONDS"])
     drain = float(container["lifecycle"]["preStop"]["exec"]["command"][1]) if "lifecycle" in container else 0.0
+    assert "GATEWAY_SHUTDOWN_DELAY_SECONDS" not in env  # the preStop sleep is the delay
     assert pod["terminationGracePeriodSeconds"] > grace + drain
 
 

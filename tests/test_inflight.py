@@ -95,6 +95,6 @@ async def test_new_requests_are_refused_once_stopping_and_untracked_work_is_unto
     with pytest.raises(ShuttingDown) as refused:
         with inflight.track():
             pass
-    assert refused.value.status_code == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert refused.value.status_code == 503 and refused.value.headers == {"Retry-After": "1", "Connection": "close"}
     with inflight.interruptible():  # a task that was never tracked: nothing to stop
         assert not inflight.interrupted()

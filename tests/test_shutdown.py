@@ -1,4 +1,5 @@
-"""Shutting down with requests in flight: SIGTERM to a real ``python -m gateway`` process ends every stream with
+"""Shutting down with requests in flight that outlast the grace period (test_drain.py has those that finish
+within it): SIGTERM to a real ``python -m gateway`` process ends every stream with
 its error event (Chat Completions: an OpenAI error data frame and no ``[DONE]``; Responses, background ones
 included: ``response.failed``, stored so), answers a request not yet answered with 503 ``gateway_shutting_down``,
 releases every budget hold and idempotency claim before the process exits, and the process exits 0."""
@@ -17,7 +18,7 @@ import yaml
 from config import Settings
 from gateway.app import create_app
 from tests.conftest import ADMIN_KEY, catalogue
-from tests.servers import serve, spawn_gateway
+from tests.servers import kill_if_running, serve, spawn_gateway
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 STREAMS = 20  # half Chat Completions, half Responses
@@ -134,7 +135,7 @@ def test_sigterm_ends_every_request_cleanly_and_releases_what_it_held(
 ):
     prefix = redis_prefix + uuid.uuid4().hex + ":"
     cat = stalling_catalogue(upstream[1])
-    proc, base = spawn_gateway(cat, tmp_path, redis_url, prefix)
+    proc, base = spawn_gateway(cat, tmp_path, redis_url, prefix, GATEWAY_SHUTDOWN_GRACE_SECONDS="0.5")
     store = redis.Redis.from_url(redis_url)
     kinds = ["chat", "responses"] * (STREAMS // 2) + ["native", "native", "background", "whole", "whole"]
     clients = [Client(base, kind) for kind in kinds]
@@ -163,9 +164,7 @@ def test_sigterm_ends_every_request_cleanly_and_releases_what_it_held(
         assert holds(store, prefix) == 0
         assert prefix_keys(store, prefix, "idem:") == []  # released, not stored: a retry runs again
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        kill_if_running(proc)
         store.close()
 
     reader = start_gateway(cat, redis_url=redis_url, redis_prefix=prefix)  # the stored responses, as left

@@ -1,5 +1,5 @@
 """``/healthz`` (the process is up) and ``/readyz`` (catalogue loaded, store reachable and holding the
-catalogue's state). No key needed."""
+catalogue's state, and not shutting down). No key needed."""
 
 import logging
 
@@ -21,6 +21,8 @@ async def readyz(request: Request) -> JSONResponse:
     persistence, a flush) is seeded again from the catalogue here, so a probe never says ready over a store
     that would refuse every model, and a replica taken out of rotation comes back by itself."""
     gw: Gateway = request.app.state.gateway
+    if gw.draining:  # shutting down: out of rotation at once, while the requests in flight finish
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Connection": "close"})
     try:
         await gw.store.ping()
         seeded = await gw.catalog.seed()

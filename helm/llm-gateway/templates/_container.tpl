@@ -51,6 +51,8 @@ env:
   {{- end }}
   - name: GATEWAY_SHUTDOWN_GRACE_SECONDS
     value: {{ $v.shutdown.graceSeconds | quote }}
+  - name: GATEWAY_SHUTDOWN_CLEANUP_SECONDS
+    value: {{ $v.shutdown.cleanupSeconds | quote }}
   - name: GATEWAY_REDIS_PREFIX
     value: {{ $v.redis.prefix | quote }}
   {{- if $v.redis.bundled.enabled }}

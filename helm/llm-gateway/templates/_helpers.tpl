@@ -72,7 +72,7 @@ app.kubernetes.io/component: gateway
 
 {{/* The settings the chart derives from its own values: refused in .Values.env. */}}
 {{- define "llm-gateway.chartSettings" -}}
-{{- list "GATEWAY_HOST" "GATEWAY_PORT" "GATEWAY_CONFIG" "GATEWAY_DEMO" "GATEWAY_REDIS_URL" "GATEWAY_REDIS_PREFIX" "GATEWAY_SHUTDOWN_GRACE_SECONDS" | toJson }}
+{{- list "GATEWAY_HOST" "GATEWAY_PORT" "GATEWAY_CONFIG" "GATEWAY_DEMO" "GATEWAY_REDIS_URL" "GATEWAY_REDIS_PREFIX" "GATEWAY_SHUTDOWN_GRACE_SECONDS" "GATEWAY_SHUTDOWN_CLEANUP_SECONDS" "GATEWAY_SHUTDOWN_DELAY_SECONDS" | toJson }}
 {{- end }}
 
 {{/* Every combination of values that cannot run: fail the render with what to change. */}}
@@ -92,9 +92,9 @@ app.kubernetes.io/component: gateway
 {{- if and $v.autoscaling.enabled (gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
 {{- end }}
-{{- $shutdown := add $v.shutdown.graceSeconds $v.shutdown.preStopSleepSeconds }}
+{{- $shutdown := add $v.shutdown.graceSeconds $v.shutdown.cleanupSeconds $v.shutdown.preStopSleepSeconds }}
 {{- if le (float64 $v.terminationGracePeriodSeconds) (float64 $shutdown) }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed shutdown.preStopSleepSeconds + shutdown.graceSeconds (%v): Kubernetes kills the pod when it runs out, before stopped requests have released what they hold" $v.terminationGracePeriodSeconds $shutdown) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed shutdown.preStopSleepSeconds + shutdown.graceSeconds + shutdown.cleanupSeconds (%v): Kubernetes kills the pod when it runs out, before stopped requests have released what they hold" $v.terminationGracePeriodSeconds $shutdown) }}
 {{- end }}
 {{- if and $v.ingress.enabled (not $v.ingress.hosts) }}
 {{- fail "ingress.enabled needs ingress.hosts: at least one {host, paths}" }}
