@@ -95,7 +95,7 @@ else:
         \"\"\"Add two numbers.\"\"\"
         return a + b
 
-    app = server.streamable_http_app()
+    app = server.streamable_http_app(json_response=len(sys.argv) > 4 and sys.argv[4] == "json")
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", lifespan="on")
 """
 
@@ -170,11 +170,12 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--mcp-answers", choices=["sse", "json"], default="sse", help="how the MCP server answers")
     args = parser.parse_args()
     up_port, mcp_port, gw_port = free_port(), free_port(), free_port()
     procs = [
         start([sys.executable, "-c", SERVERS, "upstream", str(up_port), str(ROOT)], 0),
-        start([sys.executable, "-c", SERVERS, "mcp", str(mcp_port), str(ROOT)], 0),
+        start([sys.executable, "-c", SERVERS, "mcp", str(mcp_port), str(ROOT), args.mcp_answers], 0),
     ]
     workdir = Path(tempfile.mkdtemp(prefix="gateway-loop-bench-"))
     config = workdir / "catalogue.json"

@@ -80,10 +80,17 @@ class Recorder:
         await self.app(scope, receive, send)
 
 
+def streamable_app(server: MCPServer) -> Any:
+    """``server``'s streamable HTTP app answering each POST with JSON. In its SSE answer mode the SDK's server can
+    end a POST's response before its body is whole under CPU load (the session's ``initialize`` then fails:
+    modelcontextprotocol/python-sdk#3494), which made tests fail by timing; the gateway's client reads both."""
+    return server.streamable_http_app(json_response=True)
+
+
 @contextlib.contextmanager
 def streamable_server() -> Iterator[tuple[str, Recorder]]:
     """The SDK's server over streamable HTTP on loopback: ``(url of /mcp, recorder)``."""
-    recorder = Recorder(mcp_server().streamable_http_app())
+    recorder = Recorder(streamable_app(mcp_server()))
     with serve(recorder) as base:
         yield base + "/mcp", recorder
 

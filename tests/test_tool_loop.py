@@ -13,7 +13,7 @@ from mcp.server.mcpserver import MCPServer
 
 from tests.conftest import ADMIN_KEY, SPACE, catalogue
 from tests.fakes.scripted import Scripted
-from tests.mcp_server import Recorder
+from tests.mcp_server import Recorder, streamable_app
 from tests.servers import serve, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -48,7 +48,7 @@ def _tools_server() -> MCPServer:
 
 @pytest.fixture(scope="module")
 def mcp() -> Iterator[tuple[str, Recorder]]:
-    recorder = Recorder(_tools_server().streamable_http_app())
+    recorder = Recorder(streamable_app(_tools_server()))
     with serve(recorder) as base:
         yield base + "/mcp", recorder
 
