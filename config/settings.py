@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         description="The in-memory store's limit for stored responses and event logs (approximate bytes); past "
         "it the oldest are evicted first. 0: no limit. Not used with Redis.",
     )
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics (docs/observability.md).")
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, GET /metrics asks for `Authorization: Bearer <this>` (401 otherwise)."
+    )
     log_level: str = "info"
     access_log: bool = Field(False, description="One log line per request (costs throughput).")
     gc_gen0_threshold: int = Field(

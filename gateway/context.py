@@ -1,5 +1,6 @@
 """What one request carries through auth, the policy chain, the provider and back."""
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -112,6 +113,8 @@ class RequestContext:
     # answer is recorded before a retry can follow it): the chain then runs ``after`` just before the last message
     settle_before_end: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.perf_counter)  # when the context was made (perf_counter)
+    first_token_at: float = 0.0  # when a stream's first upstream chunk arrived (``mark_first_token``); 0: none
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
     space_id: str = field(init=False)
@@ -119,6 +122,10 @@ class RequestContext:
     def __post_init__(self) -> None:
         self.tenant_id = self.principal.tenant_id
         self.space_id = self.catalog.space_ids.get(id(self.space)) or str(self.space.id)
+
+    def mark_first_token(self) -> None:
+        """A stream's first upstream chunk arrived (time to first token, in the metrics)."""
+        self.first_token_at = time.perf_counter()
 
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""

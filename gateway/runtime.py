@@ -23,6 +23,7 @@ from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
+from gateway.metrics import Metrics
 from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
@@ -31,6 +32,7 @@ from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
 from gateway.spend import SpendCounters
 from gateway.store import open_store
+from gateway.store.timed import TimedStore
 from gateway.targets import resolve_target
 from gateway.upstream import make_session
 
@@ -41,7 +43,10 @@ class Gateway:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        self.metrics = Metrics() if settings.metrics_enabled else None
         self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, EVICTABLE)
+        if self.metrics is not None and redis_url:  # the in-memory store answers in microseconds, never fails
+            self.store = TimedStore(self.store, self.metrics.store_op)
         self.catalog = Catalog(catalogue, self.store)
         self.prices = PriceBook(catalogue)
         self.spend = SpendCounters()  # the usage route's reader (the cost policy has its own writer)
@@ -61,6 +66,8 @@ class Gateway:
         self.inflight = InFlight()
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
+        if self.metrics is not None:
+            self.dispatcher.metrics, self.breakers.on_state = self.metrics, self.metrics.circuit
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
         engine = ResponsesEngine(self.dispatcher, records, self.inflight)
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
@@ -134,5 +141,9 @@ class Gateway:
                 await call(out)
 
         resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
+        chain, metrics = self.chains[ctx.space_id], self.metrics
         with inflight.track():
-            await self.chains[ctx.space_id].run(ctx, send, interruptible)
+            if metrics is None:
+                await chain.run(ctx, send, interruptible)
+            else:
+                await metrics.run(ctx, chain, send, interruptible)
