@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.types import Scope, Send
 
 from gateway.context import RequestContext
@@ -367,3 +367,10 @@ def count_refusal(metrics: Metrics | None, scope: Scope, status: int) -> None:
         route = scope.get("route")
         path = getattr(route, "path", None)
         metrics.refused(ROUTE_NAMES.get(path, path) if isinstance(path, str) else "unmatched", status)
+
+
+def process_ended(pid: int) -> None:
+    """Multiprocess mode: a worker process ended (the process manager calls this with its PID), so its values
+    leave the live gauges (``livesum``, ``livemax``); its counters and histograms still count."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        mark_process_dead(pid)  # type: ignore[no-untyped-call]

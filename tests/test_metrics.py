@@ -13,8 +13,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import process_ended
 from tests.conftest import ADMIN_KEY, MODEL_IDS, SPACE, catalogue
-from tests.servers import gateway_process, wait_for
+from tests.servers import gateway_process, spawn_gateway, wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 UP = f"{MODEL_IDS['up']}:0"  # the deployment label of the test model's first deployment
@@ -78,6 +79,18 @@ def test_a_chat_and_a_stream_move_requests_tokens_cost_and_time_to_first_token(s
     assert value(text, "gateway_upstream_request_duration_seconds_count", deployment=UP, model="up") == 2
     assert value(text, "gateway_inflight_requests") == 0
     assert value(text, "gateway_open_streams") == 0
+
+
+def test_a_responses_stream_has_its_time_to_first_token(start_gateway, upstream):
+    base = start_gateway(with_model(upstream[1], [{"model": "ok"}]))
+    events = list(client(base).responses.create(model="up", input="hello", stream=True))
+    assert events[-1].type == "response.completed"
+    base.idle()
+    text = scrape(base)
+    request = {"route": "responses.create", "space": SPACE, "model": "up"}
+    assert value(text, "gateway_requests_total", **request, status="200", outcome="ok") == 1
+    assert value(text, "gen_ai_server_time_to_first_token_count", **request) == 1
+    assert value(text, "gen_ai_client_token_usage_sum", space=SPACE, model="up", token_type="output") == 3
 
 
 def test_refusals_before_the_chain_are_counted_under_their_route(gateway):
@@ -250,24 +263,35 @@ def test_tool_names_are_bounded_per_server(gateway):
     assert len(tools) == 201 and "other" in tools and max(map(len, tools)) <= 64
 
 
-def test_several_processes_sum_in_multiprocess_mode(tmp_path, upstream, redis_url, redis_prefix):
+def test_several_processes_sum_in_multiprocess_mode(tmp_path, upstream, redis_url, redis_prefix, monkeypatch):
     folder = tmp_path / "prometheus"
     folder.mkdir()
     cat, prefix = catalogue(upstream[1]), redis_prefix + f"mp-{uuid.uuid4().hex[:6]}:"
     env = {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
-    with (
-        gateway_process(cat, tmp_path, redis_url, prefix, **env) as one,
-        gateway_process(cat, tmp_path, redis_url, prefix, **env) as two,
-    ):
-        client(one).chat.completions.create(model="up", messages=MESSAGES)
-        client(two).chat.completions.create(model="up", messages=MESSAGES)
-        client(two).chat.completions.create(model="up", messages=MESSAGES)
-        ok = {"route": "chat.completions", "model": "up", "status": "200", "outcome": "ok"}
-        # each process's counts are in its own file: either one's /metrics shows the sum
-        for base in (one, two):
-            text = wait_for(lambda b=base: scrape(b), lambda t: value(t, "gateway_requests_total", **ok) == 3)
-            assert value(text, "gateway_requests_total", **ok) == 3
-            assert value(text, "gen_ai_client_token_usage_sum", model="up", token_type="input") == 15
-            assert value(text, "gateway_inflight_requests") == 0
-        checked = subprocess.run([promtool(), "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
-        assert checked.returncode == 0, checked
+    ok = {"route": "chat.completions", "model": "up", "status": "200", "outcome": "ok"}
+    proc, one = spawn_gateway(cat, tmp_path, redis_url, prefix, **env)
+    try:
+        with gateway_process(cat, tmp_path, redis_url, prefix, **env) as two:
+            client(one).chat.completions.create(model="up", messages=MESSAGES)
+            client(two).chat.completions.create(model="up", messages=MESSAGES)
+            client(two).chat.completions.create(model="up", messages=MESSAGES)
+            # each process's values are in its own files: either one's /metrics shows the sums
+            for base in (one, two):
+                text = wait_for(lambda b=base: scrape(b), lambda t: value(t, "gateway_requests_total", **ok) == 3)
+                assert value(text, "gateway_requests_total", **ok) == 3
+                assert value(text, "gen_ai_client_token_usage_sum", model="up", token_type="input") == 15
+                assert value(text, "gateway_inflight_requests") == 0
+            checked = subprocess.run(
+                [promtool(), "check", "metrics"], input=text.encode(), capture_output=True, timeout=60
+            )
+            assert checked.returncode == 0, checked
+            proc.terminate()
+            proc.wait(10)
+            assert list(folder.glob(f"gauge_live*_{proc.pid}.db"))
+            monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+            process_ended(proc.pid)  # what the process manager does when a worker ends
+            assert not list(folder.glob(f"gauge_live*_{proc.pid}.db"))
+            assert value(scrape(two), "gateway_requests_total", **ok) == 3  # its counts stay
+    finally:
+        proc.kill()
+        proc.wait(10)
