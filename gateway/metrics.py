@@ -178,6 +178,7 @@ class Metrics:
             setattr(self, attr, kind(name, doc, labels, registry=registry, **options))
         self._models: dict[tuple[str, str, str], _ModelMeters] = {}
         self._refused: dict[tuple[str, int], Counter] = {}
+        self._decisions: dict[tuple[str, str, str], Counter] = {}
         self._deployments: dict[str, DeploymentMeter] = {}
         self._store_ops: dict[str, tuple[Histogram, Counter]] = {}
         self._tool_names: dict[str, set[str]] = {}
@@ -262,21 +263,28 @@ class Metrics:
         context: ``governance_applied`` holds the policies that ran and let the request through (a replaying one
         last), so on a refusal the policy after them in the chain is the one that said no."""
         space, applied = ctx.space_id, ctx.governance_applied
-        decisions = self.policy_decisions
+        decisions = self._decision
         answered = ctx.outcome == "replayed" and bool(applied)
         for name in applied[:-1] if answered else applied:
-            decisions.labels(space, name, "allowed").inc()
+            decisions(space, name, "allowed").inc()
         denier = ""
         if answered:
-            decisions.labels(space, applied[-1], "answered").inc()
+            decisions(space, applied[-1], "answered").inc()
         elif ctx.outcome == "rejected" and len(applied) < len(chain.policies):
             denier = chain.policies[len(applied)].name
             verdict = "error" if status is not None and status >= 500 else "denied"
-            decisions.labels(space, denier, verdict).inc()
+            decisions(space, denier, verdict).inc()
             if denier == "rate_limit" and verdict == "denied":
                 self.rate_limit_refusals.labels(space).inc()
         if b"idempotency-key" in ctx.headers and ("idempotency" in applied or denier == "idempotency"):
             self.idempotency.labels(space, _idempotency_result(ctx, denier, status)).inc()
+
+    def _decision(self, space: str, policy: str, verdict: str) -> Counter:
+        key = (space, policy, verdict)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.policy_decisions.labels(*key)
+        return child
 
     # ------------------------------------------------------------------------------------------- upstream
 
