@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test e2e install install-dev helm lint bench image clean
+.PHONY: run test e2e install install-dev helm promtool lint bench image clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,27 @@ $(HELM): | $(STAMP)
 
 helm: $(HELM)
 
+# promtool for the metrics tests (`promtool check metrics` on the real /metrics output): the one binary out of
+# Debian's prometheus package, fetched with apt-get download and unpacked beside the venv's python (the package
+# itself, a server with its service user and web assets, is not installed).
+PROMTOOL := $(VENV)/bin/promtool
+PROMTOOL_CACHE := $(VENV)/cache/promtool
+
+$(PROMTOOL): | $(STAMP)
+	rm -rf $(PROMTOOL_CACHE) && mkdir -p $(PROMTOOL_CACHE)
+	cd $(PROMTOOL_CACHE) && (apt-get download prometheus >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get download prometheus >/dev/null 2>&1))
+	dpkg-deb --fsys-tarfile $(PROMTOOL_CACHE)/prometheus_*.deb | tar -x -C $(PROMTOOL_CACHE) ./usr/bin/promtool
+	install -m 0755 $(PROMTOOL_CACHE)/usr/bin/promtool $@
+	rm -rf $(PROMTOOL_CACHE)
+	$@ --version >/dev/null
+
+promtool: $(PROMTOOL)
+
 run: install  ## start the gateway on 127.0.0.1:8080 with config/gateway.yaml and the in-memory store
 	$(PY) -m gateway
 
-test: install-dev $(HELM)  ## the whole suite (the chart's tests need helm); starts a throwaway redis-server when none answers on 127.0.0.1:6379
+test: install-dev $(HELM) $(PROMTOOL)  ## the whole suite (the chart's tests need helm, the metrics' promtool); starts a throwaway redis-server when none answers on 127.0.0.1:6379
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     )
     request_log: bool = Field(True, description="One JSON line per request (logger gateway.requests, level info).")
     access_log: bool = Field(False, description="uvicorn's own access log besides (costs throughput).")
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics on GET /metrics (docs/observability.md).")
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, GET /metrics asks for `Authorization: Bearer <this>` (401 otherwise)."
+    )
     gc_gen0_threshold: int = Field(
         10_000,
         ge=0,

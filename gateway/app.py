@@ -11,9 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings, load_catalogue
-from gateway.api import audit, health, openai, responses, space_responses, spaces, usage
+from gateway.api import audit, health, metrics, openai, responses, space_responses, spaces, usage
 from gateway.errors import GatewayError, NotFound, is_native, render_error
 from gateway.logs import bounded, log_refused
+from gateway.metrics import count_refusal
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
@@ -37,6 +38,7 @@ def _log_refused(request: Request, exc: GatewayError | None) -> None:
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     _log_refused(request, exc)
+    count_refusal(request.app.state.gateway.metrics, request.scope, exc.status_code)
     return _error_response(exc, request.url.path)
 
 
@@ -50,6 +52,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         error = GatewayError(str(exc.detail), status_code=exc.status_code, code="method_not_allowed")
         error.error_type = "invalid_request_error"
     _log_refused(request, error)
+    count_refusal(request.app.state.gateway.metrics, request.scope, error.status_code)
     return _error_response(error, request.url.path)
 
 
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *usage.routes("/api-proxy"),
         *space_responses.routes(gw, ""),
         *space_responses.routes(gw, "/api-proxy"),
+        *metrics.routes(gw.metrics, settings.metrics_token.get_secret_value() if settings.metrics_token else None),
     ]
     app = Starlette(
         routes=routes,

@@ -16,6 +16,7 @@ never fails a request by itself; whether the request may run without the store i
 
 import logging
 import time
+from collections.abc import Callable
 
 from config.deployments import Breaker
 from gateway.errors import StoreUnavailable
@@ -35,6 +36,7 @@ class CircuitBreakers:
         self._probing: set[str] = set()
         self._fails: dict[str, tuple[float, int]] = {}  # key -> (window start, count): counted here, store down
         self._store_down = False  # logged once per outage
+        self.on_state: Callable[[str, int], None] | None = None  # (key, 0 closed | 1 open | 2 half-open): metrics
 
     def known_closed(self, key: str) -> bool:
         """The cheap check of the hot path: closed as of a fresh local look, so no store read is due."""
@@ -56,6 +58,9 @@ class CircuitBreakers:
                 self._store_back()
             except StoreUnavailable:
                 self._went_down()  # keep the last state seen; ask again in a second
+            before = self._seen.get(key)
+            if before is None or open_until != before[1]:  # first seen, or another replica opened or closed it
+                self._report(key, 1 if open_until else 0)
             self._seen[key] = (now, open_until)
         if open_until == 0.0:
             return True
@@ -68,6 +73,7 @@ class CircuitBreakers:
             claimed = key not in self._probing  # one probe at a time from this process
         if claimed:
             self._probing.add(key)
+        self._report(key, 2 if claimed else 1)
         return claimed
 
     async def success(self, key: str) -> None:
@@ -80,6 +86,7 @@ class CircuitBreakers:
             except StoreUnavailable:
                 self._went_down()
             self._seen[key] = (time.time(), 0.0)
+            self._report(key, 0)
 
     async def failure(self, key: str, cfg: Breaker) -> None:
         """Count a retryable failure; open the circuit when the window's count reaches the threshold."""
@@ -97,11 +104,16 @@ class CircuitBreakers:
             open_until = time.time() + cfg.cooldown
             self._fails.pop(key, None)
             self._seen[key] = (time.time(), open_until)
+            self._report(key, 1)
             try:
                 await self.store.set(f"cb:{key}:open", repr(open_until).encode(), ttl=cfg.cooldown * 20)
                 await self.store.delete(f"cb:{key}:probe", f"cb:{key}:fails")
             except StoreUnavailable:
                 self._went_down()
+
+    def _report(self, key: str, state: int) -> None:
+        if self.on_state is not None:
+            self.on_state(key, state)
 
     def _count_here(self, key: str, cfg: Breaker) -> int:
         now = time.time()

@@ -51,6 +51,7 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
     wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
     async with cancel_on_disconnect(receive, ctx) as finished:
         deployment, (upstream, chunks, first) = await gw.dispatcher.stream(model, upstream_body(ctx))
+        ctx.mark_first_token()
         watcher = ChatStreamWatcher(forward_usage=wants_usage, secret=credential(deployment))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": ctx.answer_headers(SSE_HEADERS)})

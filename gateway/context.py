@@ -1,5 +1,6 @@
 """What one request carries through auth, the policy chain, the provider and back."""
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -146,6 +147,8 @@ class RequestContext:
     tools: list[Any] = field(default_factory=list)  # the servers of the tools the gateway runs for this request
     # the tool calls the gateway ran (the loop): server, tool, arguments (bounded), ms, outcome; audit records them
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    started_at: float = field(default_factory=time.perf_counter)  # when the context was made (perf_counter)
+    first_token_at: float = 0.0  # when a stream's first upstream chunk arrived (``mark_first_token``); 0: none
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
     space_id: str = field(init=False)
@@ -178,6 +181,10 @@ class RequestContext:
         else:
             self.call = call
         return call
+
+    def mark_first_token(self) -> None:
+        """A stream's first upstream chunk arrived (time to first token, in the metrics)."""
+        self.first_token_at = time.perf_counter()
 
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""

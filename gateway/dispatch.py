@@ -7,14 +7,18 @@ arrived, and only then are headers sent to the caller.
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from config.catalog import TenantModel
 from config.deployments import Deployment, Routing, Timeouts
 from gateway.breaker import CircuitBreakers
 from gateway.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from gateway.providers import Provider, UpstreamStream
+
+if TYPE_CHECKING:
+    from gateway.metrics import DeploymentMeter, Metrics
 
 T = TypeVar("T")
 Opened = tuple[UpstreamStream, AsyncIterator[bytes], bytes]  # the stream to close, the rest, the first chunk
@@ -64,6 +68,7 @@ class Dispatcher:
         self.defaults = defaults
         self.rng = random.Random()
         self._keys: dict[tuple[object, int], str] = {}
+        self.metrics: Metrics | None = None  # upstream durations, errors, retries, fallbacks (gateway.metrics)
 
     def provider(self, dep: Deployment) -> Provider:
         return self.providers[dep.type]
@@ -81,7 +86,7 @@ class Dispatcher:
             key = self._keys[(model.id, index)] = f"{model.id}:{index}"
         return key
 
-    async def _attempt(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
+    async def _deadline(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
         deadline = self.first_byte(dep)
         if deadline is None:
             return await attempt(dep)
@@ -91,16 +96,31 @@ class Dispatcher:
         except TimeoutError:
             raise UpstreamTimeout("Upstream did not answer in time.") from None
 
+    async def _attempt(
+        self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]], meter: "DeploymentMeter | None"
+    ) -> T:
+        if meter is None:
+            return await self._deadline(dep, attempt)
+        start = time.perf_counter()
+        try:
+            result = await self._deadline(dep, attempt)
+        except UpstreamError as exc:
+            meter.failed(exc.status_code, time.perf_counter() - start)
+            raise
+        meter.duration.observe(time.perf_counter() - start)
+        return result
+
     async def run(self, model: TenantModel, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
         last: UpstreamError | None = None
-        breakers = self.breakers
-        for index, dep in order(model, self.rng):
+        breakers, metrics = self.breakers, self.metrics
+        for position, (index, dep) in enumerate(order(model, self.rng)):
             key = self._key(model, index)
             if not (breakers.known_closed(key) or await breakers.allow(key, model.routing.breaker)):
                 continue
+            meter = None if metrics is None else metrics.deployment(key, model.alias, fallback=position > 0)
             for n in range(model.routing.retries + 1):
                 try:
-                    result = await self._attempt(dep, attempt)
+                    result = await self._attempt(dep, attempt, meter)
                 except UpstreamError as err:
                     exc: UpstreamError = err
                 else:
@@ -114,6 +134,7 @@ class Dispatcher:
                 delay = retry_delay(n, exc, model.routing, self.rng)
                 if delay is None:
                     break
+                _retrying(meter)
                 await asyncio.sleep(delay)
         if last is None:
             raise UpstreamUnavailable(
@@ -157,3 +178,8 @@ class Dispatcher:
             return dep, (stream, chunks, first)
 
         return await self.run(model, attempt)
+
+
+def _retrying(meter: "DeploymentMeter | None") -> None:
+    if meter is not None:
+        meter.retries.inc()

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
 from gateway.logs import log_request
+from gateway.metrics import Metrics
 from gateway.policy import PolicyChain, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
@@ -37,6 +37,7 @@ from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
 from gateway.spend import SpendCounters
 from gateway.store import open_store
+from gateway.store.timed import TimedStore
 from gateway.targets import resolve_target
 from gateway.tools import Tools
 from gateway.upstream import make_session
@@ -50,7 +51,10 @@ class Gateway:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        self.metrics = Metrics() if settings.metrics_enabled else None
         self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, EVICTABLE)
+        if self.metrics is not None and redis_url:  # the in-memory store answers in microseconds, never fails
+            self.store = TimedStore(self.store, self.metrics.store_op)
         self.catalog = Catalog(catalogue, self.store)
         self.prices = PriceBook(catalogue)
         self.spend = SpendCounters()  # the usage route's reader (the cost policy has its own writer)
@@ -70,10 +74,12 @@ class Gateway:
         self.inflight = InFlight()
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
+        if self.metrics is not None:
+            self.dispatcher.metrics, self.breakers.on_state = self.metrics, self.metrics.circuit
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
         self.tools = Tools(catalogue, settings)  # MCP sessions and HTTP tools' clients; secret headers read here
         engine = ResponsesEngine(self.dispatcher, records, self.inflight)
-        engine.loop = ToolLoop(engine, self.tools)
+        engine.loop = ToolLoop(engine, self.tools, self.metrics)
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
         self._heartbeat: asyncio.Task[None] | None = None
@@ -167,16 +173,19 @@ class Gateway:
             with inflight.interruptible():
                 await call(out)
 
-        started = time.perf_counter()
         error: BaseException | None = None
         try:
             resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
+            chain, metrics = self.chains[ctx.space_id], self.metrics
             with inflight.track():
-                await self.chains[ctx.space_id].run(ctx, send, interruptible)
+                if metrics is None:
+                    await chain.run(ctx, send, interruptible)
+                else:
+                    await metrics.run(ctx, chain, send, interruptible)
         except BaseException as exc:
             error = exc
             if isinstance(exc, GatewayError):
                 exc.logged = True  # (the exception handlers would log it again)
             raise
         finally:
-            log_request(ctx, started, error)
+            log_request(ctx, ctx.started_at, error)

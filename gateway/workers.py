@@ -16,13 +16,16 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from config import Settings
 from gateway.logs import configure as configure_logging
+from gateway.metrics import process_ended
 from gateway.server import GatewayServer, serve, server_config, tune_gc
 
 log = logging.getLogger("gateway")
@@ -78,7 +81,18 @@ class Supervisor:
         configure_logging(self.settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
-        # the place where each worker process is started (anything it must inherit, set it before)
+        # the place where each worker process is started (anything it must inherit, set it before): with metrics
+        # on, the workers write their values to one directory that /metrics of any of them sums (docs/observability.md)
+        own_dir = None
+        if self.settings.metrics_enabled and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            own_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+        try:
+            return self._supervise()
+        finally:
+            if own_dir is not None:
+                shutil.rmtree(own_dir, ignore_errors=True)
+
+    def _supervise(self) -> int:
         self.workers = [self._start() for _ in range(self.settings.workers)]
         status = 0
         while not self.stopping:
@@ -92,6 +106,8 @@ class Supervisor:
                     self._stop(signal.SIGTERM, None)
                     break
                 log.error("worker %s exited with status %s: starting another", worker.pid, worker.exitcode)
+                if worker.pid is not None:
+                    process_ended(worker.pid)  # its live gauges leave the sums
                 self.workers[i] = self._start()
         for worker in self.workers:
             worker.join()

@@ -48,7 +48,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "defaults": OWN_CATALOGUE,
     "ingress": {**OWN_CATALOGUE, **INGRESS},
     "hpa": {**OWN_CATALOGUE, "autoscaling": {"enabled": True}, "redis": {"url": "redis://:pw@redis.example:6379/0"}},
-    "servicemonitor": {**OWN_CATALOGUE, "serviceMonitor": {"enabled": True}},
+    "servicemonitor": {**OWN_CATALOGUE, "serviceMonitor": {"enabled": True, "tokenSecret": {"name": "scrape"}}},
     "bundled-redis": {**OWN_CATALOGUE, "replicaCount": 3, "redis": {"bundled": {"enabled": True}}},
     "all-on": {
         **OWN_CATALOGUE,
@@ -193,6 +193,20 @@ def test_servicemonitor_scrapes_metrics_on_the_gateway_port(renders: dict[str, l
     service = one(renders["all-on"], "Service")
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert service["spec"]["ports"][0]["name"] == "http"
+
+
+def test_the_metrics_token_comes_from_a_secret_to_the_gateway_and_the_servicemonitor(
+    renders: dict[str, list[Manifest]],
+) -> None:
+    endpoint = one(renders["servicemonitor"], "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "scrape", "key": "token"}}
+    env = one(renders["servicemonitor"], "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    token = [e for e in env if e["name"] == "GATEWAY_METRICS_TOKEN"]
+    assert token == [
+        {"name": "GATEWAY_METRICS_TOKEN", "valueFrom": {"secretKeyRef": {"name": "scrape", "key": "token"}}}
+    ]
+    defaults = one(renders["defaults"], "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "GATEWAY_METRICS_TOKEN" not in {e["name"] for e in defaults}
 
 
 def test_ingress_routes_to_the_service(renders: dict[str, list[Manifest]]) -> None:

@@ -49,9 +49,10 @@ class _Tool:
 class ToolLoop:
     """Runs the loop of one turn (``run``) over an engine's single model calls (``open_round``)."""
 
-    def __init__(self, engine: Any, host: Tools) -> None:
+    def __init__(self, engine: Any, host: Tools, metrics: Any = None) -> None:
         self.engine = engine
         self.host = host
+        self.metrics = metrics  # gateway.metrics.Metrics, or None when metrics are off
 
     def run(self, turn: Any, limits: LoopLimits) -> AsyncGenerator[list[JSON], None]:
         return _Run(self, turn, limits).events()
@@ -273,6 +274,8 @@ class _Run:
                 item.update(status="failed", error="The response's max_tool_calls was reached.")
             runnable = runnable[:room]
         self.calls_made += len(runnable)
+        if self.loop.metrics is not None and runnable:
+            self.loop.metrics.tool_round(self.ctx)
         await asyncio.gather(*(self._call(item) for item in runnable))
         self.last_calls = list(calls)
         batch = []
@@ -299,6 +302,9 @@ class _Run:
                 timeout = max(0.0, min(self.limits.call_timeout, self.deadline - time.monotonic()))
                 result = await self.loop.host.call_mcp(tool.server, tool.name, arguments, timeout)
                 item.update(output=result.output, error=result.error, status="failed" if result.error else "completed")
+                if self.loop.metrics is not None:  # a request's own server is named by the caller: one label for all
+                    server = tool.server.label if tool.server.declared else "request"
+                    self.loop.metrics.tool_call(server, tool.name, result.error is None)
         self.ctx.tool_calls.append(
             {
                 "server": item["server_label"][:100],

@@ -113,6 +113,7 @@ class ResponsesService:
 
     async def _stream(self, turn: Turn, record: StoredResponse, send: Send, receive: Receive) -> None:
         events = await self.engine.open_stream(turn)  # an upstream refusal is a plain error answer
+        turn.ctx.mark_first_token()
         live = self.live.open(turn.id, self.records, persist=self._stored(turn) and not turn.ctx.redactors)
         self.jobs.started(turn.id)
         try:

@@ -65,6 +65,13 @@ env:
         name: {{ $v.redis.existingSecret | default (printf "%s-redis-url" (include "llm-gateway.fullname" $root)) }}
         key: {{ ternary $v.redis.existingSecretKey "redis-url" (ne $v.redis.existingSecret "") }}
   {{- end }}
+  {{- if $v.serviceMonitor.tokenSecret.name }}
+  - name: GATEWAY_METRICS_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ $v.serviceMonitor.tokenSecret.name }}
+        key: {{ $v.serviceMonitor.tokenSecret.key }}
+  {{- end }}
   {{- range $v.providerKeys }}
   - name: {{ .env }}
     valueFrom:
