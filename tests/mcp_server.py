@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 from mcp.server.mcpserver import MCPServer
+from mcp.server.sse import SseServerTransport
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tests.servers import serve
 
@@ -95,10 +96,39 @@ def streamable_server() -> Iterator[tuple[str, Recorder]]:
         yield base + "/mcp", recorder
 
 
+def sse_app(server: MCPServer) -> Starlette:
+    """``server`` over the older SSE transport, built as the SDK's ``sse_app`` is but with the SSE endpoint a raw
+    ASGI app: the SDK's wraps it as a Starlette function endpoint, which sends a second response start when the
+    stream ends and can break the stream under load (modelcontextprotocol/python-sdk#883, #3381)."""
+    sse = SseServerTransport("/messages/")
+    lowlevel = server._lowlevel_server  # the SDK's own sse_app runs this one
+
+    async def handle_sse(scope: Any, receive: Any, send: Any) -> None:
+        async with sse.connect_sse(scope, receive, send) as (read, write):
+            await lowlevel.run(read, write, lowlevel.create_initialization_options())
+
+    return Starlette(
+        routes=[
+            Route("/sse", endpoint=_Raw(handle_sse), methods=["GET"]),
+            Mount("/messages/", app=sse.handle_post_message),
+        ]
+    )
+
+
+class _Raw:
+    """An ASGI callable Starlette routes to as it is (an instance, not a function endpoint)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
 @contextlib.contextmanager
 def sse_server() -> Iterator[str]:
     """The SDK's server over the older SSE transport: the URL of its ``/sse`` endpoint."""
-    with serve(mcp_server().sse_app(), lifespan=False) as base:
+    with serve(sse_app(mcp_server()), lifespan=False) as base:
         yield base + "/sse"
 
 

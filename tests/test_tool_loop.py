@@ -370,3 +370,47 @@ def test_an_idempotent_retry_of_a_loop_replays_it_without_running_anything_again
     assert again.json()["data"]["id"] == first.json()["data"]["id"]
     assert again.json()["data"]["output"] == first.json()["data"]["output"]
     assert len(scripted[0].bodies) == calls  # no round ran again
+
+
+async def _weather_app(scope: Any, receive: Any, send: Any) -> None:
+    """An HTTP tool's endpoint: GET ?city=X answers the weather there."""
+    if scope["type"] != "http":
+        return
+    city = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p).get("city", "?")
+    body = orjson.dumps({"city": city, "sky": "clear"})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_catalogue_http_tool_runs_in_the_loop_beside_an_mcp_server(start_gateway, scripted, mcp):
+    with serve(_weather_app, lifespan=False) as weather:
+        cat = _catalogue(scripted[1])
+        tenant = cat["tenants"][0]
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        tenant["http_tools"] = [{"name": "weather", "url": weather + "/w", "method": "GET", "parameters": schema}]
+        tenant["spaces"][0]["tools"] = ["weather"]
+        base = start_gateway(cat)
+        # one call per round: the scripted upstream counts the assistant turns with calls
+        steps = (
+            [["http__weather", {"city": "Oslo"}]],
+            [["calc__add", {"a": 1, "b": 1}]],
+            [["http__weather", {}]],
+            "{outputs}",
+        )
+        response = _ask(base, mcp[0], *steps, more_tools=[{"type": "http_tool", "name": "weather"}])
+        calls = [i for i in response.output if i.type == "mcp_call"]
+        assert [(c.server_label, c.name) for c in calls] == [("http", "weather"), ("calc", "add"), ("http", "weather")]
+        assert orjson.loads(calls[0].output) == {"city": "Oslo", "sky": "clear"} and calls[1].output == "2"
+        assert calls[2].error and "city" in calls[2].error  # arguments off the schema: the model is told, nothing sent
+        offered = {t["function"]["name"] for t in scripted[0].bodies[-1]["tools"]}
+        assert "http__weather" in offered
+
+
+def test_an_mcp_server_may_not_take_the_http_tools_label(start_gateway, scripted, mcp):
+    cat = _catalogue(scripted[1])
+    cat["tenants"][0]["http_tools"] = [{"name": "weather", "url": "http://127.0.0.1:9/w"}]
+    cat["tenants"][0]["spaces"][0]["tools"] = ["weather"]
+    base = start_gateway(cat)
+    tools = [{**_mcp_tool(mcp[0]), "server_label": "http"}, {"type": "http_tool", "name": "weather"}]
+    r = httpx2.post(f"{base}/v1/responses", headers=AUTH, json={"model": "up", "input": "hi", "tools": tools})
+    assert r.status_code == 400 and "http" in r.json()["error"]["message"]

@@ -27,10 +27,12 @@ from gateway.errors import BudgetExceeded, GatewayError, RateLimited, ShuttingDo
 from gateway.responses import mcp_items
 from gateway.responses.events import TERMINAL_EVENTS
 from gateway.responses.mcp_items import function_name
-from gateway.tools import Tools
+from gateway.tools import HttpTool, Tools
 
 JSON = dict[str, Any]
 _MAX_TOOLS_OFFERED = 128  # per request, over every server
+_GATEWAY_TOOLS = ("mcp", "http_tool")  # the request's tool types the gateway runs (the rest are the caller's)
+HTTP_LABEL = "http"  # the server_label of the calls of the catalogue's HTTP tools (no MCP server may take it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +190,8 @@ class _Run:
     def _round_turn(self, round_no: int) -> Any:
         """The engine's turn for one round: the MCP tools as functions, and every item of the earlier rounds."""
         request = dict(self.turn.request)
-        request["tools"] = [t for t in request.get("tools") or [] if t.get("type") != "mcp"] + self.offered
+        client = [t for t in request.get("tools") or [] if t.get("type") not in _GATEWAY_TOOLS]
+        request["tools"] = client + self.offered
         choice = request.get("tool_choice")
         if round_no > 1 or (isinstance(choice, dict) and choice.get("type") == "mcp"):
             if choice is not None and choice != "none":
@@ -204,6 +207,9 @@ class _Run:
         """List each server's tools (``mcp_list_tools``) unless the conversation has, and offer them as functions."""
         known = mcp_items.listed_tools(self.turn.history + self.turn.input_items)
         for server in self.ctx.tools:
+            if isinstance(server, HttpTool):  # the operator's tool, declared with its schema: nothing to list
+                self._offer_http(server)
+                continue
             tools: list[Any] | None = known.get(server.label)
             if tools is None:
                 item = mcp_items.list_tools_item(mcp_items.new_item_id("mcp_list_tools"), server.label, [])
@@ -234,6 +240,11 @@ class _Run:
             if isinstance(tool.get("description"), str):
                 described["description"] = tool["description"][:1024]
             self.offered.append(described)
+
+    def _offer_http(self, tool: HttpTool) -> None:
+        fname = function_name(HTTP_LABEL, tool.name)
+        self.tools[fname] = _Tool(tool, tool.name)
+        self.offered.append({**tool.as_function(), "name": fname})
 
     def _approved_calls(self) -> list[JSON]:
         """The calls the request approves (``mcp_approval_response`` items naming a request of the conversation):
@@ -300,10 +311,14 @@ class _Run:
                 item.update(status="failed", error="The arguments are not a JSON object.")
             else:
                 timeout = max(0.0, min(self.limits.call_timeout, self.deadline - time.monotonic()))
-                result = await self.loop.host.call_mcp(tool.server, tool.name, arguments, timeout)
+                host = self.loop.host
+                if isinstance(tool.server, HttpTool):
+                    result = await host.call_http(self.ctx.space_id, tool.server, arguments, timeout)
+                else:
+                    result = await host.call_mcp(tool.server, tool.name, arguments, timeout)
                 item.update(output=result.output, error=result.error, status="failed" if result.error else "completed")
                 if self.loop.metrics is not None:  # a request's own server is named by the caller: one label for all
-                    server = tool.server.label if tool.server.declared else "request"
+                    server = _label(tool.server) if getattr(tool.server, "declared", True) else "request"
                     self.loop.metrics.tool_call(server, tool.name, result.error is None)
         self.ctx.tool_calls.append(
             {
@@ -314,6 +329,11 @@ class _Run:
                 "outcome": "error" if item.get("error") else "ok",
             }
         )
+
+
+def _label(server: Any) -> str:
+    """The ``server_label`` of a tool's calls: its MCP server's, or ``http`` for the catalogue's HTTP tools."""
+    return HTTP_LABEL if isinstance(server, HttpTool) else str(server.label)
 
 
 def _usage_of(response: JSON | None) -> Any:
@@ -389,8 +409,8 @@ class _RoundEvents:
             self.client_calls.append(item)
             return [self._placed(event) for event in events]
         arguments = str(item.get("arguments")) if isinstance(item.get("arguments"), str) else "{}"
-        label = tool.server.label
-        if run.loop.host.needs_approval(tool.server, tool.name):
+        label = _label(tool.server)
+        if not isinstance(tool.server, HttpTool) and run.loop.host.needs_approval(tool.server, tool.name):
             asked = mcp_items.approval_item(mcp_items.new_item_id("mcp_approval_request"), label, tool.name, arguments)
             self.approvals.append(asked)
             out = run.item_events(asked)

@@ -24,6 +24,7 @@ from gateway.responses.engine import Events, ResponsesEngine, Turn, usage_of
 from gateway.responses.events import TERMINAL_EVENTS, events_of
 from gateway.responses.ids import new_response_id
 from gateway.responses.live import LiveStream, LiveStreams
+from gateway.responses.loop import HTTP_LABEL
 from gateway.responses.records import TERMINAL, ResponseRecords, StoredResponse
 from gateway.responses.validate import validate_create
 from gateway.sse import format_sse, responses_error_event
@@ -72,19 +73,23 @@ class ResponsesService:
             ctx.answer_log = AnswerLog(new_response_id(), follow)
 
     async def _executable_tools(self, ctx: RequestContext) -> None:
-        """The request's MCP servers, checked (the space's allowed servers and addresses) before the chain runs.
+        """The request's MCP servers and HTTP tools, checked (the space's allowed servers and addresses) before the chain runs.
         ``tool_mode: manual`` executes nothing, so it cannot take them: the caller has no way to run them."""
         tools = ctx.body.get("tools")
         if not tools or all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
             return
         resolved = await self.tools.resolve(ctx.space_id, tools)
-        if resolved.http:
-            raise InvalidRequest("HTTP tools are not run by the Responses loop yet; use MCP servers.", param="tools")
-        if resolved.mcp and ctx.body.get("tool_mode") == "manual":
+        if (resolved.mcp or resolved.http) and ctx.body.get("tool_mode") == "manual":
             raise InvalidRequest(
-                "MCP tools need tool_mode 'auto_resolve': with 'manual' the gateway runs no tool.", param="tool_mode"
+                "MCP and HTTP tools need tool_mode 'auto_resolve': with 'manual' the gateway runs no tool.",
+                param="tool_mode",
             )
-        ctx.tools = list(resolved.mcp)
+        if resolved.http and resolved.mcp_server(HTTP_LABEL) is not None:
+            raise InvalidRequest(
+                f"server_label '{HTTP_LABEL}' is the gateway's HTTP tools' own: name the MCP server otherwise.",
+                param="tools",
+            )
+        ctx.tools = [*resolved.mcp, *resolved.http]
 
     async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
         turn = await self.engine.prepare(ctx)
