@@ -74,7 +74,7 @@ class ResponsesService:
 
     async def _executable_tools(self, ctx: RequestContext) -> None:
         """The request's MCP servers and HTTP tools, checked (the space's allowed servers and addresses) before the
-        chain runs. ``tool_mode: manual`` executes nothing, so it cannot take them: the caller has no way to run them."""
+        chain runs. ``tool_mode: manual`` executes nothing, so it cannot take them: the caller could not run them."""
         tools = ctx.body.get("tools")
         if not tools or all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
             return
