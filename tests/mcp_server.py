@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 from mcp.server.mcpserver import MCPServer
-from mcp.server.sse import SseServerTransport
+from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 
 from tests.servers import serve
 
@@ -81,11 +81,19 @@ class Recorder:
         await self.app(scope, receive, send)
 
 
+def fresh_sse(app: Any) -> Any:
+    """``app`` (an SDK server's), its SSE streams freed from an earlier test's shutdown. sse-starlette, which the
+    SDK's servers answer SSE with, replaces uvicorn's ``Server.handle_exit`` with one that sets a process-wide
+    "should exit" flag, and from then on ends every SSE stream of the process at once: a test that stops a server
+    through ``handle_exit`` in this process (test_drain) left it set, and every MCP session after it broke (an
+    ``initialize`` or a listing answered with a cut stream), depending on which tests ran first."""
+    AppStatus.should_exit = False
+    return app
+
+
 def streamable_app(server: MCPServer) -> Any:
-    """``server``'s streamable HTTP app answering each POST with JSON. In its SSE answer mode the SDK's server can
-    end a POST's response before its body is whole under CPU load (the session's ``initialize`` then fails:
-    modelcontextprotocol/python-sdk#3494), which made tests fail by timing; the gateway's client reads both."""
-    return server.streamable_http_app(json_response=True)
+    """``server``'s streamable HTTP app (answering POSTs with SSE, the SDK's default)."""
+    return fresh_sse(server.streamable_http_app())
 
 
 @contextlib.contextmanager
@@ -96,39 +104,10 @@ def streamable_server() -> Iterator[tuple[str, Recorder]]:
         yield base + "/mcp", recorder
 
 
-def sse_app(server: MCPServer) -> Starlette:
-    """``server`` over the older SSE transport, built as the SDK's ``sse_app`` is but with the SSE endpoint a raw
-    ASGI app: the SDK's wraps it as a Starlette function endpoint, which sends a second response start when the
-    stream ends and can break the stream under load (modelcontextprotocol/python-sdk#883, #3381)."""
-    sse = SseServerTransport("/messages/")
-    lowlevel = server._lowlevel_server  # the SDK's own sse_app runs this one
-
-    async def handle_sse(scope: Any, receive: Any, send: Any) -> None:
-        async with sse.connect_sse(scope, receive, send) as (read, write):
-            await lowlevel.run(read, write, lowlevel.create_initialization_options())
-
-    return Starlette(
-        routes=[
-            Route("/sse", endpoint=_Raw(handle_sse), methods=["GET"]),
-            Mount("/messages/", app=sse.handle_post_message),
-        ]
-    )
-
-
-class _Raw:
-    """An ASGI callable Starlette routes to as it is (an instance, not a function endpoint)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
 @contextlib.contextmanager
 def sse_server() -> Iterator[str]:
     """The SDK's server over the older SSE transport: the URL of its ``/sse`` endpoint."""
-    with serve(sse_app(mcp_server()), lifespan=False) as base:
+    with serve(fresh_sse(mcp_server().sse_app()), lifespan=False) as base:
         yield base + "/sse"
 
 
