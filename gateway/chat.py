@@ -39,6 +39,8 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
         if "error" in answer:  # a 200 carrying an error may echo the key the upstream was sent
             data = redact_secret_bytes(data, credential(deployment))
         ctx.count(Usage.from_chat(answer.get("usage")))
+        if ctx.trace is not None:
+            ctx.trace.answered(answer)
         ctx.status_code = 200
         finished.set()
         await send_bytes(send, 200, ctx.answer_headers(JSON_HEADERS), data)

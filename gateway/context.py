@@ -11,6 +11,7 @@ from gateway.store import Store
 
 if TYPE_CHECKING:
     from gateway.pricing import PriceBook
+    from gateway.tracing import RequestTrace
 
 
 @dataclass(slots=True)
@@ -146,6 +147,7 @@ class RequestContext:
     tools: list[Any] = field(default_factory=list)  # the servers of the tools the gateway runs for this request
     # the tool calls the gateway ran (the loop): server, tool, arguments (bounded), ms, outcome; audit records them
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    trace: "RequestTrace | None" = None  # the request's trace (gateway.tracing), when traces are on
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
     space_id: str = field(init=False)

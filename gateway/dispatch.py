@@ -15,6 +15,7 @@ from config.deployments import Deployment, Routing, Timeouts
 from gateway.breaker import CircuitBreakers
 from gateway.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from gateway.providers import Provider, UpstreamStream
+from gateway.tracing import Tracing
 
 T = TypeVar("T")
 Opened = tuple[UpstreamStream, AsyncIterator[bytes], bytes]  # the stream to close, the rest, the first chunk
@@ -64,6 +65,7 @@ class Dispatcher:
         self.defaults = defaults
         self.rng = random.Random()
         self._keys: dict[tuple[object, int], str] = {}
+        self.tracing: Tracing | None = None  # set by the runtime when traces are on
 
     def provider(self, dep: Deployment) -> Provider:
         return self.providers[dep.type]
@@ -82,6 +84,12 @@ class Dispatcher:
         return key
 
     async def _attempt(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
+        request = self.tracing.current() if self.tracing is not None else None
+        if request is not None:  # the attempt as a span of the request's model call (gateway.tracing)
+            return await request.attempt(dep, self._timed(dep, attempt))
+        return await self._timed(dep, attempt)
+
+    async def _timed(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
         deadline = self.first_byte(dep)
         if deadline is None:
             return await attempt(dep)
