@@ -51,6 +51,8 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
     a normal error answer; failures after it end the stream with an error event and no ``[DONE]``."""
     model = target_model(ctx)
     wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+    if ctx.trace is not None:
+        send = ctx.trace.watch_stream(send)
     async with cancel_on_disconnect(receive, ctx) as finished:
         deployment, (upstream, chunks, first) = await gw.dispatcher.stream(model, upstream_body(ctx))
         watcher = ChatStreamWatcher(forward_usage=wants_usage, secret=credential(deployment))

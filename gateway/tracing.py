@@ -17,6 +17,7 @@ Prompts, completions and tool arguments and results are recorded only with ``tra
 still travels upstream.
 """
 
+import re
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -46,6 +47,9 @@ _REQUEST = otel_context.create_key("gateway.request_trace")
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: noise in every trace view
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _PROPAGATED = (b"traceparent", b"tracestate")
+# what a relayed Chat Completions stream says of itself (its events are passed through, not parsed)
+_STREAM_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,40})"')
+_STREAM_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 
 
 class Tracing:
@@ -56,7 +60,7 @@ class Tracing:
         exporter = OTLPSpanExporter(
             endpoint=settings.traces_endpoint,
             headers=parse_headers(headers.get_secret_value()) if headers is not None else None,
-            timeout=10,
+            timeout=5,  # a collector that is away delays nothing but the last export at shutdown
         )
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": settings.traces_service_name}),
@@ -130,11 +134,24 @@ class TraceRequests:
 class RequestTrace:
     """One request's trace: its server span, the model call span in progress, the hooks' helpers."""
 
-    __slots__ = ("tracing", "span", "context", "recording", "trace_id", "status", "ctx", "call", "call_span")
+    __slots__ = (
+        "tracing",
+        "span",
+        "method",
+        "context",
+        "recording",
+        "trace_id",
+        "status",
+        "ctx",
+        "call",
+        "call_span",
+        "call_error",
+    )
 
-    def __init__(self, tracing: Tracing, span: Span, parent: otel_context.Context) -> None:
+    def __init__(self, tracing: Tracing, span: Span, method: str, parent: otel_context.Context) -> None:
         self.tracing = tracing
         self.span = span
+        self.method = method
         self.recording = span.is_recording()
         # the id callers see (x-trace-id, aimable.langfuse_trace_id): only of a trace that is exported
         self.trace_id = format(span.get_span_context().trace_id, "032x") if self.recording else None
@@ -143,6 +160,7 @@ class RequestTrace:
         self.ctx: RequestContext | None = None
         self.call: object = None  # the ModelCall that ``call_span`` stands for
         self.call_span: Span | None = None
+        self.call_error: tuple[str, str] | None = None  # the error type and message of the call's last attempt
 
     @classmethod
     def start(cls, tracing: Tracing, scope: Scope) -> "RequestTrace":
@@ -151,7 +169,7 @@ class RequestTrace:
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
         attributes = {"http.request.method": method, "url.path": scope["path"][:256], "url.scheme": scope["scheme"]}
         span = tracing.tracer.start_span(method, parent, SpanKind.SERVER, attributes)
-        return cls(tracing, span, parent)
+        return cls(tracing, span, method, parent)
 
     def bind(self, ctx: "RequestContext") -> None:
         self.ctx = ctx
@@ -175,7 +193,7 @@ class RequestTrace:
             route = scope.get("route")
             path = getattr(route, "path", None)
             if isinstance(path, str):
-                span.update_name(f"{span.name} {path}")  # type: ignore[attr-defined]  # the SDK's Span has it
+                span.update_name(f"{self.method} {path}")
                 span.set_attribute("http.route", path)
             span.set_attribute("http.response.status_code", status)
             ctx = self.ctx
@@ -210,21 +228,20 @@ class RequestTrace:
             SpanKind.CLIENT,
             _attempt_attributes(dep) if self.recording else None,
         )
-        with trace.use_span(span, end_on_exit=True):
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
                 result = await work
             except BaseException as exc:
                 if self.recording:
-                    kind = getattr(exc, "code", None) or type(exc).__name__
+                    kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
+                    span.set_status(Status(StatusCode.ERROR, message))
+                    span.set_attribute("error.type", kind)
                     status = getattr(exc, "status_code", None)
-                    for target in (span, call_span):  # the call's status is its last attempt's
-                        target.set_status(Status(StatusCode.ERROR, str(exc)[:300]))
-                        target.set_attribute("error.type", str(kind)[:100])
                     if isinstance(status, int):
                         span.set_attribute("http.response.status_code", status)
+                    self.call_error = (kind, message)
                 raise
-            if self.recording:
-                call_span.set_status(Status(StatusCode.UNSET))
+            self.call_error = None  # the call's status is its last attempt's
             return result
 
     def _call_span(self, dep: "Deployment") -> Span:
@@ -237,7 +254,7 @@ class RequestTrace:
             self.call_span = self.tracing.tracer.start_span(
                 f"chat {alias}", trace.set_span_in_context(self.span), SpanKind.CLIENT, attributes
             )
-            self.call = call
+            self.call, self.call_error = call, None
         if self.recording:
             provider = dep.type if dep.type != "litellm" else dep.model.partition("/")[0]
             self.call_span.set_attributes({"gen_ai.provider.name": provider, "gen_ai.system": provider})
@@ -255,6 +272,27 @@ class RequestTrace:
                 attributes["gen_ai.output.messages"] = output
             self.call_span.set_attributes(attributes)
 
+    def watch_stream(self, send: Send) -> Send:
+        """``send`` of a relayed Chat Completions stream, noting its model and finish reasons for the call's span."""
+        if not self.recording:
+            return send
+        reasons: list[str] = []
+        model: list[str] = []
+
+        async def watching(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if not model and (found := _STREAM_MODEL.search(body)) is not None:
+                    model.append(found.group(1).decode("utf-8", "replace"))
+                reasons.extend(r.decode() for r in _STREAM_FINISH.findall(body))
+                if not message.get("more_body", False) and self.call_span is not None:
+                    self.call_span.set_attribute("gen_ai.response.finish_reasons", reasons)
+                    if model:
+                        self.call_span.set_attribute("gen_ai.response.model", model[0])
+            await send(message)
+
+        return watching
+
     def end_call(self) -> None:
         """The model call in progress is settled: its usage on its span, which ends."""
         span = self.call_span
@@ -264,6 +302,10 @@ class RequestTrace:
         usage = getattr(self.call, "usage", None)
         if usage is not None and self.recording:
             span.set_attributes(usage_attributes(usage))
+        if self.call_error is not None:
+            kind, message = self.call_error
+            span.set_status(Status(StatusCode.ERROR, message))
+            span.set_attribute("error.type", kind)
         span.end()
 
     async def tool(self, item: dict[str, Any], work: Awaitable[None]) -> None:

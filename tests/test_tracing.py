@@ -131,6 +131,8 @@ def test_a_streamed_chat_is_traced_with_its_usage(start_gateway, upstream, recei
         trace_id = r.headers["x-trace-id"]
     chat = _trace(otlp, trace_id, "chat up", "POST /v1/chat/completions")["chat up"]
     assert chat.attributes["gen_ai.usage.output_tokens"] > 0
+    assert chat.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+    assert chat.attributes["gen_ai.response.model"]
 
 
 def test_errors_are_traced_with_their_status(start_gateway, upstream, receiver):
@@ -265,3 +267,28 @@ def test_only_the_tracing_module_imports_opentelemetry():
             if any(n.split(".")[0] == "opentelemetry" for n in names):
                 importers.append(path.relative_to(ROOT).as_posix())
     assert set(importers) == {"gateway/tracing.py"}
+
+
+def test_a_fallback_is_two_attempts_in_one_call_whose_status_is_the_last(start_gateway, upstream, receiver):
+    otlp, endpoint = receiver
+    cat = catalogue(upstream[1])
+    model = cat["tenants"][0]["models"][0]
+    del model["deployment"]
+    model["deployments"] = [
+        {"type": "openai", "base_url": upstream[1] + "/v1", "model": m} for m in ("status-503", "ok")
+    ]
+    model["routing"] = {"backoff": 0.01, "retries": 0}
+    base = _traced(start_gateway, cat, endpoint)
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}]}
+    r = httpx2.post(base + "/v1/chat/completions", headers=AUTH, json=body)
+    assert r.status_code == 200
+    spans = wait_for(
+        lambda: otlp.trace(r.headers["x-trace-id"]),
+        lambda got: sum(s.name == "POST" for s in got) == 2 and any(s.kind == "server" for s in got),
+    )
+    chat = next(s for s in spans if s.name == "chat up")
+    attempts = sorted((s for s in spans if s.name == "POST"), key=lambda s: s.status, reverse=True)
+    assert [a.parent_id for a in attempts] == [chat.span_id, chat.span_id]
+    assert [a.attributes["gateway.deployment.model"] for a in attempts] == ["status-503", "ok"]
+    assert attempts[0].status == 2 and attempts[0].attributes["http.response.status_code"] == 503
+    assert chat.status == 0 and "error.type" not in chat.attributes
