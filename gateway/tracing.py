@@ -190,20 +190,20 @@ class RequestTrace:
         self.end_call()
         span, status = self.span, self.status or 500
         if self.recording:
-            route = scope.get("route")
-            path = getattr(route, "path", None)
+            attributes: dict[str, Any] = {"http.response.status_code": status}
+            path = getattr(scope.get("route"), "path", None)
             if isinstance(path, str):
                 span.update_name(f"{self.method} {path}")
-                span.set_attribute("http.route", path)
-            span.set_attribute("http.response.status_code", status)
+                attributes["http.route"] = path
             ctx = self.ctx
             if ctx is not None:
-                span.set_attribute("gateway.outcome", ctx.outcome)
+                attributes["gateway.outcome"] = ctx.outcome
                 if ctx.model is not None:
-                    span.set_attribute("gateway.model", ctx.model.alias)
+                    attributes["gateway.model"] = ctx.model.alias
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
-                span.set_attribute("error.type", str(status))
+                attributes["error.type"] = str(status)
+            span.set_attributes(attributes)
         span.end()
 
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
@@ -215,31 +215,41 @@ class RequestTrace:
             attributes = {"gateway.store.phase": name}
         else:
             attributes = {"gateway.policy.name": name, "gateway.policy.hook": hook}
-        with self.tracing.tracer.start_as_current_span(f"{hook} {name}", attributes=attributes):
+        # not made current (nothing runs inside a hook's span): a span without a context switch is cheaper
+        span = self.tracing.tracer.start_span(f"{hook} {name}", self.context, attributes=attributes)
+        try:
             return await work
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)[:300]))
+            raise
+        finally:
+            span.end()
 
     async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
         """One deployment attempt of the model call in progress, inside that call's span (opened at its first
-        attempt); its context is the one sent upstream."""
+        attempt); its context is the one sent upstream. A request left out by the sampler gets no span of it:
+        its server span's context (current) travels instead."""
+        if not self.recording:
+            return await work
         call_span = self._call_span(dep)
         span = self.tracing.tracer.start_span(
             "POST" if dep.type == "openai" else dep.type,
             trace.set_span_in_context(call_span),
             SpanKind.CLIENT,
-            _attempt_attributes(dep) if self.recording else None,
+            _attempt_attributes(dep),
         )
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
                 result = await work
             except BaseException as exc:
-                if self.recording:
-                    kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
-                    span.set_status(Status(StatusCode.ERROR, message))
-                    span.set_attribute("error.type", kind)
-                    status = getattr(exc, "status_code", None)
-                    if isinstance(status, int):
-                        span.set_attribute("http.response.status_code", status)
-                    self.call_error = (kind, message)
+                kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
+                span.set_status(Status(StatusCode.ERROR, message))
+                span.set_attribute("error.type", kind)
+                status = getattr(exc, "status_code", None)
+                if isinstance(status, int):
+                    span.set_attribute("http.response.status_code", status)
+                self.call_error = (kind, message)
                 raise
             self.call_error = None  # the call's status is its last attempt's
             return result
@@ -250,14 +260,11 @@ class RequestTrace:
         if self.call_span is None or call is not self.call:
             self.end_call()
             alias = ctx.model.alias if ctx is not None and ctx.model is not None else dep.model
-            attributes = call_attributes(alias, call, self.tracing.content_chars) if self.recording else None
-            self.call_span = self.tracing.tracer.start_span(
-                f"chat {alias}", trace.set_span_in_context(self.span), SpanKind.CLIENT, attributes
-            )
+            attributes = call_attributes(alias, call, self.tracing.content_chars)
+            self.call_span = self.tracing.tracer.start_span(f"chat {alias}", self.context, SpanKind.CLIENT, attributes)
             self.call, self.call_error = call, None
-        if self.recording:
-            provider = dep.type if dep.type != "litellm" else dep.model.partition("/")[0]
-            self.call_span.set_attributes({"gen_ai.provider.name": provider, "gen_ai.system": provider})
+        provider = dep.type if dep.type != "litellm" else dep.model.partition("/")[0]
+        self.call_span.set_attributes({"gen_ai.provider.name": provider, "gen_ai.system": provider})
         return self.call_span
 
     def answered(self, answer: Mapping[str, Any]) -> None:
