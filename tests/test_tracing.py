@@ -292,3 +292,19 @@ def test_a_fallback_is_two_attempts_in_one_call_whose_status_is_the_last(start_g
     assert [a.attributes["gateway.deployment.model"] for a in attempts] == ["status-503", "ok"]
     assert attempts[0].status == 2 and attempts[0].attributes["http.response.status_code"] == 503
     assert chat.status == 0 and "error.type" not in chat.attributes
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    ["garbage", "00-" + "0" * 32 + "-" + "1" * 16 + "-01", "00-" + "a" * 32 + "-" + "b" * 16 + "-01" + "x" * 100_000],
+)
+def test_a_hostile_traceparent_starts_a_trace_of_its_own(start_gateway, upstream, receiver, traceparent):
+    otlp, endpoint = receiver
+    base = _traced(start_gateway, catalogue(upstream[1]), endpoint)
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}]}
+    r = httpx2.post(base + "/v1/chat/completions", headers={**AUTH, "traceparent": traceparent}, json=body)
+    assert r.status_code == 200
+    trace_id = r.headers["x-trace-id"]
+    assert len(trace_id) == 32 and trace_id not in (traceparent[3:35], "0" * 32)
+    server = _trace(otlp, trace_id, "POST /v1/chat/completions")["POST /v1/chat/completions"]
+    assert server.parent_id == ""
