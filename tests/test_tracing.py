@@ -308,3 +308,20 @@ def test_a_hostile_traceparent_starts_a_trace_of_its_own(start_gateway, upstream
     assert len(trace_id) == 32 and trace_id not in (traceparent[3:35], "0" * 32)
     server = _trace(otlp, trace_id, "POST /v1/chat/completions")["POST /v1/chat/completions"]
     assert server.parent_id == ""
+
+
+def test_a_background_response_is_traced_after_its_answer(start_gateway, upstream, receiver):
+    otlp, endpoint = receiver
+    base = _traced(start_gateway, catalogue(upstream[1]), endpoint)
+    body = {"model": "up", "input": "hi", "background": True, "store": True}
+    r = httpx2.post(base + "/v1/responses", headers=AUTH, json=body)
+    assert r.status_code == 200
+    trace_id, response_id = r.headers["x-trace-id"], r.json()["id"]
+    done = wait_for(
+        lambda: httpx2.get(f"{base}/v1/responses/{response_id}", headers=AUTH).json(),
+        lambda got: got["status"] == "completed",
+    )
+    assert done["status"] == "completed"
+    spans = _trace(otlp, trace_id, "POST /v1/responses", "chat up")
+    assert spans["chat up"].parent_id == spans["POST /v1/responses"].span_id
+    assert spans["chat up"].attributes["gen_ai.usage.output_tokens"] == 3
