@@ -1,4 +1,5 @@
-"""OpenTelemetry traces over OTLP/HTTP: the one module that speaks to the OpenTelemetry SDK.
+"""OpenTelemetry traces over OTLP/HTTP: the one module that speaks to OpenTelemetry (its SDK imported only when
+traces are on).
 
 Each app owns a ``Tracing`` (its own ``TracerProvider``, exporter and batch processor; nothing global is set),
 built only when the ``traces`` setting is on. ``TraceRequests`` (pure ASGI, installed only then) opens a SERVER
@@ -24,11 +25,6 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +52,13 @@ class Tracing:
     """The app's tracer provider and what every request's trace shares."""
 
     def __init__(self, settings: Settings) -> None:
+        # the SDK and its exporter (protobuf, requests: ~30 ms of imports) only for an app that traces
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
         headers = settings.traces_headers
         exporter = OTLPSpanExporter(
             endpoint=settings.traces_endpoint,

@@ -3,6 +3,8 @@ the gateway's own exporter, sampler and propagation, end to end."""
 
 import ast
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,3 +327,14 @@ def test_a_background_response_is_traced_after_its_answer(start_gateway, upstrea
     spans = _trace(otlp, trace_id, "POST /v1/responses", "chat up")
     assert spans["chat up"].parent_id == spans["POST /v1/responses"].span_id
     assert spans["chat up"].attributes["gen_ai.usage.output_tokens"] == 3
+
+
+def test_with_traces_off_the_sdk_is_not_even_imported():
+    code = (
+        "import sys; from gateway.app import create_app; create_app(); "
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
