@@ -5,11 +5,27 @@ Read from the environment (prefix ``GATEWAY_``) and overridable by command-line 
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONFIG = Path(__file__).with_name("gateway.yaml")
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``key=value,key2=value2`` (``OTEL_EXPORTER_OTLP_HEADERS``'s format, values URL-encoded) as a dict;
+    ValueError, without the values (they are secrets), when an entry is not ``key=value``."""
+    headers: dict[str, str] = {}
+    for number, entry in enumerate(text.split(","), 1):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"traces_headers: entry {number} is not key=value")
+        headers[key] = unquote(value.strip())
+    return headers
 
 
 class Settings(BaseSettings):
@@ -74,6 +90,24 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="When set, GET /metrics asks for `Authorization: Bearer <this>` (401 otherwise)."
     )
+    traces: bool = Field(False, description="Export OpenTelemetry traces over OTLP/HTTP (docs/observability.md).")
+    traces_endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces",
+        description="The OTLP/HTTP traces URL, in full: a collector's /v1/traces, or Langfuse's "
+        "https://<host>/api/public/otel/v1/traces.",
+    )
+    traces_headers: SecretStr | None = Field(
+        None, description="Headers of every export, key=value,key2=value2 (Langfuse: Authorization=Basic <base64>)."
+    )
+    traces_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces recorded; a caller's traceparent decides for its own."
+    )
+    traces_service_name: str = Field("llm-gateway", min_length=1, max_length=100)
+    traces_content: bool = Field(False, description="Record prompts, completions and tool arguments and results.")
+    traces_content_max_chars: int = Field(4096, gt=0, description="Longest recorded content, per attribute.")
+    traces_export_delay_seconds: float = Field(
+        2.0, gt=0, description="How long finished spans wait to be exported in a batch."
+    )
     gc_gen0_threshold: int = Field(
         10_000,
         ge=0,
@@ -81,3 +115,18 @@ class Settings(BaseSettings):
         "generation 0 is collected every N allocations instead of Python's 700 (0 leaves the collector as is). "
         "Measured: +20% chat throughput (docs/benchmarks.md).",
     )
+
+    @field_validator("traces_endpoint")
+    @classmethod
+    def _traces_endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("traces_endpoint must be an http(s) URL")
+        return value
+
+    @field_validator("traces_headers")
+    @classmethod
+    def _traces_headers(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_headers(value.get_secret_value())
+        return value

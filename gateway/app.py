@@ -107,4 +107,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
     )
     app.state.gateway = gw
+    if gw.tracing is not None:  # only then: no tracing layer on the hot path otherwise
+        app.add_middleware(gw.tracing.middleware)
     return app

@@ -39,6 +39,8 @@ async def complete(gw: Gateway, ctx: RequestContext, send: Send, receive: Receiv
         if "error" in answer:  # a 200 carrying an error may echo the key the upstream was sent
             data = redact_secret_bytes(data, credential(deployment))
         ctx.count(Usage.from_chat(answer.get("usage")))
+        if ctx.trace is not None:
+            ctx.trace.answered(answer)
         ctx.status_code = 200
         finished.set()
         await send_bytes(send, 200, ctx.answer_headers(JSON_HEADERS), data)
@@ -49,6 +51,8 @@ async def stream(gw: Gateway, ctx: RequestContext, send: Send, receive: Receive)
     a normal error answer; failures after it end the stream with an error event and no ``[DONE]``."""
     model = target_model(ctx)
     wants_usage = bool((ctx.body.get("stream_options") or {}).get("include_usage"))
+    if ctx.trace is not None:
+        send = ctx.trace.watch_stream(send)
     async with cancel_on_disconnect(receive, ctx) as finished:
         deployment, (upstream, chunks, first) = await gw.dispatcher.stream(model, upstream_body(ctx))
         ctx.mark_first_token()

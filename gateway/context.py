@@ -12,6 +12,7 @@ from gateway.store import Store
 
 if TYPE_CHECKING:
     from gateway.pricing import PriceBook
+    from gateway.tracing import RequestTrace
 
 
 @dataclass(slots=True)
@@ -149,6 +150,7 @@ class RequestContext:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     started_at: float = field(default_factory=time.perf_counter)  # when the context was made (perf_counter)
     first_token_at: float = 0.0  # when a stream's first upstream chunk arrived (``mark_first_token``); 0: none
+    trace: "RequestTrace | None" = None  # the request's trace (gateway.tracing), when traces are on
 
     tenant_id: str = field(init=False)  # the ids as strings, formatted once: every store key holds them
     space_id: str = field(init=False)

@@ -16,6 +16,7 @@ from config.deployments import Deployment, Routing, Timeouts
 from gateway.breaker import CircuitBreakers
 from gateway.errors import UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from gateway.providers import Provider, UpstreamStream
+from gateway.tracing import Tracing
 
 if TYPE_CHECKING:
     from gateway.metrics import DeploymentMeter, Metrics
@@ -69,6 +70,7 @@ class Dispatcher:
         self.rng = random.Random()
         self._keys: dict[tuple[object, int], str] = {}
         self.metrics: Metrics | None = None  # upstream durations, errors, retries, fallbacks (gateway.metrics)
+        self.tracing: Tracing | None = None  # set by the runtime when traces are on
 
     def provider(self, dep: Deployment) -> Provider:
         return self.providers[dep.type]
@@ -86,6 +88,12 @@ class Dispatcher:
             key = self._keys[(model.id, index)] = f"{model.id}:{index}"
         return key
 
+    async def _traced(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
+        request = self.tracing.current() if self.tracing is not None else None
+        if request is not None:  # the attempt as a span of the request's model call (gateway.tracing)
+            return await request.attempt(dep, self._deadline(dep, attempt))
+        return await self._deadline(dep, attempt)
+
     async def _deadline(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
         deadline = self.first_byte(dep)
         if deadline is None:
@@ -100,10 +108,10 @@ class Dispatcher:
         self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]], meter: "DeploymentMeter | None"
     ) -> T:
         if meter is None:
-            return await self._deadline(dep, attempt)
+            return await self._traced(dep, attempt)
         start = time.perf_counter()
         try:
-            result = await self._deadline(dep, attempt)
+            result = await self._traced(dep, attempt)
         except UpstreamError as exc:
             meter.failed(exc.status_code, time.perf_counter() - start)
             raise

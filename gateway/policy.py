@@ -50,7 +50,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.types import Message, Send
@@ -63,6 +63,7 @@ from gateway.importer import ImportFromStringError, import_from_string
 from gateway.store import Script
 
 log = logging.getLogger("gateway.policy")
+T = TypeVar("T")
 
 
 class PolicyParams(BaseModel):
@@ -198,7 +199,7 @@ class PolicyChain:
         steps: list[tuple[int, StoreStep]] = []  # (index in ran of the hook, its step)
         reply: Reply | None = None
         for policy in self.policies:
-            result = await policy.before(ctx)
+            result = await _traced(ctx, "before", policy.name, policy.before(ctx))
             ran.append((policy, REQUEST))
             ctx.governance_applied.append(policy.name)
             if isinstance(result, StoreStep):
@@ -217,7 +218,7 @@ class PolicyChain:
         self, ctx: RequestContext, call: ModelCall, ran: Ran, steps: list[tuple[int, StoreStep]]
     ) -> None:
         for policy in self.per_call:
-            step = await policy.before_call(ctx, call)
+            step = await _traced(ctx, "before_call", policy.name, policy.before_call(ctx, call))
             ran.append((policy, CALL))
             if step is not None:
                 steps.append((len(ran) - 1, step))
@@ -246,10 +247,12 @@ class PolicyChain:
         nothing raises."""
         steps: list[tuple[Policy, StoreStep]] = []
         for policy, per_call in reversed(ran):
+            hook = "after_call" if per_call else "after"
             try:
-                step = await (policy.after_call(ctx, _call_of(ctx)) if per_call else policy.after(ctx))
+                work = policy.after_call(ctx, _call_of(ctx)) if per_call else policy.after(ctx)
+                step = await _traced(ctx, hook, policy.name, work)
             except Exception:
-                log.exception("policy %s failed in after%s()", policy.name, "_call" if per_call else "")
+                log.exception("policy %s failed in %s()", policy.name, hook)
                 continue
             if isinstance(step, StoreStep):
                 steps.append((policy, step))
@@ -272,6 +275,8 @@ class _Settlement:
         if not self.done:
             self.done = True
             self.ctx.begin_call = None  # no call starts once the request is settled
+            if self.ctx.trace is not None:  # the last model call is over: its span ends before the after hooks
+                self.ctx.trace.end_call()
             await self.chain._after(self.ctx, self.ran)
 
     def before_end(self, send: Send) -> Send:
@@ -305,7 +310,8 @@ async def _before_steps(
 ) -> Reply | None:
     """Run the before phase's steps in one round trip and hand each result to its ``then`` in chain order."""
     try:
-        results = await ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
+        batch = ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
+        results = await _traced(ctx, "store", "before", batch)
     except StoreUnavailable as exc:
         for index, step in steps:  # each decides: fail closed (raise) or go on without its check
             if step.unavailable is None or (step.follows_chain and not fails_open):
@@ -331,7 +337,8 @@ async def _before_steps(
 async def _after_steps(ctx: RequestContext, steps: list[tuple[Policy, StoreStep]]) -> None:
     """Run the after phase's steps in one round trip; log what fails."""
     try:
-        results = await ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
+        batch = ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
+        results = await _traced(ctx, "store", "after", batch)
     except StoreUnavailable as exc:
         results = []
         for policy, step in steps:
@@ -358,6 +365,11 @@ def _forget(ctx: RequestContext, ran: Ran, keep: int) -> None:
     del ran[keep:]
     if dropped > 0:
         del ctx.governance_applied[-dropped:]
+
+
+def _traced(ctx: RequestContext, hook: str, name: str, work: Awaitable[T]) -> Awaitable[T]:
+    """``work`` (a policy's hook, or a store round trip), as a span when the request is traced."""
+    return work if ctx.trace is None else ctx.trace.step(hook, name, work)
 
 
 def _call_of(ctx: RequestContext) -> ModelCall:

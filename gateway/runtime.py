@@ -40,6 +40,7 @@ from gateway.store import open_store
 from gateway.store.timed import TimedStore
 from gateway.targets import resolve_target
 from gateway.tools import Tools
+from gateway.tracing import Tracing
 from gateway.upstream import make_session
 
 log = logging.getLogger("gateway")
@@ -76,6 +77,8 @@ class Gateway:
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         if self.metrics is not None:
             self.dispatcher.metrics, self.breakers.on_state = self.metrics, self.metrics.circuit
+        self.tracing = Tracing(settings) if settings.traces else None  # the app's own provider (nothing global)
+        self.dispatcher.tracing = self.tracing
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
         self.tools = Tools(catalogue, settings)  # MCP sessions and HTTP tools' clients; secret headers read here
         engine = ResponsesEngine(self.dispatcher, records, self.inflight)
@@ -93,6 +96,10 @@ class Gateway:
             read_timeout=s.upstream_read_timeout,
         )
         self.dispatcher.providers = build_providers(self.session, self.timeouts)
+        if self.tracing is not None:  # the trace context goes upstream with every call
+            for provider in self.dispatcher.providers.values():
+                if hasattr(provider, "trace_headers"):
+                    provider.trace_headers = self.tracing.upstream_headers
         await self.store.ping()
         await self.catalog.seed()
         self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
@@ -133,6 +140,8 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
         await self.store.close()
+        if self.tracing is not None:  # the last spans exported (bounded by the exporter's timeout)
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def context(
         self,
@@ -150,7 +159,7 @@ class Gateway:
             space_id = named.decode("latin-1") if named else None
         space = self.catalog.space_for(principal, space_id)
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or os.urandom(12).hex()
-        return RequestContext(
+        ctx = RequestContext(
             request_id=request_id,
             route=route,
             principal=principal,
@@ -162,6 +171,9 @@ class Gateway:
             prices=self.prices,
             surface=surface,
         )
+        if self.tracing is not None:
+            self.tracing.bind(ctx)
+        return ctx
 
     async def run_chain(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
         """The request's target resolved (``gateway.targets``), then the space's policy chain around ``call``,

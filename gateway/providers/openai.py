@@ -1,7 +1,7 @@
 """Any OpenAI-compatible upstream (OpenAI, vLLM, llama.cpp, Ollama, Groq…), spoken to directly over the
 shared aiohttp session. Bodies go out as received but for the model name; answers come back untouched."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -55,6 +55,8 @@ class OpenAIProvider:
         self.session = session
         self.defaults = defaults
         self._targets: dict[int, _Target] = {}
+        # with traces on (gateway.tracing): the headers with the call's trace context (W3C traceparent)
+        self.trace_headers: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None
 
     def _target(self, dep: Deployment) -> _Target:
         """URL, headers, credential and timeouts of a deployment, resolved once."""
@@ -65,10 +67,11 @@ class OpenAIProvider:
         return target
 
     async def _post(self, t: _Target, body: dict[str, Any], url: str) -> aiohttp.ClientResponse:
+        headers = t.headers if self.trace_headers is None else self.trace_headers(t.headers)
         if t.timeout is None:
-            resp = await self.session.post(url, data=json_body(body), headers=t.headers)
+            resp = await self.session.post(url, data=json_body(body), headers=headers)
         else:
-            resp = await self.session.post(url, data=json_body(body), headers=t.headers, timeout=t.timeout)
+            resp = await self.session.post(url, data=json_body(body), headers=headers, timeout=t.timeout)
         if resp.status >= 300:
             try:
                 data = await resp.read()

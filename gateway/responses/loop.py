@@ -149,6 +149,9 @@ class _Run:
         final = rewriter.final
         self.usage = mcp_items.add_usage(self.usage, (final or {}).get("usage"))
         self.ctx.count(_usage_of(final))
+        if self.ctx.trace is not None:  # the round's model call is over (its tools run outside its span)
+            self.ctx.trace.answered(final or {})
+            self.ctx.trace.end_call()
         if final is None or final.get("status") != "completed" or not rewriter.mcp_calls:
             yield rewriter.finish()
         elif rewriter.client_calls or rewriter.approvals:  # the caller's turn: the calls needing no approval run
@@ -287,7 +290,10 @@ class _Run:
         self.calls_made += len(runnable)
         if self.loop.metrics is not None and runnable:
             self.loop.metrics.tool_round(self.ctx)
-        await asyncio.gather(*(self._call(item) for item in runnable))
+        trace = self.ctx.trace
+        await asyncio.gather(
+            *(self._call(item) if trace is None else trace.tool(item, self._call(item)) for item in runnable)
+        )
         self.last_calls = list(calls)
         batch = []
         for item in calls:

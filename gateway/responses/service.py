@@ -102,7 +102,11 @@ class ResponsesService:
             input_items=turn.input_items,
             chain=turn.chain,
             idempotency_key=ctx.extras.get("idempotency_key"),
-            aimable={"governance_applied": ctx.governance_applied, "iteration_count": 0},
+            aimable={
+                "governance_applied": ctx.governance_applied,
+                "iteration_count": 0,
+                "langfuse_trace_id": ctx.trace.trace_id if ctx.trace is not None else None,  # an exported trace's
+            },
         )
         if turn.request.get("background"):
             await self._background(turn, record, send, render)
@@ -259,6 +263,8 @@ class ResponsesService:
         record.finished_at = int(time.time())
         if not turn.loops:  # the loop counts each round as it ends
             turn.ctx.count(usage_of(record.response))
+            if turn.ctx.trace is not None:
+                turn.ctx.trace.answered(record.response)
         record.cost_micros = turn.ctx.cost_micros
         record.aimable["iteration_count"] = turn.rounds
         if self._stored(turn):

@@ -1,0 +1,163 @@
+"""What tracing costs: chat c64 through the gateway with traces off and with traces exported at 100 % sampling
+to a loopback OTLP/HTTP receiver, measured side by side in one run (alternating, each gateway started fresh).
+
+    python benchmarks/traces_overhead.py [--duration 5] [--warmup 1] [--rounds 2] [--sample-ratio 1]
+
+Prints each measurement, then one line ``BENCH_RESULT {json}`` with the medians and their ratio (traces on /
+off; the target is >= 0.90), and the spans the receiver got against the requests answered. The gateway runs
+alone on core 1; the mock upstream, wrk and the receiver (benchmarks/otlp_sink.py) share core 0. Stdlib only
+(run.py's helpers); needs the repository's .venv (`make install`) and wrk. Every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as base  # noqa: E402
+
+TARGET_RATIO = 0.90
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
+    parser.add_argument("--sample-ratio", type=float, default=1.0)
+    parser.add_argument("--connections", type=int, default=64)
+    return parser.parse_args(argv)
+
+
+def sink_stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def wait_sink(port: int, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            sink_stats(port)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise base.BenchError("the OTLP receiver did not start") from None
+            time.sleep(0.05)
+
+
+def start_gateway(procs: base.Processes, workdir: Path, mock_port: int, env: dict[str, str]) -> tuple[base.Proc, int]:
+    port = base.free_port()
+    config = workdir / "gateway-bench.yaml"
+    config.write_text(base.GATEWAY_CATALOG.format(port=mock_port))
+    argv = [
+        str(base.GATEWAY_PYTHON),
+        "-m",
+        "gateway",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = procs.start("gateway", argv, base.TARGET_CORE, env, cwd=base.REPO)
+    base.wait_first_answer(proc, port, True, 60)
+    return proc, port
+
+
+def measure(
+    wrk: str, procs: base.Processes, workdir: Path, mock_port: int, env: dict[str, str], args: argparse.Namespace
+) -> dict:
+    proc, port = start_gateway(procs, workdir, mock_port, env)
+    try:
+        base.validate(port, True)
+        warm = base.run_wrk(wrk, port, base.CHAT_BODY, True, args.connections, args.warmup) if args.warmup > 0 else {}
+        cpu0, t0 = base.cpu_seconds(proc.pid), time.monotonic()
+        res = base.run_wrk(wrk, port, base.CHAT_BODY, True, args.connections, args.duration)
+        res["cpu_pct"] = 100.0 * (base.cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+        res["all_requests"] = res["requests"] + warm.get("requests", 0) + 3  # + the first answer and validate's two
+        return res
+    finally:
+        procs.stop(proc)  # SIGTERM: the gateway exports its last spans before it exits
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk = base.ensure_wrk()
+    bench_python = base.ensure_venv(base.BENCH_VENV, base.BENCH_DIR / "requirements.txt")
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-traces-"))
+    procs = base.Processes(workdir)
+    results: dict[str, list[dict]] = {"off": [], "on": []}
+    try:
+        mock_port, sink_port = base.free_port(), base.free_port()
+        mock = procs.start(
+            "mock",
+            [
+                str(bench_python),
+                str(base.BENCH_DIR / "mock_upstream.py"),
+                "--port",
+                str(mock_port),
+                "--chunks",
+                str(base.CHUNKS),
+            ],
+            base.LOAD_CORE,
+        )
+        base.wait_first_answer(mock, mock_port, False, 30)
+        procs.start(
+            "otlp-sink",
+            [str(base.GATEWAY_PYTHON), str(base.BENCH_DIR / "otlp_sink.py"), "--port", str(sink_port)],
+            base.LOAD_CORE,
+        )
+        plain = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        traced = {
+            **plain,
+            "GATEWAY_TRACES": "true",
+            "GATEWAY_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
+            "GATEWAY_TRACES_SAMPLE_RATIO": str(args.sample_ratio),
+        }
+        wait_sink(sink_port)
+        answered = 0
+        for n in range(1, args.rounds + 1):
+            for name, env in (("off", plain), ("on", traced)):
+                res = measure(wrk, procs, workdir, mock_port, env, args)
+                results[name].append(res)
+                if name == "on":
+                    answered += res["all_requests"]
+                base.log(
+                    f"[{n}/{args.rounds}] traces {name:<3} {res['rps']:>8.0f} req/s  p50 {res['p50_us'] / 1000:6.2f} ms"
+                    f"  p99 {res['p99_us'] / 1000:6.2f} ms  errors {res['error_count']}  cpu {res['cpu_pct']:.0f}%"
+                )
+        stats = sink_stats(sink_port)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    off = statistics.median(r["rps"] for r in results["off"])
+    on = statistics.median(r["rps"] for r in results["on"])
+    ratio = on / off if off else 0.0
+    summary = {
+        "rps_off": round(off),
+        "rps_on": round(on),
+        "ratio": round(ratio, 3),
+        "target": TARGET_RATIO,
+        "met": ratio >= TARGET_RATIO,
+        "sample_ratio": args.sample_ratio,
+        "receiver": stats,
+        "traced_requests": answered,  # spans expected: about 4 per chat (server, chat, attempt, allow_list hook)
+        "spans_per_traced_request": round(stats["spans"] / answered, 2) if answered else None,
+    }
+    print("BENCH_RESULT " + json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
