@@ -25,7 +25,7 @@ import orjson
 
 from gateway.errors import BudgetExceeded, GatewayError, RateLimited, ShuttingDown, UpstreamError
 from gateway.responses import mcp_items
-from gateway.responses.events import TERMINAL_EVENTS
+from gateway.responses.events import TERMINAL_EVENTS, events_of
 from gateway.responses.mcp_items import function_name
 from gateway.tools import HttpTool, Tools
 
@@ -133,7 +133,7 @@ class _Run:
         rewriter = _RoundEvents(self)
         self.next_calls = []
         try:
-            source = await self.loop.engine.open_round(self._round_turn(round_no))
+            source = await self._open_round(self._round_turn(round_no))
         except UpstreamError as exc:
             if round_no == 1 and not self.ctx.stream:
                 raise  # answered as a plain error, as without the loop
@@ -160,6 +160,15 @@ class _Run:
             yield self.end("response.completed", completed_at=int(time.time()))
         else:
             self.next_calls = rewriter.mcp_calls
+
+    async def _open_round(self, turn: Any) -> AsyncGenerator[list[JSON], None]:
+        """A round's events: streamed from the upstream when the caller sees events (a stream, a background
+        response someone may follow), else the whole answer's (cheaper than translating a stream)."""
+        engine = self.loop.engine
+        if self.ctx.stream or self.turn.request.get("background"):
+            source: AsyncGenerator[list[JSON], None] = await engine.open_round(turn)
+            return source
+        return _one_batch(events_of(await engine.complete_round(turn)))
 
     async def _limit(self, round_no: int) -> list[JSON] | None:
         """The end of the response when a limit stops the loop before round ``round_no`` (None: go on)."""
@@ -335,6 +344,10 @@ class _Run:
                 "outcome": "error" if item.get("error") else "ok",
             }
         )
+
+
+async def _one_batch(events: list[JSON]) -> AsyncGenerator[list[JSON], None]:
+    yield events
 
 
 def _label(server: Any) -> str:
