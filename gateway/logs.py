@@ -115,3 +115,7 @@ def configure(settings: "Settings") -> None:
     root.setLevel(level)
     root.propagate = False
     logging.getLogger(REQUESTS).disabled = not settings.request_log
+    # the MCP SDK's client and its HTTP client log every request they make with its URL (a caller's server_url)
+    # at info; below warning they would repeat a caller's text in the log and cost a line per tool call
+    for chatty in ("httpx2", "httpcore2", "mcp"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING) if isinstance(level, int) else logging.WARNING)
