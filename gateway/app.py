@@ -12,14 +12,14 @@ from starlette.routing import Route
 
 from config import Settings, load_catalogue
 from gateway.api import audit, health, openai, responses, space_responses, spaces, usage
-from gateway.errors import GatewayError, NotFound, is_native, render_error
+from gateway.errors import GatewayError, NotFound, error_shape, render_error
 from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
 
 
 def _error_response(exc: GatewayError, path: str) -> Response:
-    status, headers, body = render_error(exc, is_native(path))
+    status, headers, body = render_error(exc, error_shape(path))
     return Response(
         body, status, headers={k.decode(): v.decode() for k, v in headers[1:]}, media_type="application/json"
     )

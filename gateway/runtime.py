@@ -14,6 +14,7 @@ from starlette.types import Send
 
 from config import Catalogue, Settings
 from config.deployments import Timeouts
+from gateway.agents import AgentRegistry, Agents, load_agent_policies
 from gateway.audit import AuditLog
 from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
@@ -23,7 +24,7 @@ from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
-from gateway.policy import PolicyChain, load_policy
+from gateway.policy import PolicyChain, PolicyConfigError, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
 from gateway.responses.engine import ResponsesEngine
@@ -69,6 +70,9 @@ class Gateway:
         engine.loop = ToolLoop(engine, self.tools)
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
+        self.agents = Agents(AgentRegistry(catalogue, self.store), records)
+        _preload_agent_policies(self.agents, catalogue)
+        self.responses.resolve = self.resolve
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -81,17 +85,18 @@ class Gateway:
         self.dispatcher.providers = build_providers(self.session, self.timeouts)
         await self.store.ping()
         await self.catalog.seed()
+        await self.agents.registry.seed()
         self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
 
     async def stop(self) -> None:
         # requests still running end first (a stream with its error event), releasing what they hold while
         # the store is open; after SIGTERM (gateway.__main__) they were stopped already
         await self.inflight.stop(self.settings.shutdown_grace_seconds)
-        for chain in self.chains.values():  # policies holding clients of their own (webhooks) close them
-            for policy in chain.policies:
-                aclose = getattr(policy, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+        owned = [p for chain in self.chains.values() for p in chain.policies] + self.agents.own_policies()
+        for policy in owned:  # policies holding clients of their own (webhooks) close them
+            aclose = getattr(policy, "aclose", None)
+            if aclose is not None:
+                await aclose()
         await self.tools.aclose()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -138,6 +143,22 @@ class Gateway:
             with inflight.interruptible():
                 await call(out)
 
-        resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
+        await self.resolve(ctx)  # once, before any policy (done already on the Responses routes)
         with inflight.track():
-            await self.chains[ctx.space_id].run(ctx, send, interruptible)
+            await self.agents.chain(ctx, self.chains[ctx.space_id]).run(ctx, send, interruptible)
+
+    async def resolve(self, ctx: RequestContext) -> None:
+        """The request's target (``gateway.targets``): a tenant model, or an agent version; once per request."""
+        await resolve_target(ctx, self.agents)
+
+
+def _preload_agent_policies(agents: Agents, catalogue: Catalogue) -> None:
+    """Build the YAML agents' own policies, so a wrong one fails the start naming where it is."""
+    for t, tenant in enumerate(catalogue.tenants):
+        for a, agent in enumerate(tenant.agents):
+            for v, version in enumerate(agent.versions):
+                try:
+                    policies = load_agent_policies(version.policies)
+                except PolicyConfigError as exc:
+                    raise PolicyConfigError(f"tenants[{t}].agents[{a}].versions[{v}].policies: {exc}") from None
+                agents.preload(str(tenant.id), agent.key, version.version, policies)

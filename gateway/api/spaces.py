@@ -121,7 +121,7 @@ async def _add(gw: Gateway, ctx: RequestContext, model_id: UUID) -> Reply:
 
 
 def _native_reply(exc: GatewayError) -> Reply:
-    status, headers, body = render_error(exc, native=True)
+    status, headers, body = render_error(exc, "native")
     return Reply(status, body, headers)
 
 
