@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings, load_catalogue
-from gateway.api import audit, client, health, openai, responses, space_responses, spaces, usage
+from gateway.api import agents, audit, client, health, openai, responses, space_responses, spaces, usage
 from gateway.errors import GatewayError, NotFound, error_shape, render_error
 from gateway.runtime import Gateway
 
@@ -80,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *usage.routes("/api-proxy"),
         *space_responses.routes(gw, ""),
         *space_responses.routes(gw, "/api-proxy"),
+        *agents.routes(""),
+        *agents.routes("/api-proxy"),
         *client.routes(gw),
     ]
     app = Starlette(

@@ -108,6 +108,14 @@ class AuditLog:
         except StoreUnavailable:
             log.error("audit entry lost (store unreachable): %s by %s on %s", action, ctx.principal.id, ctx.space_id)
 
+    async def agent_change(self, ctx: RequestContext, action: str, agent_key: str, **fields: Any) -> None:
+        """Record a change made through the agents API (``version``, ``changed``: what it adds); a store failure
+        is logged (the change is made)."""
+        try:
+            await self.record_request(ctx, "admin_change", action, {"agent_key": agent_key, **fields})
+        except StoreUnavailable:
+            log.error("audit entry lost (store unreachable): %s by %s on %s", action, ctx.principal.id, ctx.space_id)
+
     async def page(
         self, tenant_id: str, space_id: str, limit: int, cursor: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
