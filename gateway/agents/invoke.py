@@ -20,7 +20,7 @@ from config.catalog import PolicySpec
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.store import StoredAgent
 from gateway.context import RequestContext, Surface
-from gateway.errors import BadRequest, InvalidRequest, NotFound, PermissionDenied
+from gateway.errors import BadRequest, InvalidRequest, NotFound, PermissionDenied, StoreUnavailable
 from gateway.policy import Policy, PolicyChain, load_policy
 from gateway.responses.records import ResponseRecords
 
@@ -113,7 +113,12 @@ class Agents:
                 key, pinned = started
         if key is None:
             return False
-        stored = await self.registry.get(ctx.tenant_id, key)
+        try:
+            stored = await self.registry.get(ctx.tenant_id, key)
+        except StoreUnavailable:
+            if ctx.surface is Surface.CLIENT or self.registry.declares(ctx.tenant_id, key):
+                raise
+            return False  # a model name as far as anyone can tell: the allow-list decides (it may fail open)
         if stored is None:
             return _not_agent(ctx, name or key)
         version = _version(ctx, stored, pinned)

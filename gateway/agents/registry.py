@@ -80,6 +80,10 @@ class AgentRegistry:
             args += [key, created, len(fields) // 2, *fields]
         return int(await self.scripts.seed(keys, args))
 
+    def declares(self, tenant_id: str, key: str) -> bool:
+        """Whether the YAML declares that agent (what is known of it without the store)."""
+        return key in (self._yaml.get(tenant_id) or {})
+
     async def get(self, tenant_id: str, key: str) -> StoredAgent | None:
         """The agent of that key, or None (one round trip; a YAML agent the store lost is seeded again)."""
         raw = await self.store.hgetall(agent_key(tenant_id, key))
