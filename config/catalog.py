@@ -14,6 +14,7 @@ from uuid import UUID
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from config.agents import Agent
 from config.deployments import Deployment, Routing
 from config.tools import HttpToolSpec, McpServerSpec, SpaceMcp
 
@@ -87,6 +88,7 @@ class Space(_Strict):
     tools: list[str] = Field(
         default_factory=list, description="Labels of the tenant's MCP servers and names of its HTTP tools it may use."
     )
+    agents: list[str] = Field(default_factory=list, description="Keys of the tenant's agents callable here.")
 
 
 class ApiKey(_Strict):
@@ -113,6 +115,39 @@ class Tenant(_Strict):
     api_keys: list[ApiKey] = Field(default_factory=list)
     mcp_servers: list[McpServerSpec] = Field(default_factory=list, description="MCP servers its spaces may use.")
     http_tools: list[HttpToolSpec] = Field(default_factory=list, description="HTTP tools its spaces may use.")
+    agents: list[Agent] = Field(default_factory=list, description="Seeded into the store once (docs/agents.md).")
+
+    @model_validator(mode="after")
+    def _check_agents(self) -> "Tenant":
+        _unique([a.key for a in self.agents], "agents: duplicate key")
+        aliases = {m.alias for m in self.models}
+        servers = {m.label for m in self.mcp_servers}
+        http = {t.name for t in self.http_tools}
+        for i, agent in enumerate(self.agents):
+            if agent.key in aliases:
+                raise ValueError(f"agents[{i}].key: {agent.key!r} is also a model alias of this tenant")
+            for version in agent.versions:
+                where = f"agents[{i}] ({agent.key}) version {version.version}"
+                if version.model not in aliases:
+                    raise ValueError(f"{where}: model {version.model!r} is not a model alias of this tenant")
+                for tool in version.tools:
+                    if tool in http:
+                        raise ValueError(f"{where}: tool {tool!r} is an HTTP tool; agents run MCP servers only")
+                    if tool not in servers:
+                        raise ValueError(f"{where}: tool {tool!r} is not an MCP server label of this tenant")
+        return self
+
+    @model_validator(mode="after")
+    def _check_space_agents(self) -> "Tenant":
+        by_key = {a.key: a for a in self.agents}
+        for s in self.spaces:
+            for key in s.agents:
+                if key not in by_key:
+                    raise ValueError(f"space {s.id}: agent {key!r} is not an agent of this tenant")
+                missing = {t for v in by_key[key].versions for t in v.tools} - set(s.tools)
+                if missing:
+                    raise ValueError(f"space {s.id}: agent {key!r} uses tools it does not list: {sorted(missing)}")
+        return self
 
     @model_validator(mode="after")
     def _check_tools(self) -> "Tenant":

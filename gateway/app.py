@@ -11,8 +11,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings, load_catalogue
-from gateway.api import audit, health, metrics, openai, responses, space_responses, spaces, usage
-from gateway.errors import GatewayError, NotFound, is_native, render_error
+from gateway.api import agents, audit, client, health, metrics, openai, responses, space_responses, spaces, usage
+from gateway.errors import GatewayError, NotFound, error_shape, render_error
 from gateway.logs import bounded, log_refused
 from gateway.metrics import count_refusal
 from gateway.runtime import Gateway
@@ -21,7 +21,7 @@ log = logging.getLogger("gateway")
 
 
 def _error_response(exc: GatewayError, path: str) -> Response:
-    status, headers, body = render_error(exc, is_native(path))
+    status, headers, body = render_error(exc, error_shape(path))
     return Response(
         body, status, headers={k.decode(): v.decode() for k, v in headers[1:]}, media_type="application/json"
     )
@@ -96,6 +96,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *space_responses.routes(gw, ""),
         *space_responses.routes(gw, "/api-proxy"),
         *metrics.routes(gw.metrics, settings.metrics_token.get_secret_value() if settings.metrics_token else None),
+        *agents.routes(""),
+        *agents.routes("/api-proxy"),
+        *client.routes(gw),
     ]
     app = Starlette(
         routes=routes,

@@ -6,7 +6,8 @@ each append). Pages are read newest first; the cursor is the index of the next (
 
 An entry: ``id``, ``at`` (ISO-8601 UTC), ``kind`` (``admin_change`` | ``policy_denial``), ``action``, ``principal``
 and ``key`` (who), ``space_id``, ``route``, ``model``, ``status``, ``error`` (``{code, message}``), ``request_id``,
-and what the kind adds (``tenant_model_id`` for admin changes; ``request`` when a policy asked for prompts).
+``agent`` (``{key, version}``, when the request invoked an agent), and what the kind adds (``tenant_model_id``
+for admin changes, ``agent_key`` for the agents API's; ``request`` when a policy asked for prompts).
 Never secrets: keys appear by name only.
 """
 
@@ -62,14 +63,17 @@ def decode_cursor(cursor: str) -> int:
 
 
 def who(ctx: RequestContext) -> dict[str, Any]:
-    """The common head of an entry: who did what, where."""
-    return {
+    """The common head of an entry: who did what, where (and through which agent version, when one ran)."""
+    head: dict[str, Any] = {
         "principal": ctx.principal.id,
         "key": ctx.principal.key.name,
         "space_id": ctx.space_id,
         "route": ctx.route,
         "request_id": ctx.request_id,
     }
+    if ctx.agent is not None:
+        head["agent"] = ctx.agent_ref
+    return head
 
 
 class AuditLog:
@@ -101,6 +105,14 @@ class AuditLog:
         fields = {"model": model.alias if model else None, "tenant_model_id": tenant_model_id}
         try:
             await self.record_request(ctx, "admin_change", action, fields)
+        except StoreUnavailable:
+            log.error("audit entry lost (store unreachable): %s by %s on %s", action, ctx.principal.id, ctx.space_id)
+
+    async def agent_change(self, ctx: RequestContext, action: str, agent_key: str, **fields: Any) -> None:
+        """Record a change made through the agents API (``version``, ``changed``: what it adds); a store failure
+        is logged (the change is made)."""
+        try:
+            await self.record_request(ctx, "admin_change", action, {"agent_key": agent_key, **fields})
         except StoreUnavailable:
             log.error("audit entry lost (store unreachable): %s by %s on %s", action, ctx.principal.id, ctx.space_id)
 

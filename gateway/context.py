@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from config.agents import Agent, AgentVersion
 from config.catalog import Space, TenantModel
 from gateway.catalog import Catalog, Principal
 from gateway.store import Store
@@ -65,19 +66,22 @@ class ModelCall:
 
 
 class Surface(Enum):
-    """What the caller speaks, set by its route: the API its answers follow (``api``) and whether they come in the
-    native shapes (``{"data": …}`` envelopes, FastAPI-style errors) or OpenAI's (``native``). Rendering and
-    policies read it; nothing learns it from the answer's bytes or the request's path."""
+    """What the caller speaks, set by its route: the API its answers follow (``api``) and the shape of its answers
+    and errors (``errors``): OpenAI's (``{"error": {…}}``), the native ones (``{"data": …}`` envelopes,
+    FastAPI-style errors; ``native``) or the client API's (seed 004: ``{"error": "…"}``). Rendering and policies
+    read it; nothing learns it from the answer's bytes or the request's path."""
 
-    CHAT = ("chat", False)  # POST /v1/chat/completions
-    RESPONSES = ("responses", False)  # /v1/responses
-    MODELS = ("models", False)  # /v1/models
-    NATIVE = ("admin", True)  # the native /v1/spaces/{id}/… routes but responses
-    NATIVE_RESPONSES = ("responses", True)  # /v1/spaces/{id}/responses
+    CHAT = ("chat", "openai")  # POST /v1/chat/completions
+    RESPONSES = ("responses", "openai")  # /v1/responses
+    MODELS = ("models", "openai")  # /v1/models
+    NATIVE = ("admin", "native")  # the native /v1/spaces/{id}/… routes but responses
+    NATIVE_RESPONSES = ("responses", "native")  # /v1/spaces/{id}/responses
+    CLIENT = ("responses", "client")  # /api/client/v1/… (agents, seed 004)
 
-    def __init__(self, api: str, native: bool) -> None:
+    def __init__(self, api: str, errors: str) -> None:
         self.api = api
-        self.native = native
+        self.errors = errors
+        self.native = errors == "native"
 
 
 @dataclass(slots=True)
@@ -124,6 +128,11 @@ class RequestContext:
     surface: Surface = Surface.CHAT  # what the caller speaks (its route says)
     alias: str = ""  # the model name the request runs on: the body's, or the space default (gateway.targets)
     model: TenantModel | None = None  # the tenant's model of that name (None: the tenant has none)
+    # the agent the request invokes and its version (``model: "<key>"``), set by the resolver; then ``alias`` and
+    # ``model`` are the version's model, so allow-list, budgets and pricing act on the model
+    agent: Agent | None = None
+    agent_version: AgentVersion | None = None
+    resolved: bool = False  # the resolver ran (it runs once)
     usage: Usage | None = None  # the request's usage: the sum over its model calls (``count``)
     cost_micros: int = 0  # what ``usage`` cost, in micro-dollars (set with usage)
     prices: "PriceBook | None" = None  # the runtime's price book (to price estimates, e.g. budgets)
@@ -187,6 +196,13 @@ class RequestContext:
     def mark_first_token(self) -> None:
         """A stream's first upstream chunk arrived (time to first token, in the metrics)."""
         self.first_token_at = time.perf_counter()
+
+    @property
+    def agent_ref(self) -> dict[str, Any] | None:
+        """``{"key", "version"}`` of the agent the request invokes (what records, audit and spend carry)."""
+        if self.agent is None or self.agent_version is None:
+            return None
+        return {"key": self.agent.key, "version": self.agent_version.version}
 
     def answer_headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The headers of this request's answer: ``base``, the request id, and what policies added."""

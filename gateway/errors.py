@@ -19,7 +19,8 @@
         └── UpstreamTimeout           504
 
 OpenAI routes render ``{"error": {"message", "type", "param", "code"}}``; native routes render FastAPI's
-shapes: ``{"detail": "<message>"}``, and ``{"detail": [{"loc", "msg", "type", "input"}]}`` for validation.
+shapes: ``{"detail": "<message>"}``, and ``{"detail": [{"loc", "msg", "type", "input"}]}`` for validation; the
+client API (``/api/client/v1``, seed 004) renders ``{"error": "<message>"}``.
 """
 
 from typing import Any
@@ -202,10 +203,24 @@ def is_native(path: str) -> bool:
     return path.startswith("/v1/spaces") or path.startswith("/api-proxy/")
 
 
-def render_error(exc: GatewayError, native: bool) -> tuple[int, Headers, bytes]:
-    """The one place an error becomes status, headers and body."""
+def error_shape(path: str) -> str:
+    """The error shape of a route by its path (for the app's exception handlers): ``client`` for the client API
+    (``/api/client/…``), ``native`` for the native routes, else ``openai``."""
+    if path.startswith("/api/client/"):
+        return "client"
+    return "native" if is_native(path) else "openai"
+
+
+def render_error(exc: GatewayError, shape: bool | str) -> tuple[int, Headers, bytes]:
+    """The one place an error becomes status, headers and body; ``shape`` is a surface's ``errors`` (``openai``,
+    ``native``, ``client``), or a bool (native or not)."""
     status = exc.status_code
-    if native:
+    native = shape is True or shape == "native"
+    if shape == "client":  # seed 004: {"error": "<message>"}; an unknown previous_response_id is its 404
+        if isinstance(exc, InvalidRequest) and exc.code == "previous_response_not_found":
+            status = 404
+        body: Any = {"error": exc.message}
+    elif native:
         if isinstance(exc, InvalidRequest):
             status = 422
             detail: Any = [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind, "input": exc.input}]

@@ -180,7 +180,7 @@ class PolicyChain:
             _record_failure(ctx, exc)
             if started:  # the answer had started: nothing more can be said
                 raise
-            status, headers, body = render_error(exc, ctx.native)
+            status, headers, body = render_error(exc, ctx.surface.errors)
             ctx.status_code = status
             outer = outer or self._wrap(ctx, settlement.before_end(send), ran)
             await send_bytes(outer, status, headers, body)

@@ -16,6 +16,7 @@ from starlette.types import Send
 
 from config import Catalogue, Settings
 from config.deployments import Timeouts
+from gateway.agents import AgentRegistry, Agents, load_agent_policies
 from gateway.audit import AuditLog
 from gateway.breaker import CircuitBreakers
 from gateway.catalog import Catalog
@@ -28,7 +29,7 @@ from gateway.inflight import InFlight
 from gateway.jobs import Jobs
 from gateway.logs import log_request
 from gateway.metrics import Metrics
-from gateway.policy import PolicyChain, load_policy
+from gateway.policy import PolicyChain, PolicyConfigError, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
 from gateway.responses.engine import ResponsesEngine
@@ -85,6 +86,9 @@ class Gateway:
         engine.loop = ToolLoop(engine, self.tools, self.metrics)
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
+        self.agents = Agents(AgentRegistry(catalogue, self.store), records)
+        _preload_agent_policies(self.agents, catalogue)
+        self.responses.resolve = self.resolve
         self._heartbeat: asyncio.Task[None] | None = None
         self.draining = False  # set at SIGTERM: /readyz answers 503 from then on
 
@@ -102,6 +106,7 @@ class Gateway:
                     provider.trace_headers = self.tracing.upstream_headers
         await self.store.ping()
         await self.catalog.seed()
+        await self.agents.registry.seed()
         self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
 
     async def drain(self, grace: float | None = None) -> int:
@@ -131,11 +136,11 @@ class Gateway:
         # the store is open; after SIGTERM (gateway.__main__) the drain has run already, and served by plain
         # uvicorn, its graceful timeout was the grace
         await self.drain(grace=0)
-        for chain in self.chains.values():  # policies holding clients of their own (webhooks) close them
-            for policy in chain.policies:
-                aclose = getattr(policy, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+        owned = [p for chain in self.chains.values() for p in chain.policies] + self.agents.own_policies()
+        for policy in owned:  # policies holding clients of their own (webhooks) close them
+            aclose = getattr(policy, "aclose", None)
+            if aclose is not None:
+                await aclose()
         await self.tools.aclose()
         if self.session is not None:
             await self.session.close()
@@ -187,8 +192,8 @@ class Gateway:
 
         error: BaseException | None = None
         try:
-            resolve_target(ctx)  # once, before any policy: every policy and the call read ctx.model
-            chain, metrics = self.chains[ctx.space_id], self.metrics
+            await self.resolve(ctx)  # once, before any policy (done already on the Responses routes)
+            chain, metrics = self.agents.chain(ctx, self.chains[ctx.space_id]), self.metrics
             with inflight.track():
                 if metrics is None:
                     await chain.run(ctx, send, interruptible)
@@ -201,3 +206,19 @@ class Gateway:
             raise
         finally:
             log_request(ctx, ctx.started_at, error)
+
+    async def resolve(self, ctx: RequestContext) -> None:
+        """The request's target (``gateway.targets``): a tenant model, or an agent version; once per request."""
+        await resolve_target(ctx, self.agents)
+
+
+def _preload_agent_policies(agents: Agents, catalogue: Catalogue) -> None:
+    """Build the YAML agents' own policies, so a wrong one fails the start naming where it is."""
+    for t, tenant in enumerate(catalogue.tenants):
+        for a, agent in enumerate(tenant.agents):
+            for v, version in enumerate(agent.versions):
+                try:
+                    policies = load_agent_policies(version.policies)
+                except PolicyConfigError as exc:
+                    raise PolicyConfigError(f"tenants[{t}].agents[{a}].versions[{v}].policies: {exc}") from None
+                agents.preload(str(tenant.id), agent.key, version.version, policies)

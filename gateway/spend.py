@@ -1,8 +1,9 @@
 """Spend counters: what each tenant, space, API key and model spent per UTC day, in micro-dollars and tokens.
 
 One hash per (tenant, UTC day) and one per (tenant, space, UTC day). Each holds the totals (``cost``,
-``input``, ``output``, ``requests``) and the same four counters per tenant model (``m:<model id>:<name>``)
-and per API key (``k:<key name>:<name>``). The tenant id is a hash tag (``{…}``), so a tenant's keys share a
+``input``, ``output``, ``requests``) and the same four counters per tenant model (``m:<model id>:<name>``),
+per API key (``k:<key name>:<name>``) and per agent and agent version (``a:<agent key>:<name>``,
+``av:<agent key>@<version>:<name>``). The tenant id is a hash tag (``{…}``), so a tenant's keys share a
 Redis Cluster slot and one script may touch them all.
 
 Written by the ``cost`` policy with one script (every increment and TTL, a step of the chain's round trip);
@@ -110,6 +111,8 @@ class SpaceUsage:
     by_day: list[tuple[date, Totals]] = field(default_factory=list)
     by_model: dict[str, Totals] = field(default_factory=dict)  # tenant model id -> totals
     by_key: dict[str, Totals] = field(default_factory=dict)  # API key name -> totals
+    by_agent: dict[str, Totals] = field(default_factory=dict)  # agent key -> totals
+    by_agent_version: dict[str, Totals] = field(default_factory=dict)  # "<agent key>@<version>" -> totals
 
 
 def _text(value: Any) -> str:
@@ -121,9 +124,9 @@ def _fold(usage: SpaceUsage, day: date, flat: Sequence[Any]) -> None:
     for i in range(0, len(flat) - 1, 2):
         name, value = _text(flat[i]), int(flat[i + 1])
         kind, _, rest = name.partition(":")
-        if kind in ("m", "k") and rest:
+        group = {"m": usage.by_model, "k": usage.by_key, "a": usage.by_agent, "av": usage.by_agent_version}.get(kind)
+        if group is not None and rest:
             who, _, counter = rest.rpartition(":")
-            group = usage.by_model if kind == "m" else usage.by_key
             group.setdefault(who, Totals()).add(counter, value)
         else:
             totals.add(name, value)
@@ -159,10 +162,13 @@ class SpendCounters:
         cost_micros: int,
         input_tokens: int,
         output_tokens: int,
+        agent: dict[str, Any] | None = None,
     ) -> Call:
         """The call that adds one request to the tenant's and the space's counters of the UTC day."""
         keys = self._day_keys(tenant_id, space_id, int(time.time() // 86400))
         prefixes = ["", f"k:{key_name}:"] + ([f"m:{model_id}:"] if model_id else [])
+        if agent is not None:
+            prefixes += [f"a:{agent['key']}:", f"av:{agent['key']}@{agent['version']}:"]
         args = [int(self.ttl_seconds), cost_micros, input_tokens, output_tokens, *prefixes]
         return self._scripts(store)[0], keys, args
 

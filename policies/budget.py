@@ -1,4 +1,6 @@
-"""budget: hard spending limits per tenant, space or API key, per UTC day, UTC month or in total.
+"""budget: hard spending limits per tenant, space, API key or agent, per UTC day, UTC month or in total.
+
+Scope ``agent`` is one budget per agent key (the requests that invoke no agent share one, under ``-``).
 
 Per model call (a plain request makes one; the tool loop one per round): ``before_call`` reserves the call's
 worst-case cost against every configured budget in one atomic script, a step of the chain's store round trip
@@ -172,7 +174,7 @@ def settle_fallback(data: Any, keys: Any, args: Any) -> int:
 
 
 class Limit(PolicyParams):
-    scope: Literal["tenant", "space", "key"]
+    scope: Literal["tenant", "space", "key", "agent"]
     period: Literal["day", "month", "total"]
     usd: Decimal = Field(ge=0, max_digits=18, decimal_places=6, description="A decimal string, e.g. '5.00'.")
 
@@ -232,7 +234,7 @@ class Budget(Policy):
             v for limit, t in zip(self.params.limits, self._ttls, strict=True) for v in (limit.micros, t)
         ]
         self._hold_ms = int(ttl * 1000)
-        self._key_cache: dict[tuple[str, str, str, int], list[str]] = {}
+        self._key_cache: dict[tuple[str, str, str, str, int], list[str]] = {}
 
     def scripts(self, store: Store) -> tuple[Script, Script]:
         """(reserve, settle) registered on this store (local work: Redis sees them at the first call)."""
@@ -255,7 +257,7 @@ class Budget(Policy):
 
     def _budget_keys(self, ctx: RequestContext, day: int) -> list[str]:
         """Every budget's two keys for this caller on this UTC day (cached: formatting dates is slow)."""
-        who = (ctx.tenant_id, ctx.space_id, ctx.principal.key.name, day)
+        who = (ctx.tenant_id, ctx.space_id, ctx.principal.key.name, _agent_key(ctx), day)
         keys = self._key_cache.get(who)
         if keys is None:
             if len(self._key_cache) >= _KEY_CACHE_SIZE:
@@ -299,13 +301,19 @@ class Budget(Policy):
         return ctx.prices.cost(model, Usage(prompt, output, reasoning_tokens=output if dearer else 0))
 
 
+def _agent_key(ctx: RequestContext) -> str:
+    return ctx.agent.key if ctx.agent is not None else "-"
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def budget_key(limit: Limit, ctx: RequestContext, now: datetime) -> str:
     """``budget:{tenant}:<scope>:<id>:<period>:<stamp>`` (the hash; ``…:held`` is its reservations' sorted set)."""
-    who = {"tenant": ctx.tenant_id, "space": ctx.space_id, "key": ctx.principal.key.name}[limit.scope]
+    who = {"tenant": ctx.tenant_id, "space": ctx.space_id, "key": ctx.principal.key.name, "agent": _agent_key(ctx)}[
+        limit.scope
+    ]
     stamp = {"day": f"{now:%Y%m%d}", "month": f"{now:%Y%m}", "total": "all"}[limit.period]
     return f"budget:{{{ctx.tenant_id}}}:{limit.scope}:{who}:{limit.period}:{stamp}"
 
@@ -320,6 +328,7 @@ def _message(limit: Limit, ctx: RequestContext, amount: int) -> str:
         "tenant": f"tenant '{ctx.principal.tenant.name}'",
         "space": f"space '{ctx.space.name or ctx.space_id}'",
         "key": f"API key '{ctx.principal.key.name}'",
+        "agent": f"agent '{_agent_key(ctx)}'",
     }[limit.scope]
     return (
         f"Budget exceeded: the {_PERIOD_WORD[limit.period]} budget of {who} ({format_usd(limit.micros)} USD) "

@@ -7,8 +7,9 @@ policy shows it and counts it:
   answer starts). A stream's cost is only known after its last byte, too late for a header: it is in the
   counters and, on the native Responses route, in the stored response's ``usage.cost_usd``.
 * In ``after``, one script (a step of the chain's store round trip) adds the request to the tenant's and the
-  space's counters of the UTC day (cost, input and output tokens, one request; the same per model and per API
-  key), read back through ``GET /v1/spaces/{space_id}/usage``. Rejected and replayed requests are not counted.
+  space's counters of the UTC day (cost, input and output tokens, one request; the same per model, per API
+  key, and per agent and agent version when the request invokes one), read back through
+  ``GET /v1/spaces/{space_id}/usage``. Rejected and replayed requests are not counted.
 
 Counting is best effort: when the store is unreachable the counters miss that request (logged); the answer is
 never changed for it.
@@ -65,6 +66,7 @@ class Cost(Policy):
             cost_micros=ctx.cost_micros,
             input_tokens=usage.input_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
+            agent=ctx.agent_ref,
         )
         return StoreStep(script, keys, args, unavailable=_not_counted)
 

@@ -42,6 +42,7 @@ def test_create_answers_in_the_data_envelope(start_gateway, upstream, prefix):
         "langfuse_trace_id": None,
         "governance_applied": ["allow_list"],
         "iteration_count": 1,
+        "agent": None,
         "failure_reason": None,
     }
     got = httpx2.get(url(base, prefix) + "/" + data["id"], headers=AUTH).json()["data"]

@@ -26,6 +26,7 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         await gw.store.ping()
         seeded = await gw.catalog.seed()
+        await gw.agents.registry.seed()  # the tenants' agents likewise
     except StoreUnavailable as exc:
         return JSONResponse({"status": "unavailable", "reason": exc.message}, status_code=503)
     if seeded:

@@ -8,7 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from config.agents import AGENT_KEY_RE
 from gateway import chat
+from gateway.agents import StoredAgent
 from gateway.call_options import refuse_call_options
 from gateway.catalog import AllowedModel
 from gateway.context import Surface
@@ -80,12 +82,34 @@ def _model_object(entry: AllowedModel, owner: str) -> dict[str, Any]:
     return {"id": entry.model.alias, "object": "model", "created": created, "owned_by": owner}
 
 
+def _agent_object(stored: StoredAgent, owner: str) -> dict[str, Any] | None:
+    """An agent beside the models: its key as the id, marked by an ``agent`` block; None when not invocable."""
+    agent = stored.agent
+    latest = agent.latest_published()
+    if agent.status != "active" or latest is None:
+        return None
+    created = int(agent.created_at.timestamp()) if agent.created_at else 0
+    marker = {"name": agent.name, "description": agent.description, "version": latest.version, "model": latest.model}
+    return {"id": agent.key, "object": "model", "created": created, "owned_by": owner, "agent": marker}
+
+
+async def _agents(gw: Gateway, ctx: Any) -> list[dict[str, Any]]:
+    """The space's invocable agents (active, with a published version), as model objects."""
+    out = []
+    for stored in await gw.agents.registry.list(ctx.tenant_id):
+        if ctx.space_id in stored.spaces:
+            entry = _agent_object(stored, ctx.principal.tenant.name)
+            if entry is not None:
+                out.append(entry)
+    return out
+
+
 async def list_models(request: Request) -> Response:
-    """Exactly the space's allowed models."""
+    """Exactly the space's allowed models, then its invocable agents (marked with an ``agent`` block)."""
     gw: Gateway = request.app.state.gateway
     ctx = gw.context(dict(request.scope["headers"]), "models.list", {}, Surface.MODELS)
     entries = await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space)
-    data = [_model_object(e, ctx.principal.tenant.name) for e in entries]
+    data = [_model_object(e, ctx.principal.tenant.name) for e in entries] + await _agents(gw, ctx)
     return json_response({"object": "list", "data": data})
 
 
@@ -96,4 +120,11 @@ async def retrieve_model(request: Request) -> Response:
     for entry in await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space):
         if entry.model.alias == name:
             return json_response(_model_object(entry, ctx.principal.tenant.name))
-    raise NotFound(f"The model '{name}' does not exist in this space.", code="model_not_found", param="model")
+    if AGENT_KEY_RE.match(name):
+        stored = await gw.agents.registry.get(ctx.tenant_id, name)
+        if stored is not None and ctx.space_id in stored.spaces:
+            entry_ = _agent_object(stored, ctx.principal.tenant.name)
+            if entry_ is not None:
+                return json_response(entry_)
+    shown = name if len(name) <= 100 else name[:100] + "…"
+    raise NotFound(f"The model '{shown}' does not exist in this space.", code="model_not_found", param="model")

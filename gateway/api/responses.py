@@ -1,7 +1,8 @@
 """OpenAI-compatible Responses routes: create (a thin ASGI callable), retrieve (and resume with
 ``?stream=true&starting_after=N`` or ``Last-Event-ID: N``), delete, cancel, input_items."""
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -22,17 +23,26 @@ _SEQUENCE: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=0)])  # an eve
 
 
 class CreateResponse:
-    """``POST /v1/responses``: the policy chain around one Responses turn."""
+    """``POST /v1/responses``: the policy chain around one Responses turn. The client API's route is the same
+    with its own surface, and ``shape`` reading its own fields into the body first."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(
+        self,
+        gw: Gateway,
+        surface: Surface = Surface.RESPONSES,
+        route: str = "responses.create",
+        shape: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.gw, self.surface, self.route, self.shape = gw, surface, route, shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gw = self.gw
         headers = request_headers(scope)
         raw = await read_body(receive, headers, gw.settings.max_body_bytes)
-        ctx = gw.context(headers, "responses.create", {}, Surface.RESPONSES)
+        ctx = gw.context(headers, self.route, {}, self.surface)
         ctx.body = parse_json_object(raw)
+        if self.shape is not None:
+            self.shape(ctx.body)
         await gw.responses.admit(ctx, receive)
 
         async def call(out: Send) -> None:

@@ -55,11 +55,14 @@ def space_context(gw: Gateway, scope: Scope, route: str, surface: Surface = Surf
     return gw.context(headers, route, {}, surface, space_id=str(space_id))
 
 
-async def _space_context(request: Request, route: str, admin: bool = False) -> tuple[Gateway, RequestContext]:
+async def request_context(
+    request: Request, route: str, admin: bool = False, what: str = "the space's allowed models"
+) -> tuple[Gateway, RequestContext]:
+    """The gateway and the context of a native request on a space; 403 when ``admin`` and the key is not."""
     gw: Gateway = request.app.state.gateway
     ctx = space_context(gw, request.scope, route)
     if admin and not ctx.principal.is_admin:
-        raise PermissionDenied("This key may not change the space's allowed models (admin role required).")
+        raise PermissionDenied(f"This key may not change {what} (admin role required).")
     return gw, ctx
 
 
@@ -94,7 +97,7 @@ def _position(cursor: str) -> tuple[str, str]:
 
 
 async def list_allowed(request: Request) -> Response:
-    gw, ctx = await _space_context(request, "spaces.models.list")
+    gw, ctx = await request_context(request, "spaces.models.list")
     limit = validated(PAGE_LIMIT, request.query_params.get("limit", "20"), ("query", "limit"))
     entries = await gw.catalog.allowed_models(ctx.principal.tenant, ctx.space)
     cursor = request.query_params.get("cursor")
@@ -121,13 +124,13 @@ async def _add(gw: Gateway, ctx: RequestContext, model_id: UUID) -> Reply:
 
 
 def _native_reply(exc: GatewayError) -> Reply:
-    status, headers, body = render_error(exc, native=True)
+    status, headers, body = render_error(exc, "native")
     return Reply(status, body, headers)
 
 
 async def add_allowed(request: Request) -> Response:
     """Idempotency-Key required: a retry replays the first answer and never adds twice."""
-    gw, ctx = await _space_context(request, "spaces.models.create", admin=True)
+    gw, ctx = await request_context(request, "spaces.models.create", admin=True)
     key = parse_key(request.headers.get("idempotency-key"))
     if key is None:
         raise BadRequest("The Idempotency-Key header is required for this request.")
@@ -141,7 +144,7 @@ async def add_allowed(request: Request) -> Response:
 
 
 async def remove_allowed(request: Request) -> Response:
-    gw, ctx = await _space_context(request, "spaces.models.delete", admin=True)
+    gw, ctx = await request_context(request, "spaces.models.delete", admin=True)
     model_id = validated(_UUID, request.path_params["tenant_model_id"], ("path", "tenant_model_id"))
     if not await gw.catalog.disallow(ctx.space, model_id):
         raise NotFound(f"Model '{model_id}' is not allowed in this space.")

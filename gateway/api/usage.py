@@ -18,7 +18,7 @@ from gateway.errors import InvalidRequest
 from gateway.http import json_response
 from gateway.pricing import usd
 from gateway.runtime import Gateway
-from gateway.spend import MAX_RANGE_DAYS, Totals, utc_today
+from gateway.spend import MAX_RANGE_DAYS, SpaceUsage, Totals, utc_today
 
 _DATE: TypeAdapter[date] = TypeAdapter(date)
 
@@ -30,6 +30,20 @@ def _totals(t: Totals) -> dict[str, Any]:
         "output_tokens": t.output_tokens,
         "requests": t.requests,
     }
+
+
+def _by_agent(usage: SpaceUsage) -> list[dict[str, Any]]:
+    """Spend per agent key, each with its versions' (from the ``key@version`` counters)."""
+    versions: dict[str, list[dict[str, Any]]] = {}
+    for name, totals in usage.by_agent_version.items():
+        key, _, number = name.rpartition("@")
+        if number.isdigit():
+            versions.setdefault(key, []).append({"version": int(number), **_totals(totals)})
+    out = []
+    for key in sorted(usage.by_agent):
+        listed = sorted(versions.get(key, []), key=lambda v: int(v["version"]))
+        out.append({"agent_key": key, **_totals(usage.by_agent[key]), "by_version": listed})
+    return out
 
 
 def _range(request: Request) -> tuple[date, date]:
@@ -56,6 +70,7 @@ async def space_usage(request: Request) -> Response:
         model = gw.catalog.tenant_model(tenant, model_id)
         by_model.append({"tenant_model_id": model_id, "alias": model.alias if model else None, **_totals(totals)})
     by_key = [{"key_name": name, **_totals(totals)} for name, totals in usage.by_key.items()]
+    by_agent = _by_agent(usage)
     data = {
         "space_id": ctx.space_id,
         "from": first.isoformat(),
@@ -64,6 +79,7 @@ async def space_usage(request: Request) -> Response:
         "by_day": [{"date": day.isoformat(), **_totals(totals)} for day, totals in usage.by_day],
         "by_model": sorted(by_model, key=lambda m: (m["alias"] or "", m["tenant_model_id"])),
         "by_key": sorted(by_key, key=lambda k: k["key_name"]),
+        "by_agent": by_agent,
     }
     return json_response({"data": data})
 

@@ -104,7 +104,8 @@ class ResponsesEngine:
             history, chain = await self.records.history(previous, ctx.tenant_id, ctx.space_id)
         stored, upstream = normalize_input(request["input"], request.get("x_context", request.get("context")))
         response_id = ctx.answer_log.id if ctx.answer_log is not None else new_response_id()  # named before the chain
-        shell = response_shell(request, response_id=response_id, created_at=int(time.time()), model=model.alias)
+        shown = ctx.agent.key if ctx.agent is not None else model.alias  # an agent's answer names the agent
+        shell = response_shell(request, response_id=response_id, created_at=int(time.time()), model=shown)
         return Turn(ctx, request, model, shell, stored, upstream, history, chain)
 
     def _chat_body(self, turn: Turn, stream: bool) -> JSON:

@@ -42,6 +42,7 @@ class StoredResponse:
     owner: str | None = None  # the gateway instance running it (background jobs)
     finished_at: int | None = None
     cost_micros: int = 0
+    agent: JSON | None = None  # {"key", "version"} of the agent version it ran (a continuation stays on it)
 
     @property
     def id(self) -> str:

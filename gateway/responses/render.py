@@ -48,6 +48,7 @@ def native_response(record: StoredResponse) -> JSON:
             "langfuse_trace_id": record.aimable.get("langfuse_trace_id"),
             "governance_applied": record.aimable.get("governance_applied", []),
             "iteration_count": record.aimable.get("iteration_count", 0),
+            "agent": record.agent,
             "failure_reason": error.get("message"),
         },
         "metadata": r.get("metadata") or {},

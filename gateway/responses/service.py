@@ -8,7 +8,7 @@ A background response answers at once (``queued``) and then runs in the same tas
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.types import Receive, Send
@@ -54,14 +54,18 @@ class ResponsesService:
         self.records = records
         self.live = LiveStreams()
         self.jobs = jobs  # responses running here, cancels, owners' liveness
+        self.resolve: Callable[[RequestContext], Awaitable[None]] | None = None  # the runtime's resolver
 
     # --- create -------------------------------------------------------------------------------------------
     async def admit(self, ctx: RequestContext, receive: Receive) -> None:
         """Before the policy chain: validate the request (so a refused one consumes no Idempotency-Key), resolve
         the tools the gateway runs for it (``ctx.tools``: the tool loop's servers), and name a stream's response,
         whose event log a retry in flight can then follow (``ctx.answer_log``, until that retry's client goes
-        away)."""
+        away). The target is resolved between the two (``gateway.targets``): an agent's version adds its
+        tools and parameters to the request, and its tools are checked like the caller's."""
         validate_create(ctx.body)
+        if self.resolve is not None:
+            await self.resolve(ctx)
         await self._executable_tools(ctx)
         ctx.stream = ctx.body.get("stream") is True
         if ctx.stream:
@@ -107,6 +111,7 @@ class ResponsesService:
                 "iteration_count": 0,
                 "langfuse_trace_id": ctx.trace.trace_id if ctx.trace is not None else None,  # an exported trace's
             },
+            agent=ctx.agent_ref,
         )
         if turn.request.get("background"):
             await self._background(turn, record, send, render)

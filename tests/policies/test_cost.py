@@ -79,6 +79,7 @@ def test_header_on_whole_answers_and_counters_for_every_kind(start_gateway, upst
         "by_day": [{"date": today(), **totals}],
         "by_model": [{"tenant_model_id": MODEL_IDS["up"], "alias": "up", **totals}],
         "by_key": [{"key_name": "admin", **totals}],
+        "by_agent": [],
     }
 
 
