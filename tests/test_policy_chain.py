@@ -31,6 +31,7 @@ def recorded(start_gateway, upstream, redis_url, redis_prefix):
         client = redis.Redis.from_url(redis_url)
 
         def read_log() -> list[str]:
+            base.idle()  # the after phase runs once the answer is out: wait for it, never race it
             return [e.decode() for e in client.lrange(prefix + "policy-log", 0, -1)]
 
         return base, read_log
@@ -141,6 +142,7 @@ def test_a_third_party_store_step_is_batched_and_halts_the_policies_after_it(
     refused = chat(base)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "quota_exceeded"
     if on_redis:
+        base.idle()  # the after phase runs once the answer is out
         entries = redis.Redis.from_url(redis_url).lrange(prefix + "policy-log", 0, -1)
         # the quota's step halted: it and allow_list after it count as not having run
         assert entries[-1].decode() == "after:rejected:None:recorder"
