@@ -9,27 +9,28 @@ same-origin ones, which reach the same pinned address). What a hostile server li
 tools, the size of names, descriptions and schemas, and non-object schemas are dropped.
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import anyio
 import httpx2
-import mcp_types
 import orjson
-from mcp.client.session import ClientSession
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 
 from config.tools import NAME
 from gateway.tools.mcp import McpServer
 from gateway.tools.results import ToolResult, ToolUnavailable, bounded_output, bounded_text, describe
 from gateway.tools.ssrf import pinned_client, shown
+
+if TYPE_CHECKING:  # the SDK itself is imported on first use: a gateway without MCP tools never loads it (~250 ms
+    import mcp_types  # and several MB at start)
+    from mcp.client.session import ClientSession
 
 MAX_TOOLS = 128  # tools of one server shown to a model
 MAX_PAGES = 16  # pages of a tools/list read
@@ -89,15 +90,21 @@ class _Session:
     @contextlib.asynccontextmanager
     async def _streams(self) -> AsyncIterator[tuple[Any, Any]]:
         if self.server.transport == "sse":
+            from mcp.client.sse import sse_client
+
             async with sse_client(
                 self.server.url, timeout=self.server.timeout, httpx_client_factory=self._client
             ) as streams:
                 yield streams[0], streams[1]
             return
+        from mcp.client.streamable_http import streamable_http_client
+
         async with self._client() as client, streamable_http_client(self.server.url, http_client=client) as streams:
             yield streams[0], streams[1]
 
     async def _own(self) -> None:
+        from mcp.client.session import ClientSession
+
         try:
             async with self._streams() as (read, write), ClientSession(read, write) as session:
                 await session.initialize()
@@ -181,6 +188,9 @@ class McpSessions:
 
     async def _with_session(self, server: McpServer, work: Any) -> Any:
         """``work(session)`` on the pooled session; a broken one is dropped and the work tried once on a new one."""
+        import mcp_types
+        from mcp.shared.exceptions import MCPError
+
         for attempt in (1, 2):
             session = await self._session(server)
             try:
@@ -236,6 +246,8 @@ class McpSessions:
 
     @staticmethod
     async def _read_listing(session: ClientSession) -> list[mcp_types.Tool]:
+        import mcp_types
+
         listed: list[mcp_types.Tool] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
@@ -253,6 +265,9 @@ class McpSessions:
         """Run ``name`` on the server. Never raises for the tool's own failure: an ``isError`` result, an MCP
         error, a timeout (``timeout``, else the server's), an unreachable server or an oversized answer come back
         as a ``ToolResult`` with ``error`` (or a cut ``output``), for the loop to give to the model."""
+        import mcp_types
+        from mcp.shared.exceptions import MCPError
+
         limit = timeout if timeout is not None and math.isfinite(timeout) and timeout > 0 else server.timeout
         if not server.allows_tool(name):
             return ToolResult.failed(f"tool {shown(name)} is not allowed on MCP server {shown(server.label)}")
@@ -286,6 +301,8 @@ class McpSessions:
 
 
 def _text(result: mcp_types.CallToolResult) -> str:
+    import mcp_types
+
     parts: list[str] = []
     for block in result.content:
         if isinstance(block, mcp_types.TextContent):
