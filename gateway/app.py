@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings, load_catalogue
-from gateway.api import audit, health, openai, responses, space_responses, spaces, usage
+from gateway.api import audit, health, openai, responses, skills, space_responses, spaces, usage
 from gateway.errors import GatewayError, NotFound, is_native, render_error
 from gateway.logs import bounded, log_refused
 from gateway.runtime import Gateway
@@ -92,6 +92,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *usage.routes("/api-proxy"),
         *space_responses.routes(gw, ""),
         *space_responses.routes(gw, "/api-proxy"),
+        *skills.routes(""),
+        *skills.routes("/api-proxy"),
     ]
     app = Starlette(
         routes=routes,

@@ -19,7 +19,7 @@ from config import Catalogue, Settings
 from config.deployments import Timeouts
 from gateway.audit import AuditLog
 from gateway.breaker import CircuitBreakers
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, Principal
 from gateway.context import RequestContext, Surface
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, StoreUnavailable
@@ -35,6 +35,9 @@ from gateway.responses.engine import ResponsesEngine
 from gateway.responses.loop import ToolLoop
 from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
+from gateway.skills.records import ExecutionRecords
+from gateway.skills.registry import Skills
+from gateway.skills.worker import ExecutionWorker
 from gateway.spend import SpendCounters
 from gateway.store import open_store
 from gateway.targets import resolve_target
@@ -76,6 +79,9 @@ class Gateway:
         engine.loop = ToolLoop(engine, self.tools)
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
+        self.skills = Skills(catalogue)
+        self.executions = ExecutionRecords(self.store, settings.response_ttl_seconds)
+        self.worker = ExecutionWorker(self) if settings.executions_worker else None
         self._heartbeat: asyncio.Task[None] | None = None
         self.draining = False  # set at SIGTERM: /readyz answers 503 from then on
 
@@ -90,6 +96,8 @@ class Gateway:
         await self.store.ping()
         await self.catalog.seed()
         self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
+        if self.worker is not None:
+            self.worker.start()
 
     async def drain(self, grace: float | None = None) -> int:
         """Stop taking requests (``/readyz`` says so at once) and let those in flight, background responses
@@ -99,6 +107,8 @@ class Gateway:
         s = self.settings
         self.draining = True
         grace = s.shutdown_grace_seconds if grace is None else grace
+        if self.worker is not None:  # its executions get the grace; the rest are taken over by other workers
+            await self.worker.stop(grace)
         left = await self.inflight.drain(grace, s.shutdown_cleanup_seconds)
         if left:
             log.warning("shutdown: %d request(s) had not ended after their cleanup time", left)
@@ -142,17 +152,31 @@ class Gateway:
         if space_id is None:
             named = headers.get(b"openai-project") or headers.get(b"x-space-id")
             space_id = named.decode("latin-1") if named else None
-        space = self.catalog.space_for(principal, space_id)
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or os.urandom(12).hex()
+        return self.context_for(principal, space_id, route, body, surface, headers, request_id)
+
+    def context_for(
+        self,
+        principal: Principal,
+        space_id: str | None,
+        route: str,
+        body: dict[str, Any],
+        surface: Surface,
+        headers: dict[bytes, bytes] | None = None,
+        request_id: str | None = None,
+    ) -> RequestContext:
+        """The context of a request made as ``principal`` in a space (its key's rights checked again): a
+        caller's, or work the gateway runs for one later (a skill execution's model turns)."""
+        space = self.catalog.space_for(principal, space_id)
         return RequestContext(
-            request_id=request_id,
+            request_id=request_id or os.urandom(12).hex(),
             route=route,
             principal=principal,
             space=space,
             catalog=self.catalog,
             store=self.store,
             body=body,
-            headers=headers,
+            headers=headers or {},
             prices=self.prices,
             surface=surface,
         )
