@@ -148,9 +148,9 @@ class RedisStore:
         await self._group(key, group)
         block = int(min(block_seconds, _MAX_BLOCK) * 1000)
         command = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
-        client = self.blocking if block else self.client
+        client, wait = (self.blocking, ("BLOCK", block)) if block else (self.client, ())  # (BLOCK 0: for ever)
         try:
-            reply = await client.execute(*command, "BLOCK", block, "STREAMS", self.key(key), ">")
+            reply = await client.execute(*command, *wait, "STREAMS", self.key(key), ">")
         except RespError as exc:
             if not exc.message.startswith("NOGROUP"):  # the stream was deleted (a flush): create it again
                 raise
