@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from config import CatalogueError, load_catalogue
-from tests.conftest import FOREIGN_SPACE, OTHER_KEY, SPACE
+from tests.conftest import FOREIGN_SPACE, MEMBER_KEY, OTHER_KEY, SPACE
 from tests.fakes.scripted import Scripted
 from tests.mcp_server import streamable_server
 from tests.servers import serve, wait_for
@@ -324,3 +324,20 @@ def test_a_skill_runs_its_mcp_tools_through_the_tool_loop(start_gateway, calc):
     ]
     events = httpx.get(f"{base}{BASE}/executions/{created['id']}/events", headers=AUTH, timeout=30).text
     assert '"tool_calls":[{"server_label":"calc","name":"add","error":null}]' in events
+
+
+def test_the_outputs_document_is_an_artifact_downloaded_with_the_space_rights(skills_gateway):
+    base = skills_gateway()
+    done = ended(base, start_execution(base, "echo", {"inputs": {"text": "kept"}}).json()["data"]["id"])
+    (artifact,) = done["artifacts"]
+    assert (artifact["relpath_in_workspace"], artifact["document_type"]) == ("outputs/outputs.json", "application/json")
+    url = base + artifact["download_url"]
+    assert artifact["download_url"].startswith(f"/v1/spaces/{SPACE}/skills/executions/{done['id']}/artifacts/")
+    download = httpx.get(url, headers=AUTH)
+    assert download.status_code == 200 and download.headers["content-type"].startswith("application/json")
+    assert download.json() == {"text": "kept"} and len(download.content) == artifact["size_bytes"]
+    assert httpx.get(url, headers={"Authorization": f"Bearer {MEMBER_KEY}"}).status_code == 403  # not its space
+    assert httpx.get(url, headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code == 404  # another tenant
+    assert httpx.get(url).status_code == 401
+    other = url.rsplit("/", 1)[0] + "/00000000-0000-4000-8000-000000000000"
+    assert httpx.get(other, headers=AUTH).status_code == 404

@@ -168,6 +168,20 @@ def _matches(execution: Execution, state: str | None, slug: str | None) -> bool:
     return (state is None or data["state"] == state) and (slug is None or data["skill_slug"] == slug)
 
 
+async def download_artifact(request: Request) -> Response:
+    """An artifact of an execution of the space (any key with rights on the space; else 403, or 404 for
+    another tenant's space)."""
+    gw, ctx = _context(request, "skills.executions.artifact")
+    execution = await _execution(request, gw, ctx)
+    artifact_id = str(validated(_UUID, request.path_params["artifact_id"], ("path", "artifact_id")))
+    found = await gw.executions.artifact(execution, artifact_id)
+    if found is None:
+        raise NotFound(f"Artifact '{artifact_id}' not found for this execution.")
+    document_type, body = found
+    name = artifact_id + (".json" if document_type == "application/json" else "")
+    return Response(body, media_type=document_type, headers={"content-disposition": f'attachment; filename="{name}"'})
+
+
 async def by_chat_tool_call(request: Request) -> Response:
     """The execution a chat tool call started; 404 until it has one (the caller polls briefly)."""
     gw, ctx = _context(request, "skills.executions.by_tool_call")
@@ -226,6 +240,7 @@ def routes(prefix: str) -> list[Route]:
         Route(executions + "/{execution_id}", get_execution, methods=["GET"]),
         Route(executions + "/{execution_id}/cancel", cancel_execution, methods=["POST"]),
         Route(executions + "/{execution_id}/events", ExecutionEvents(), methods=["GET"]),
+        Route(executions + "/{execution_id}/artifacts/{artifact_id}", download_artifact, methods=["GET"]),
         Route(base + "/{slug}", get_skill, methods=["GET"]),
         Route(base + "/{slug}/versions", list_versions, methods=["GET"]),
         Route(base + "/{slug}/executions", create_execution, methods=["POST"]),

@@ -24,6 +24,7 @@ import orjson
 
 from gateway.store import MemoryData, Store
 
+JSON = dict[str, Any]
 QUEUE = "executions:queue"
 GROUP = "workers"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -93,6 +94,10 @@ def events_key(execution_id: str) -> str:
 
 def index_key(space_id: str) -> str:
     return f"space:{space_id}:executions"
+
+
+def artifact_key(artifact_id: str) -> str:
+    return f"artifact:{artifact_id}"
 
 
 def new_execution(**fields: Any) -> dict[str, Any]:
@@ -219,6 +224,34 @@ class ExecutionRecords:
     async def events(self, execution_id: str, after: int) -> list[bytes]:
         """The log's entries after index ``after`` (-1: all)."""
         return await self.store.read_log(events_key(execution_id), after + 1, -1)
+
+    async def save_artifact(self, execution: Execution, relpath: str, document_type: str, body: bytes) -> JSON:
+        """Keep a document the execution wrote (as long as the execution) and return its entry for
+        ``artifacts``; its ``download_url`` is the native route that checks the caller's rights."""
+        artifact_id = str(uuid.uuid4())
+        data = execution.data
+        meta = {"execution_id": execution.id, "document_type": document_type, "relpath": relpath}
+        await self.store.set(artifact_key(artifact_id), orjson.dumps({**meta, "body": body.decode()}), self.ttl)
+        url = f"/v1/spaces/{data['space_id']}/skills/executions/{execution.id}/artifacts/{artifact_id}"
+        return {
+            "artifact_id": artifact_id,
+            "relpath_in_workspace": relpath,
+            "document_type": document_type,
+            "download_url": url,
+            "size_bytes": len(body),
+        }
+
+    async def artifact(self, execution: Execution, artifact_id: str) -> tuple[str, bytes] | None:
+        """An artifact of ``execution`` (its document type and bytes), or None when it has no such artifact."""
+        if all(a.get("artifact_id") != artifact_id for a in execution.data["artifacts"]):
+            return None
+        raw = await self.store.get(artifact_key(artifact_id))
+        if raw is None:
+            return None
+        stored = orjson.loads(raw)
+        if stored["execution_id"] != execution.id:
+            return None
+        return stored["document_type"], stored["body"].encode()
 
     async def by_tool_call(self, tenant_id: str, space_id: str, tool_call_id: str) -> Execution | None:
         """The execution a chat tool call of the space started, if it has one."""

@@ -23,6 +23,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.skills.records import GROUP, QUEUE, TERMINAL, Execution, iso_now
 from gateway.skills.runner import Failed, Runner, Totals
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.skills")
 READ_BLOCK_SECONDS = 1.0
+OUTPUTS_PATH = "outputs/outputs.json"  # the outputs document, as an artifact
 
 
 class _Interrupted(Exception):
@@ -188,7 +191,9 @@ class ExecutionWorker:
         try:
             async with asyncio.timeout(skill.limits.timeout_seconds):
                 outputs = await self.runner.run(execution, skill, totals, emit)
-            return "succeeded", {"outputs": outputs}
+            document = orjson.dumps(outputs, option=orjson.OPT_INDENT_2)
+            artifact = await self.records.save_artifact(execution, OUTPUTS_PATH, "application/json", document)
+            return "succeeded", {"outputs": outputs, "artifacts": [*data["artifacts"], artifact]}
         except Failed as exc:
             if self.gw.draining and exc.reason == "upstream_error":
                 raise _Interrupted from None
