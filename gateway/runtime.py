@@ -35,6 +35,7 @@ from gateway.responses.engine import ResponsesEngine
 from gateway.responses.loop import ToolLoop
 from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
+from gateway.skills.records import EVICTABLE as EXECUTIONS_EVICTABLE
 from gateway.skills.records import ExecutionRecords
 from gateway.skills.registry import Skills
 from gateway.skills.worker import ExecutionWorker
@@ -53,7 +54,8 @@ class Gateway:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
         self.settings = settings
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, EVICTABLE)
+        evictable = EVICTABLE + EXECUTIONS_EVICTABLE
+        self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, evictable)
         self.catalog = Catalog(catalogue, self.store)
         self.prices = PriceBook(catalogue)
         self.spend = SpendCounters()  # the usage route's reader (the cost policy has its own writer)

@@ -190,3 +190,16 @@ async def test_entries_left_pending_are_claimed_by_another_consumer_after_their_
     await store.stream_ack(key, "g", entry)
     await asyncio.sleep(0.12)
     assert await store.stream_claim(key, "g", "third", 0.1, 10) == []
+
+
+async def test_the_in_memory_stream_keeps_at_most_its_max_length_and_drops_the_trimmed_pending():
+    store = MemoryStore()
+    stream = store.data.stream("q")
+    first = stream.add({"id": b"0"}, 3)
+    assert [e for e, _ in await store.stream_read("q", "g", "a", 1, 0)] == [first]
+    later = [stream.add({"id": str(i).encode()}, 3) for i in range(1, 5)]
+    assert [e for e, _ in stream.entries] == later[-3:]
+    assert [e for e, _ in await store.stream_read("q", "g", "a", 10, 0)] == later[-3:]
+    await asyncio.sleep(0.02)
+    claimed = await store.stream_claim("q", "g", "b", 0.01, 10)
+    assert [e for e, _ in claimed] == later[-3:]  # the trimmed pending entry is gone, as XAUTOCLAIM drops it

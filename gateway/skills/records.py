@@ -6,7 +6,7 @@
   state. Every worker write is a compare-and-set on the lease (``transition``), so a worker that lost its
   execution (declared dead, then back) can neither overwrite it nor finish it: one execution ends at most once.
 - ``execution:<id>:events`` is its event log (SSE ids are the entries' indexes).
-- ``space:<id>:executions`` lists a space's executions in creation order (the list route pages over it).
+- ``execution-index:<space id>`` lists a space's executions in creation order (the list route pages over it).
 - ``executions:queue`` is the stream the workers' consumer group reads (``gateway.skills.worker``).
 
 Creating an execution is one script: the record, its lease, its first event, the space index and the queue
@@ -28,6 +28,8 @@ JSON = dict[str, Any]
 QUEUE = "executions:queue"
 GROUP = "workers"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+# what the in-memory store may evict past its limit (an evicted execution reads as an expired one); the queue is not
+EVICTABLE = ("execution:", "execution-index:", "artifact:")
 QUEUE_MAX_LENGTH = 100_000  # entries kept in the stream (approximately): far more than are ever pending
 
 _CREATE_LUA = """
@@ -61,7 +63,8 @@ def _create_in_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Any]
         else:
             log.append(value)
             data.expire(key, ttl)
-    data.stream(keys[4]).add({"id": args[2]})
+            data.grew(key, [value])
+    data.stream(keys[4]).add({"id": args[2]}, int(args[5]))
     return 1
 
 
@@ -93,7 +96,7 @@ def events_key(execution_id: str) -> str:
 
 
 def index_key(space_id: str) -> str:
-    return f"space:{space_id}:executions"
+    return f"execution-index:{space_id}"
 
 
 def artifact_key(artifact_id: str) -> str:

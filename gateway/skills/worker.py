@@ -203,6 +203,10 @@ class ExecutionWorker:
             return "failed", {"failure_reason": "timeout", "error": {"code": "timeout", "message": message}}
         except GatewayError as exc:  # refused before the chain: the key is gone, the space or tools changed
             return "failed", {"failure_reason": "refused", "error": {"code": exc.code, "message": exc.message}}
+        except Exception:  # a defect: the execution fails at once rather than being run again
+            log.exception("execution %s failed in the worker", execution.id)
+            error = {"code": "internal_error", "message": "The worker hit an internal error."}
+            return "failed", {"failure_reason": "internal_error", "error": error}
         except asyncio.CancelledError:
             if not self.gw.jobs.cancelled(execution.id):
                 raise  # the worker is stopping: left running, taken over by another

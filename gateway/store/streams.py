@@ -33,15 +33,27 @@ class MemoryStream:
         self.index: dict[str, int] = {}
         self.groups: dict[str, _Group] = {}
         self._sequence = 0
+        self._trimmed = 0  # entries dropped from the start (positions count from the stream's first entry)
         self.added = asyncio.Event()  # set by every add: a blocked reader wakes up
 
-    def add(self, fields: dict[str, bytes]) -> str:
+    def add(self, fields: dict[str, bytes], max_length: int | None = None) -> str:
+        """Append an entry; with ``max_length``, the oldest beyond it are dropped (``XADD MAXLEN``)."""
         self._sequence += 1
         entry_id = f"{self._sequence}-0"
-        self.index[entry_id] = len(self.entries)
+        self.index[entry_id] = self._trimmed + len(self.entries)
         self.entries.append((entry_id, dict(fields)))
+        if max_length is not None and len(self.entries) > max_length:
+            self._trim(len(self.entries) - max_length)
         self.added.set()
         return entry_id
+
+    def _trim(self, count: int) -> None:
+        for entry_id, _ in self.entries[:count]:
+            del self.index[entry_id]
+            for group in self.groups.values():
+                group.pending.pop(entry_id, None)  # as XAUTOCLAIM drops entries deleted from the stream
+        del self.entries[:count]
+        self._trimmed += count
 
     def group(self, name: str) -> _Group:
         """The group, created (from the stream's start) if new."""
@@ -53,8 +65,9 @@ class MemoryStream:
     def read(self, group_name: str, consumer: str, count: int) -> list[Entry]:
         """Entries the group has not seen yet, now pending for ``consumer``."""
         group = self.group(group_name)
-        out = self.entries[group.next_index : group.next_index + count]
-        group.next_index += len(out)
+        start = max(0, group.next_index - self._trimmed)
+        out = self.entries[start : start + count]
+        group.next_index = self._trimmed + start + len(out)
         now = time.monotonic()
         for entry_id, _ in out:
             group.pending[entry_id] = _Pending(consumer, now)
@@ -74,5 +87,5 @@ class MemoryStream:
                 break
             if now - pending.delivered >= min_idle:
                 group.pending[entry_id] = _Pending(consumer, now)
-                out.append((entry_id, dict(self.entries[self.index[entry_id]][1])))
+                out.append((entry_id, dict(self.entries[self.index[entry_id] - self._trimmed][1])))
         return out
