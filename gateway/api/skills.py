@@ -17,7 +17,7 @@ from config.skills import SLUG, SkillManifest
 from gateway.api.spaces import PAGE_LIMIT, _native_reply, space_context, validated
 from gateway.context import Reply, RequestContext
 from gateway.disconnect import until_disconnect
-from gateway.errors import JSON_HEADERS, InvalidRequest, NotFound
+from gateway.errors import JSON_HEADERS, InvalidRequest, NotFound, ShuttingDown
 from gateway.http import SSE_HEADERS, json_bytes, json_response, parse_json_object, read_body
 from gateway.idempotency import fingerprint, parse_key, record_key
 from gateway.runtime import Gateway
@@ -204,8 +204,12 @@ class ExecutionEvents:
         after = -1 if raw is None else validated(_EVENT_ID, raw.strip(), ("header", "Last-Event-ID"))
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         with gw.inflight.track():
-            async for frame in until_disconnect(service.follow(gw, execution.id, after), receive):
-                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            try:
+                with gw.inflight.interruptible():  # a shutdown ends the stream (a client resumes elsewhere)
+                    async for frame in until_disconnect(service.follow(gw, execution.id, after), receive):
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
+            except ShuttingDown:
+                pass
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.errors import GatewayError, StoreUnavailable
+from gateway.jobs import cancel_key
 from gateway.skills.records import GROUP, QUEUE, TERMINAL, Execution, iso_now
 from gateway.skills.runner import Failed, Runner, Totals
 
@@ -140,6 +141,9 @@ class ExecutionWorker:
                 if attempt >= self.max_attempts:
                     await self._lost(execution, lease)
                     return None
+            if await self.gw.store.get(cancel_key(execution_id)) is not None:  # asked while no worker ran it
+                await self._end(execution, lease, "cancelled", failure_reason="cancelled")
+                return None
             taken = f"running|{self.me}|{attempt + 1}"
             execution.data.update(state="running", started_at=execution.data["started_at"] or iso_now())
             execution.run["attempt"] = attempt + 1
@@ -194,21 +198,27 @@ class ExecutionWorker:
             document = orjson.dumps(outputs, option=orjson.OPT_INDENT_2)
             artifact = await self.records.save_artifact(execution, OUTPUTS_PATH, "application/json", document)
             return "succeeded", {"outputs": outputs, "artifacts": [*data["artifacts"], artifact]}
-        except Failed as exc:
-            if self.gw.draining and exc.reason == "upstream_error":
-                raise _Interrupted from None
-            return "failed", {"failure_reason": exc.reason, "error": exc.error}
-        except TimeoutError:
-            message = f"The execution ran longer than the skill's {skill.limits.timeout_seconds} s."
-            return "failed", {"failure_reason": "timeout", "error": {"code": "timeout", "message": message}}
-        except GatewayError as exc:  # refused before the chain: the key is gone, the space or tools changed
-            return "failed", {"failure_reason": "refused", "error": {"code": exc.code, "message": exc.message}}
-        except Exception:  # a defect: the execution fails at once rather than being run again
-            log.exception("execution %s failed in the worker", execution.id)
-            error = {"code": "internal_error", "message": "The worker hit an internal error."}
-            return "failed", {"failure_reason": "internal_error", "error": error}
         except asyncio.CancelledError:
             if not self.gw.jobs.cancelled(execution.id):
                 raise  # the worker is stopping: left running, taken over by another
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             return "cancelled", {"failure_reason": "cancelled"}
+        except Exception as exc:
+            return self._failure(execution, skill, exc)
+
+    def _failure(self, execution: Execution, skill: Any, exc: Exception) -> tuple[str, dict[str, Any]]:
+        """How an execution that raised ends; raises what leaves it running (a shutdown, the store gone)."""
+        if isinstance(exc, Failed):
+            if self.gw.draining and exc.reason == "upstream_error":
+                raise _Interrupted from None
+            return "failed", {"failure_reason": exc.reason, "error": exc.error}
+        if isinstance(exc, TimeoutError):
+            message = f"The execution ran longer than the skill's {skill.limits.timeout_seconds} s."
+            return "failed", {"failure_reason": "timeout", "error": {"code": "timeout", "message": message}}
+        if isinstance(exc, StoreUnavailable):
+            raise exc  # left running: taken over once the store is back
+        if isinstance(exc, GatewayError):  # refused before the chain: the key is gone, the space or tools changed
+            return "failed", {"failure_reason": "refused", "error": {"code": exc.code, "message": exc.message}}
+        log.exception("execution %s failed in the worker", execution.id, exc_info=exc)
+        error = {"code": "internal_error", "message": "The worker hit an internal error."}
+        return "failed", {"failure_reason": "internal_error", "error": error}
