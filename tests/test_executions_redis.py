@@ -216,3 +216,20 @@ def test_a_worker_process_needs_redis_and_exits_0_at_sigterm(upstream, redis_url
         assert worker.wait(BOUND) == 0
     finally:
         kill_if_running(worker)
+
+
+def test_a_cancel_through_another_replica_reaches_the_worker_running_the_execution(
+    start_gateway, hold, redis_url, redis_prefix
+):
+    fake, url = hold
+    fake.hold = 1
+    prefix = _prefix(redis_prefix)
+    cat = skills_catalogue(url, [skill(model="up")])
+    api = start_gateway(cat, **_redis(redis_url, prefix, executions_worker=False))
+    start_gateway(cat, **_redis(redis_url, prefix))  # the only worker
+    created = start_execution(api, "echo", {"inputs": {"text": "stop"}}).json()["data"]
+    assert wait_for(lambda: len(fake.seen), lambda n: n == 1, BOUND) == 1
+    cancel = httpx.post(f"{api}{BASE}/executions/{created['id']}/cancel", headers=AUTH, timeout=BOUND)
+    assert cancel.status_code == 202
+    assert cancel.json()["data"]["state"] == "cancelled"
+    assert execution(api, created["id"])["failure_reason"] == "cancelled"

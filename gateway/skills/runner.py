@@ -111,7 +111,9 @@ class Runner:
         """One Responses request through the space's chain, as the principal that started the execution."""
         gw = self.gw
         principal = gw.catalog.principal_by_ref(execution.run["key_ref"])
-        ctx = gw.context_for(principal, execution.data["space_id"], ROUTE, body, Surface.NATIVE_RESPONSES)
+        space_id = execution.data["space_id"]
+        # the request log's id names the execution, so its model turns can be found from it
+        ctx = gw.context_for(principal, space_id, ROUTE, body, Surface.NATIVE_RESPONSES, request_id=execution.id)
         loop = ctx.space.tool_loop
         ctx.space = ctx.space.model_copy(  # the skill's limits narrow the space's
             update={"tool_loop": loop.model_copy(update={"max_rounds": min(loop.max_rounds, skill.limits.max_rounds)})}
