@@ -30,9 +30,17 @@ class _Strict(BaseModel):
 
 
 class SkillTool(_Strict):
-    """A tool of the skill: one of the tenant's declared MCP servers, by label."""
+    """A tool of the skill: one of the tenant's declared MCP servers (``mcp``: its label), or another skill
+    (``skill``: its slug), called as a sub-execution."""
 
-    mcp: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    mcp: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    skill: str | None = Field(None, pattern=SLUG)
+
+    @model_validator(mode="after")
+    def _one(self) -> "SkillTool":
+        if (self.mcp is None) == (self.skill is None):
+            raise ValueError("a tool is either {mcp: <server label>} or {skill: <slug>}")
+        return self
 
 
 class SkillLimits(_Strict):
@@ -106,7 +114,11 @@ class SkillManifest(_Strict):
 
     @property
     def mcp_labels(self) -> list[str]:
-        return [t.mcp for t in self.tools]
+        return [t.mcp for t in self.tools if t.mcp is not None]
+
+    @property
+    def skill_slugs(self) -> list[str]:
+        return [t.skill for t in self.tools if t.skill is not None]
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -166,5 +178,6 @@ def check_skills(tenant: Any) -> None:
                 raise ValueError(f"space {space.id}: skill {slug!r} is not a skill of this tenant")
             for skill in versions:
                 missing = [label for label in skill.mcp_labels if label not in space.tools]
+                missing += [called for called in skill.skill_slugs if called not in space.skills]
                 if missing:
-                    raise ValueError(f"space {space.id}: skill {slug!r} uses {missing[0]!r}, not in its tools")
+                    raise ValueError(f"space {space.id}: skill {slug!r} uses {missing[0]!r}, not in the space")

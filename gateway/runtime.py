@@ -38,6 +38,8 @@ from gateway.responses.service import ResponsesService
 from gateway.skills.records import EVICTABLE as EXECUTIONS_EVICTABLE
 from gateway.skills.records import ExecutionRecords
 from gateway.skills.registry import Skills
+from gateway.skills.runner import Runner
+from gateway.skills.tools import skill_servers
 from gateway.skills.worker import ExecutionWorker
 from gateway.spend import SpendCounters
 from gateway.store import open_store
@@ -83,6 +85,8 @@ class Gateway:
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
         self.skills = Skills(catalogue)
         self.executions = ExecutionRecords(self.store, settings.response_ttl_seconds)
+        self.runner = Runner(self, self.skills)  # an execution's model turns (the worker's, and sub-executions')
+        self.tools.skill_servers = lambda ctx, tools: skill_servers(self, ctx, tools)
         self.worker = ExecutionWorker(self) if settings.executions_worker else None
         self._heartbeat: asyncio.Task[None] | None = None
         self.draining = False  # set at SIGTERM: /readyz answers 503 from then on

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from config import CatalogueError, load_catalogue
-from tests.conftest import FOREIGN_SPACE, MEMBER_KEY, OTHER_KEY, SPACE
+from tests.conftest import ADMIN_KEY, FOREIGN_SPACE, MEMBER_KEY, OTHER_KEY, SPACE
 from tests.fakes.scripted import Scripted
 from tests.mcp_server import streamable_server
 from tests.servers import serve, wait_for
@@ -312,7 +312,7 @@ def test_a_skill_runs_its_mcp_tools_through_the_tool_loop(start_gateway, calc):
         script = [[["calc__add", {"a": 2, "b": 3}]], '{"sum": {outputs}}']
         created = start_execution(base, "adder", {"inputs": {"script": script}}).json()["data"]
         done = ended(base, created["id"])
-    assert (done["state"], done["outputs"]) == ("succeeded", {"sum": 5}), done
+    assert (done["state"], done["outputs"]) == ("succeeded", {"sum": 5}), (done["failure_reason"], done["error"])
     assert done["resource_usage"]["iteration_count"] == 2
     assert (done["resource_usage"]["input_tokens"], done["resource_usage"]["output_tokens"]) == (20, 10)
     assert [t["function"]["name"] for t in scripted.bodies[0]["tools"]] == [
@@ -341,3 +341,73 @@ def test_the_outputs_document_is_an_artifact_downloaded_with_the_space_rights(sk
     assert httpx.get(url).status_code == 401
     other = url.rsplit("/", 1)[0] + "/00000000-0000-4000-8000-000000000000"
     assert httpx.get(other, headers=AUTH).status_code == 404
+
+
+# --- skills as tools (sub-executions) -------------------------------------------------------------------------
+
+SCRIPT_INPUTS = {"type": "object", "properties": {"script": {"type": "array"}}, "required": ["script"]}
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[tuple[Scripted, str]]:
+    upstream = Scripted()
+    with serve(upstream, lifespan=False) as url:
+        yield upstream, url
+
+
+def test_a_response_calls_a_skill_as_a_tool_and_reads_its_outputs(start_gateway, scripted):
+    import openai
+    import orjson
+
+    base = start_gateway(skills_catalogue(scripted[1], [ECHO_SKILL], "scripted"))
+    client = openai.OpenAI(base_url=base + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30)
+    script = orjson.dumps({"script": [[["skill__echo", {"text": "inner"}]], "got {outputs}"]}).decode()
+    response = client.responses.create(model="up", input=script, tools=[{"type": "skill", "slug": "echo"}])
+    assert response.status == "completed"
+    call = next(item for item in response.output if item.type == "mcp_call")
+    assert (call.server_label, call.name, call.output) == ("skill", "echo", '{"text":"inner"}')
+    assert response.output[-1].content[0].text == 'got {"text":"inner"}'
+    found = httpx.get(f"{base}{BASE}/executions/by-chat-tool-call/{call.id}", headers=AUTH)
+    assert found.status_code == 200, found.text
+    sub = found.json()["data"]
+    assert (sub["state"], sub["source"], sub["chat_tool_call_id"], sub["outputs"]) == (
+        "succeeded",
+        "response",
+        call.id,
+        {"text": "inner"},
+    )
+    assert sub["parent_execution_id"] is None
+    bad = client.responses.with_raw_response.create
+    with pytest.raises(openai.BadRequestError, match="is not a skill of this space"):
+        bad(model="up", input=script, tools=[{"type": "skill", "slug": "nope"}])
+
+
+def test_a_skill_calls_a_skill_as_a_sub_execution_counted_in_its_totals(start_gateway, scripted):
+    outer = skill(slug="outer", inputs=SCRIPT_INPUTS, instructions="Delegate.", model="up", tools=[{"skill": "echo"}])
+    base = start_gateway(skills_catalogue(scripted[1], [ECHO_SKILL, outer], "scripted"))
+    script = [[["skill__echo", {"text": "deep"}]], "{outputs}"]
+    done = ended(base, start_execution(base, "outer", {"inputs": {"script": script}}).json()["data"]["id"])
+    assert (done["state"], done["outputs"]) == ("succeeded", {"text": "deep"}), done
+    (sub,) = done["sub_executions"]
+    assert (sub["skill_slug"], sub["source"], sub["parent_execution_id"], sub["state"]) == (
+        "echo",
+        "skill",
+        done["id"],
+        "succeeded",
+    )
+    own = 20  # the outer skill's two rounds on the scripted upstream (10 input tokens each)
+    assert done["resource_usage"]["input_tokens"] == own + sub["resource_usage"]["input_tokens"]
+    assert sub["resource_usage"]["input_tokens"] > 0
+    full = execution(base, sub["id"])
+    assert full["chat_tool_call_id"] and full["outputs"] == {"text": "deep"}
+
+
+def test_a_skill_calling_a_skill_not_in_the_space_fails_the_start(tmp_path):
+    outer = skill(slug="outer", tools=[{"skill": "echo"}])
+    cat = skills_catalogue("http://127.0.0.1:9", [ECHO_SKILL, outer])
+    cat["tenants"][0]["spaces"][0]["skills"] = ["outer"]
+    with pytest.raises(CatalogueError, match="skill 'outer' uses 'echo', not in the space"):
+        load_catalogue(_write(tmp_path, cat))
+    cat["tenants"][0]["skills"][1] = skill(slug="outer", tools=[{"skill": "echo", "mcp": "x"}])
+    with pytest.raises(CatalogueError, match="a tool is either"):
+        load_catalogue(_write(tmp_path, cat))

@@ -31,6 +31,7 @@ from gateway.tools import Tools
 
 JSON = dict[str, Any]
 _MAX_TOOLS_OFFERED = 128  # per request, over every server
+_RUN_HERE = ("mcp", "skill")  # the request's tools the loop offers as functions of its own (never sent as they are)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +188,7 @@ class _Run:
     def _round_turn(self, round_no: int) -> Any:
         """The engine's turn for one round: the MCP tools as functions, and every item of the earlier rounds."""
         request = dict(self.turn.request)
-        request["tools"] = [t for t in request.get("tools") or [] if t.get("type") != "mcp"] + self.offered
+        request["tools"] = [t for t in request.get("tools") or [] if t.get("type") not in _RUN_HERE] + self.offered
         choice = request.get("tool_choice")
         if round_no > 1 or (isinstance(choice, dict) and choice.get("type") == "mcp"):
             if choice is not None and choice != "none":
@@ -297,7 +298,7 @@ class _Run:
                 item.update(status="failed", error="The arguments are not a JSON object.")
             else:
                 timeout = max(0.0, min(self.limits.call_timeout, self.deadline - time.monotonic()))
-                result = await self.loop.host.call_mcp(tool.server, tool.name, arguments, timeout)
+                result = await self.loop.host.call_mcp(tool.server, tool.name, arguments, timeout, item["id"])
                 item.update(output=result.output, error=result.error, status="failed" if result.error else "completed")
         self.ctx.tool_calls.append(
             {

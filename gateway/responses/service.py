@@ -77,14 +77,18 @@ class ResponsesService:
         tools = ctx.body.get("tools")
         if not tools or all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
             return
-        resolved = await self.tools.resolve(ctx.space_id, tools)
+        skills = [t for t in tools if isinstance(t, dict) and t.get("type") == "skill"]
+        resolved = await self.tools.resolve(ctx.space_id, [t for t in tools if not any(t is s for s in skills)])
         if resolved.http:
             raise InvalidRequest("HTTP tools are not run by the Responses loop yet; use MCP servers.", param="tools")
-        if resolved.mcp and ctx.body.get("tool_mode") == "manual":
+        servers = self.tools.skill_servers(ctx, tools) if skills and self.tools.skill_servers is not None else []
+        if servers and resolved.mcp_server(servers[0].label) is not None:
+            raise InvalidRequest("tools: the MCP server label 'skill' is taken by the request's skills.", param="tools")
+        if (resolved.mcp or servers) and ctx.body.get("tool_mode") == "manual":
             raise InvalidRequest(
                 "MCP tools need tool_mode 'auto_resolve': with 'manual' the gateway runs no tool.", param="tool_mode"
             )
-        ctx.tools = list(resolved.mcp)
+        ctx.tools = [*resolved.mcp, *servers]
 
     async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
         turn = await self.engine.prepare(ctx)

@@ -32,14 +32,17 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 EVICTABLE = ("execution:", "execution-index:", "artifact:")
 QUEUE_MAX_LENGTH = 100_000  # entries kept in the stream (approximately): far more than are ever pending
 
+# KEYS: record, lease, events, space index, queue, tool-call index; ARGV: record, TTL ms, id, first event, id,
+# queue length, first lease (queued: the entry is queued), tool call id ('' for none)
 _CREATE_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[2], 'queued', 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[2])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('RPUSH', KEYS[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[4], ARGV[2])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'id', ARGV[3])
+if ARGV[7] == 'queued' then redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', 'id', ARGV[3]) end
+if ARGV[8] ~= '' then redis.call('SET', KEYS[6], ARGV[3], 'PX', ARGV[2]) end
 return 1
 """
 # KEYS: lease, record; ARGV: expected lease, new lease, record ('' keeps it), TTL ms. 1, or the lease there.
@@ -55,7 +58,7 @@ return 1
 def _create_in_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Any]) -> int:
     ttl = int(args[1]) / 1000
     data.put(keys[0], args[0], ttl)
-    data.put(keys[1], b"queued", ttl)
+    data.put(keys[1], args[6], ttl)
     for key, value in ((keys[2], args[3]), (keys[3], args[4])):
         log = data.get(key)
         if log is None:
@@ -64,7 +67,10 @@ def _create_in_memory(data: MemoryData, keys: Sequence[str], args: Sequence[Any]
             log.append(value)
             data.expire(key, ttl)
             data.grew(key, [value])
-    data.stream(keys[4]).add({"id": args[2]}, int(args[5]))
+    if args[6] == b"queued":
+        data.stream(keys[4]).add({"id": args[2]}, int(args[5]))
+    if args[7]:
+        data.put(keys[5], args[2], ttl)
     return 1
 
 
@@ -97,6 +103,10 @@ def events_key(execution_id: str) -> str:
 
 def index_key(space_id: str) -> str:
     return f"execution-index:{space_id}"
+
+
+def tool_call_key(space_id: str, tool_call_id: str) -> str:
+    return f"execution:by-tool-call:{space_id}:{tool_call_id}"
 
 
 def artifact_key(artifact_id: str) -> str:
@@ -184,13 +194,18 @@ class ExecutionRecords:
         self._create = store.script(_CREATE_LUA, _create_in_memory)
         self._transition = store.script(_TRANSITION_LUA, _transition_in_memory)
 
-    async def create(self, execution: Execution) -> None:
-        """Record the execution (queued), its first event, list it in its space and queue it, atomically."""
+    async def create(self, execution: Execution, lease: str = "queued", tool_call_id: str | None = None) -> None:
+        """Record the execution, its first event, list it in its space and queue it, atomically; a
+        sub-execution starts ``running`` under its caller's lease instead, not queued, and is found by the
+        tool call that started it."""
         eid = execution.id
-        keys = [record_key(eid), lease_key(eid), events_key(eid), index_key(execution.data["space_id"]), QUEUE]
-        first = event("execution.queued", execution=execution.data)
+        space_id = execution.data["space_id"]
+        call_key = tool_call_key(space_id, tool_call_id or "")
+        keys = [record_key(eid), lease_key(eid), events_key(eid), index_key(space_id), QUEUE, call_key]
+        first = event(f"execution.{execution.state}", execution=execution.data)
         ident = eid.encode()
-        await self._create(keys, [execution.dumps(), self.ttl * 1000, ident, first, ident, QUEUE_MAX_LENGTH])
+        args = [execution.dumps(), self.ttl * 1000, ident, first, ident, QUEUE_MAX_LENGTH, lease.encode()]
+        await self._create(keys, [*args, (tool_call_id or "").encode()])
 
     async def load(
         self, execution_id: str, tenant_id: str | None = None, space_id: str | None = None
@@ -258,7 +273,7 @@ class ExecutionRecords:
 
     async def by_tool_call(self, tenant_id: str, space_id: str, tool_call_id: str) -> Execution | None:
         """The execution a chat tool call of the space started, if it has one."""
-        raw = await self.store.get(f"execution:by-tool-call:{space_id}:{tool_call_id}")
+        raw = await self.store.get(tool_call_key(space_id, tool_call_id))
         return None if raw is None else await self.load(raw.decode(), tenant_id, space_id)
 
     async def scan(self, space_id: str, start: int, count: int) -> tuple[list[tuple[int, Execution]], bool]:

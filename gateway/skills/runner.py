@@ -19,7 +19,9 @@ import orjson
 from starlette.types import Message
 
 from config.skills import SkillManifest
+from gateway.catalog import Principal
 from gateway.context import RequestContext, Surface
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.pricing import usd
 from gateway.responses.records import StoredResponse
 from gateway.responses.render import openai_response
@@ -62,6 +64,13 @@ class Totals:
     cost_micros: int = 0
     rounds: int = 0
     responses: list[str] = field(default_factory=list)
+    subs: list[JSON] = field(default_factory=list)  # the sub-executions started (their core fields)
+
+    def absorb(self, sub: "Totals") -> None:
+        """A sub-execution's usage and cost count in its parent's."""
+        self.input_tokens += sub.input_tokens
+        self.output_tokens += sub.output_tokens
+        self.cost_micros += sub.cost_micros
 
     def usage(self, wallclock_ms: int | None) -> JSON:
         return {
@@ -71,6 +80,20 @@ class Totals:
             "wallclock_ms": wallclock_ms,
             "iteration_count": self.rounds,
         }
+
+
+PARENT = "skill_parent"  # the ``ctx.extras`` entry naming the execution a model turn belongs to
+
+
+@dataclass
+class Parent:
+    """Who calls a skill as a tool: an execution (whose totals collect its sub-executions), or a response."""
+
+    principal: Principal
+    space_id: str
+    execution: Execution | None = None
+    totals: Totals = field(default_factory=Totals)
+    depth: int = 0
 
 
 async def _never_disconnects() -> Message:
@@ -114,6 +137,8 @@ class Runner:
         space_id = execution.data["space_id"]
         # the request log's id names the execution, so its model turns can be found from it
         ctx = gw.context_for(principal, space_id, ROUTE, body, Surface.NATIVE_RESPONSES, request_id=execution.id)
+        depth = int(execution.run.get("depth") or 0)
+        ctx.extras[PARENT] = Parent(principal, space_id, execution, totals, depth)  # for its skill tools
         loop = ctx.space.tool_loop
         ctx.space = ctx.space.model_copy(  # the skill's limits narrow the space's
             update={"tool_loop": loop.model_copy(update={"max_rounds": min(loop.max_rounds, skill.limits.max_rounds)})}
@@ -190,6 +215,20 @@ def _count(ctx: RequestContext, captured: _Captured, totals: Totals) -> None:
         totals.responses.append(record.id)
 
 
+def failure_fields(exc: BaseException, timeout: float) -> JSON | None:
+    """How an execution that raised ``exc`` fails (``failure_reason``, ``error``); None when it should not end
+    for it (the store unreachable, a defect): the caller decides."""
+    if isinstance(exc, Failed):
+        return {"failure_reason": exc.reason, "error": exc.error}
+    if isinstance(exc, TimeoutError):
+        message = f"The execution ran longer than its {timeout:g} s."
+        return {"failure_reason": "timeout", "error": {"code": "timeout", "message": message}}
+    if isinstance(exc, GatewayError) and not isinstance(exc, StoreUnavailable):
+        # refused before the chain: the key is gone, the space or its tools changed
+        return {"failure_reason": "refused", "error": {"code": exc.code, "message": exc.message}}
+    return None
+
+
 def _finished(turn: _Turn) -> JSON:
     """The turn's response when it completed; ``Failed`` saying why otherwise."""
     if turn.response is None or turn.status != 200:
@@ -237,6 +276,8 @@ def request_for(skill: SkillManifest, execution: Execution) -> JSON:
     model = execution.run.get("model") or skill.model
     if model is not None:
         body["model"] = model
-    if skill.mcp_labels:
-        body["tools"] = [{"type": "mcp", "server_label": label} for label in skill.mcp_labels]
+    tools = [{"type": "mcp", "server_label": label} for label in skill.mcp_labels]
+    tools += [{"type": "skill", "slug": slug} for slug in skill.skill_slugs]
+    if tools:
+        body["tools"] = tools
     return body

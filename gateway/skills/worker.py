@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.errors import GatewayError, StoreUnavailable
+from gateway.errors import StoreUnavailable
 from gateway.jobs import cancel_key
 from gateway.skills.records import GROUP, QUEUE, TERMINAL, Execution, iso_now
-from gateway.skills.runner import Failed, Runner, Totals
+from gateway.skills.runner import Failed, Totals, failure_fields
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -47,7 +47,7 @@ class ExecutionWorker:
         s = gw.settings
         self.gw = gw
         self.records = gw.executions
-        self.runner = Runner(gw, gw.skills)
+        self.runner = gw.runner
         self.concurrency = s.executions_concurrency
         self.max_attempts = s.executions_max_attempts
         self.claim_idle = s.executions_claim_idle_seconds
@@ -180,6 +180,7 @@ class ExecutionWorker:
             watcher.cancel()
             jobs.ended(execution_id)
         fields["resource_usage"] = totals.usage(int((time.monotonic() - started) * 1000))
+        fields["sub_executions"] = totals.subs
         return await self._end(execution, lease, state, **fields)
 
     async def _outcome(self, execution: Execution, totals: Totals) -> tuple[str, dict[str, Any]]:
@@ -197,7 +198,8 @@ class ExecutionWorker:
                 outputs = await self.runner.run(execution, skill, totals, emit)
             document = orjson.dumps(outputs, option=orjson.OPT_INDENT_2)
             artifact = await self.records.save_artifact(execution, OUTPUTS_PATH, "application/json", document)
-            return "succeeded", {"outputs": outputs, "artifacts": [*data["artifacts"], artifact]}
+            fields = {"outputs": outputs, "artifacts": [*data["artifacts"], artifact], "sub_executions": totals.subs}
+            return "succeeded", fields
         except asyncio.CancelledError:
             if not self.gw.jobs.cancelled(execution.id):
                 raise  # the worker is stopping: left running, taken over by another
@@ -208,17 +210,13 @@ class ExecutionWorker:
 
     def _failure(self, execution: Execution, skill: Any, exc: Exception) -> tuple[str, dict[str, Any]]:
         """How an execution that raised ends; raises what leaves it running (a shutdown, the store gone)."""
-        if isinstance(exc, Failed):
-            if self.gw.draining and exc.reason == "upstream_error":
-                raise _Interrupted from None
-            return "failed", {"failure_reason": exc.reason, "error": exc.error}
-        if isinstance(exc, TimeoutError):
-            message = f"The execution ran longer than the skill's {skill.limits.timeout_seconds} s."
-            return "failed", {"failure_reason": "timeout", "error": {"code": "timeout", "message": message}}
+        if isinstance(exc, Failed) and self.gw.draining and exc.reason == "upstream_error":
+            raise _Interrupted from None
+        fields = failure_fields(exc, skill.limits.timeout_seconds)
+        if fields is not None:
+            return "failed", fields
         if isinstance(exc, StoreUnavailable):
             raise exc  # left running: taken over once the store is back
-        if isinstance(exc, GatewayError):  # refused before the chain: the key is gone, the space or tools changed
-            return "failed", {"failure_reason": "refused", "error": {"code": exc.code, "message": exc.message}}
         log.exception("execution %s failed in the worker", execution.id, exc_info=exc)
         error = {"code": "internal_error", "message": "The worker hit an internal error."}
         return "failed", {"failure_reason": "internal_error", "error": error}
