@@ -80,7 +80,9 @@ class SkillServer:
             return ToolResult.failed(f"The inputs do not match the skill's inputs schema: {shown}")
         execution = await self._start(skill, arguments, call_id)
         budget = skill.limits.timeout_seconds if timeout is None else min(timeout, skill.limits.timeout_seconds)
-        state, fields = await self._run(execution, skill, budget)
+        # a task of its own: its model turns are requests of their own (tracked for the drain apart from the
+        # caller's); cancelling the caller cancels it
+        state, fields = await asyncio.ensure_future(self._run(execution, skill, budget))
         await self._end(execution, state, fields)
         if state == "succeeded":
             return ToolResult(output=orjson.dumps(execution.data["outputs"]).decode())
