@@ -13,7 +13,6 @@ import yaml
 from config import CatalogueError, load_catalogue
 from tests.conftest import ADMIN_KEY, FOREIGN_SPACE, MEMBER_KEY, OTHER_KEY, SPACE
 from tests.fakes.scripted import Scripted
-from tests.mcp_server import streamable_server
 from tests.servers import serve, wait_for
 from tests.skills_helpers import (
     AUTH,
@@ -287,43 +286,6 @@ def test_executions_of_another_space_or_tenant_are_404_and_a_tool_call_without_o
     assert httpx.get(f"{base}{BASE}/executions/not-a-uuid", headers=AUTH).status_code == 422
     lookup = f"{base}/v1/spaces/{SPACE}/skills/executions/by-chat-tool-call/call_123"
     assert httpx.get(lookup, headers=AUTH).status_code == 404
-
-
-# --- tools ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def calc() -> Iterator[str]:
-    with streamable_server() as (url, _):
-        yield url
-
-
-def test_a_skill_runs_its_mcp_tools_through_the_tool_loop(start_gateway, calc):
-    scripted = Scripted()
-    inputs = {"type": "object", "properties": {"script": {"type": "array"}}, "required": ["script"]}
-    outputs = {"type": "object", "properties": {"sum": {"type": "integer"}}, "required": ["sum"]}
-    manifest = skill(
-        slug="adder", inputs=inputs, outputs=outputs, instructions="Add.", model="up", tools=[{"mcp": "calc"}]
-    )
-    with serve(scripted, lifespan=False) as url:
-        cat = skills_catalogue(url, [manifest], tools=["calc"], mcp={"allow_private": ["127.0.0.1"]})
-        cat["tenants"][0]["mcp_servers"] = [{"label": "calc", "url": calc, "require_approval": "never"}]
-        base = start_gateway(cat)
-        script = [[["calc__add", {"a": 2, "b": 3}]], '{"sum": {outputs}}']
-        created = start_execution(base, "adder", {"inputs": {"script": script}}).json()["data"]
-        done = ended(base, created["id"])
-    assert (done["state"], done["outputs"]) == ("succeeded", {"sum": 5}), (done["failure_reason"], done["error"])
-    assert done["resource_usage"]["iteration_count"] == 2
-    assert (done["resource_usage"]["input_tokens"], done["resource_usage"]["output_tokens"]) == (20, 10)
-    assert [t["function"]["name"] for t in scripted.bodies[0]["tools"]] == [
-        "calc__add",
-        "calc__boom",
-        "calc__slow",
-        "calc__big",
-        "calc__secret",
-    ]
-    events = httpx.get(f"{base}{BASE}/executions/{created['id']}/events", headers=AUTH, timeout=30).text
-    assert '"tool_calls":[{"server_label":"calc","name":"add","error":null}]' in events
 
 
 def test_the_outputs_document_is_an_artifact_downloaded_with_the_space_rights(skills_gateway):

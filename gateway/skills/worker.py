@@ -96,6 +96,9 @@ class ExecutionWorker:
             except StoreUnavailable as exc:
                 log.warning("execution worker: the store is unreachable (%s); retrying", exc.message)
                 await asyncio.sleep(1.0)
+            except Exception:  # a defect must not stop the worker for good
+                log.exception("execution worker: reading the queue failed; retrying")
+                await asyncio.sleep(1.0)
 
     async def _dispatch(self, entry_id: str, fields: dict[str, bytes]) -> None:
         execution_id = fields.get("id", b"").decode()
