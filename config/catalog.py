@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from config.agents import Agent
 from config.deployments import Deployment, Routing
+from config.skills import SkillManifest, check_skills, read_skill, read_yaml
 from config.tools import HttpToolSpec, McpServerSpec, SpaceMcp
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -89,6 +89,7 @@ class Space(_Strict):
         default_factory=list, description="Labels of the tenant's MCP servers and names of its HTTP tools it may use."
     )
     agents: list[str] = Field(default_factory=list, description="Keys of the tenant's agents callable here.")
+    skills: list[str] = Field(default_factory=list, description="Slugs of the tenant's skills it may run.")
 
 
 class ApiKey(_Strict):
@@ -147,6 +148,19 @@ class Tenant(_Strict):
                 missing = {t for v in by_key[key].versions for t in v.tools} - set(s.tools)
                 if missing:
                     raise ValueError(f"space {s.id}: agent {key!r} uses tools it does not list: {sorted(missing)}")
+        return self
+
+    skills: list[SkillManifest] = Field(default_factory=list, description="Skill directories (or inline manifests).")
+
+    @field_validator("skills", mode="before")
+    @classmethod
+    def _read_skills(cls, value: Any, info: ValidationInfo) -> Any:
+        base = (info.context or {}).get("base_dir")
+        return [read_skill(ref, base) for ref in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _check_skills(self) -> "Tenant":
+        check_skills(self)
         return self
 
     @model_validator(mode="after")
@@ -214,16 +228,11 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def load_catalogue(path: Path) -> Catalogue:
     """Read and validate the YAML catalogue at ``path``."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise CatalogueError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise CatalogueError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, str(path), CatalogueError) or {}
     if not isinstance(raw, dict):
         raise CatalogueError(f"{path}: the top level must be a mapping with a 'tenants' list")
     try:
-        return Catalogue.model_validate(raw)
+        return Catalogue.model_validate(raw, context={"base_dir": path.parent})
     except ValidationError as exc:
         lines = [f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
         raise CatalogueError(f"{path}: invalid catalogue:\n  " + "\n  ".join(lines)) from None

@@ -73,6 +73,19 @@ class Settings(BaseSettings):
         description="The in-memory store's limit for stored responses and event logs (approximate bytes); past "
         "it the oldest are evicted first. 0: no limit. Not used with Redis.",
     )
+    executions_worker: bool = Field(
+        True, description="Run a skill-execution worker in each gateway process (python -m gateway worker runs more)."
+    )
+    executions_concurrency: int = Field(8, ge=1, le=256, description="Executions one worker runs at once.")
+    executions_max_attempts: int = Field(
+        2, ge=1, le=10, description="Runs of one execution whose worker died before it ended, before it fails."
+    )
+    executions_claim_idle_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="How long a queued entry is left with its worker before another looks whether that worker is "
+        "still alive (and takes the execution over if not).",
+    )
     tool_output_max_bytes: int = Field(
         64 * 1024, gt=0, description="Longest output of an executed tool (MCP or HTTP) kept; the rest is cut."
     )

@@ -1,4 +1,5 @@
-"""``python -m gateway``: run the gateway, or ``python -m gateway hash-key KEY`` for the catalogue's hash.
+"""``python -m gateway``: run the gateway; ``python -m gateway worker`` runs a skill-execution worker process
+(same flags, needs Redis); ``python -m gateway hash-key KEY`` prints the catalogue's hash of a key.
 
 Flags override the ``GATEWAY_*`` environment; a broken catalogue or policy config exits with status 2 and a
 message naming the field.
@@ -37,9 +38,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("usage: python -m gateway hash-key KEY")
         print(hash_key(argv[1]))
         return
-    args = _parse(argv)
+    worker = argv[:1] == ["worker"]
+    args = _parse(argv[1:] if worker else argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
+    if worker:
+        _run_execution_worker(settings)
+        return
     app = _validated_app(settings)
     if settings.workers > 1:
         del app  # each worker builds its own
@@ -68,6 +73,18 @@ def _validated_app(settings: Settings) -> "Starlette":
     if problem is not None:
         _cannot_start(problem)
     return app
+
+
+def _run_execution_worker(settings: Settings) -> None:
+    from gateway.skills.process import run_worker_process, worker_problem
+
+    problem = worker_problem(settings)
+    if problem is not None:
+        _cannot_start(problem)
+    try:
+        run_worker_process(settings)
+    except (CatalogueError, PolicyConfigError) as exc:
+        _cannot_start(exc)
 
 
 def _run_workers(settings: Settings) -> int:

@@ -11,7 +11,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from config import Settings, load_catalogue
-from gateway.api import agents, audit, client, health, metrics, openai, responses, space_responses, spaces, usage
+from gateway.api import (
+    agents,
+    audit,
+    client,
+    health,
+    metrics,
+    openai,
+    responses,
+    skills,
+    space_responses,
+    spaces,
+    usage,
+)
 from gateway.errors import GatewayError, NotFound, error_shape, render_error
 from gateway.logs import bounded, log_refused
 from gateway.metrics import count_refusal
@@ -99,6 +111,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *agents.routes(""),
         *agents.routes("/api-proxy"),
         *client.routes(gw),
+        *skills.routes(""),
+        *skills.routes("/api-proxy"),
     ]
     app = Starlette(
         routes=routes,

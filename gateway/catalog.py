@@ -121,6 +121,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def key_ref(key: ApiKey) -> str:
+    """What names an API key in stored work (never the key, nor the catalogue's hash of it as such)."""
+    return hashlib.sha256(b"key-ref:" + key.sha256.encode()).hexdigest()
+
+
 def now_iso(offset_us: int = 0, now: datetime | None = None) -> str:
     """ISO-8601 UTC with microseconds (so models added in one second keep their order)."""
     stamp = (now or datetime.now(UTC)) + timedelta(microseconds=offset_us)
@@ -134,6 +139,7 @@ class Catalog:
         self.store = store
         self.tenants = catalogue.tenants
         self._keys: dict[str, Principal] = {}
+        self._refs: dict[str, Principal] = {}  # key_ref -> principal: work started by a key, resumed later
         self._tenants: dict[str, _TenantIndex] = {}
         self._spaces: dict[str, tuple[Tenant, Space]] = {}
         self.space_ids: dict[int, str] = {}  # id() of a catalogue space -> its id as a string, formatted once
@@ -149,6 +155,7 @@ class Catalog:
             for k in tenant.api_keys:
                 spaces = None if "*" in k.spaces else frozenset(k.spaces)
                 self._keys[k.sha256] = Principal(tenant, k, spaces)
+                self._refs[key_ref(k)] = self._keys[k.sha256]
         # per space: its YAML models (decisions while the store is down) and its scripts with them as the seed
         self._yaml: dict[str, dict[str, str]] = {}  # space id -> model id -> alias, in YAML order
         self._scripts: dict[str, tuple[Script, Script]] = {}
@@ -167,6 +174,14 @@ class Catalog:
         principal = self._keys.get(hash_key(key))
         if principal is None:
             raise AuthenticationFailed("Invalid API key.")
+        return principal
+
+    def principal_by_ref(self, ref: str) -> Principal:
+        """The principal of the key ``key_ref`` names (work it started, run later: a skill execution);
+        AuthenticationFailed when the catalogue no longer has that key."""
+        principal = self._refs.get(ref)
+        if principal is None:
+            raise AuthenticationFailed("The API key that started this work is no longer valid.")
         return principal
 
     def space_for(self, principal: Principal, space_id: str | None) -> Space:

@@ -77,11 +77,13 @@ class InvalidRequest(GatewayError):
         kind: str = "value_error",
         input: Any = None,
         code: str | None = None,
+        details: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code)
         self.loc = loc or (("body", param) if param else ("body",))
         self.kind = kind
         self.input = input
+        self.details = details  # several failures, each {loc, msg, type, input}: the native 422 lists them all
 
 
 class BadRequest(GatewayError):
@@ -223,7 +225,9 @@ def render_error(exc: GatewayError, shape: bool | str) -> tuple[int, Headers, by
     elif native:
         if isinstance(exc, InvalidRequest):
             status = 422
-            detail: Any = [{"loc": list(exc.loc), "msg": exc.message, "type": exc.kind, "input": exc.input}]
+            detail: Any = exc.details or [
+                {"loc": list(exc.loc), "msg": exc.message, "type": exc.kind, "input": exc.input}
+            ]
         else:
             detail = exc.message
         body = {"detail": detail}

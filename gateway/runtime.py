@@ -19,7 +19,7 @@ from config.deployments import Timeouts
 from gateway.agents import AgentRegistry, Agents, load_agent_policies
 from gateway.audit import AuditLog
 from gateway.breaker import CircuitBreakers
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, Principal
 from gateway.context import RequestContext, Surface
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, StoreUnavailable
@@ -36,6 +36,12 @@ from gateway.responses.engine import ResponsesEngine
 from gateway.responses.loop import ToolLoop
 from gateway.responses.records import EVICTABLE, ResponseRecords
 from gateway.responses.service import ResponsesService
+from gateway.skills.records import EVICTABLE as EXECUTIONS_EVICTABLE
+from gateway.skills.records import ExecutionRecords
+from gateway.skills.registry import Skills
+from gateway.skills.runner import Runner
+from gateway.skills.tools import skill_servers
+from gateway.skills.worker import ExecutionWorker
 from gateway.spend import SpendCounters
 from gateway.store import open_store
 from gateway.store.timed import TimedStore
@@ -54,7 +60,8 @@ class Gateway:
         self.settings = settings
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         self.metrics = Metrics() if settings.metrics_enabled else None
-        self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, EVICTABLE)
+        evictable = EVICTABLE + EXECUTIONS_EVICTABLE
+        self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, evictable)
         if self.metrics is not None and redis_url:  # the in-memory store answers in microseconds, never fails
             self.store = TimedStore(self.store, self.metrics.store_op)
         self.catalog = Catalog(catalogue, self.store)
@@ -89,6 +96,11 @@ class Gateway:
         self.agents = Agents(AgentRegistry(catalogue, self.store), records)
         _preload_agent_policies(self.agents, catalogue)
         self.responses.resolve = self.resolve
+        self.skills = Skills(catalogue)
+        self.executions = ExecutionRecords(self.store, settings.response_ttl_seconds)
+        self.runner = Runner(self, self.skills)  # an execution's model turns (the worker's, and sub-executions')
+        self.tools.skill_servers = lambda ctx, tools: skill_servers(self, ctx, tools)
+        self.worker = ExecutionWorker(self) if settings.executions_worker else None
         self._heartbeat: asyncio.Task[None] | None = None
         self.draining = False  # set at SIGTERM: /readyz answers 503 from then on
 
@@ -108,6 +120,8 @@ class Gateway:
         await self.catalog.seed()
         await self.agents.registry.seed()
         self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
+        if self.worker is not None:
+            self.worker.start()
 
     async def drain(self, grace: float | None = None) -> int:
         """Stop taking requests (``/readyz`` says so at once) and let those in flight, background responses
@@ -117,6 +131,8 @@ class Gateway:
         s = self.settings
         self.draining = True
         grace = s.shutdown_grace_seconds if grace is None else grace
+        if self.worker is not None:  # its executions get the grace; the rest are taken over by other workers
+            await self.worker.stop(grace)
         left = await self.inflight.drain(grace, s.shutdown_cleanup_seconds)
         if left:
             log.warning("shutdown: %d request(s) had not ended after their cleanup time", left)
@@ -162,17 +178,31 @@ class Gateway:
         if space_id is None:
             named = headers.get(b"openai-project") or headers.get(b"x-space-id")
             space_id = named.decode("latin-1") if named else None
-        space = self.catalog.space_for(principal, space_id)
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or os.urandom(12).hex()
+        return self.context_for(principal, space_id, route, body, surface, headers, request_id)
+
+    def context_for(
+        self,
+        principal: Principal,
+        space_id: str | None,
+        route: str,
+        body: dict[str, Any],
+        surface: Surface,
+        headers: dict[bytes, bytes] | None = None,
+        request_id: str | None = None,
+    ) -> RequestContext:
+        """The context of a request made as ``principal`` in a space (its key's rights checked again): a
+        caller's, or work the gateway runs for one later (a skill execution's model turns)."""
+        space = self.catalog.space_for(principal, space_id)
         ctx = RequestContext(
-            request_id=request_id,
+            request_id=request_id or os.urandom(12).hex(),
             route=route,
             principal=principal,
             space=space,
             catalog=self.catalog,
             store=self.store,
             body=body,
-            headers=headers,
+            headers=headers or {},
             prices=self.prices,
             surface=surface,
         )

@@ -149,3 +149,57 @@ async def test_unreachable_redis_raises_store_unavailable():
     with pytest.raises(StoreUnavailable):
         await s.get("x")
     await s.close()
+
+
+# --- streams with consumer groups (the executions queue) ---
+
+
+async def test_a_group_delivers_each_entry_to_one_consumer_until_acknowledged(store: Store):
+    key = "q:" + uuid.uuid4().hex
+    ids = [await store.stream_add(key, {"id": str(i).encode()}) for i in range(3)]
+    first = await store.stream_read(key, "g", "a", 2, 0)
+    second = await store.stream_read(key, "g", "b", 5, 0)
+    assert [e for e, _ in first + second] == ids
+    assert [f["id"] for _, f in first + second] == [b"0", b"1", b"2"]
+    assert await store.stream_read(key, "g", "a", 5, 0) == []  # nothing new
+    assert await store.stream_ack(key, "g", ids[0], ids[1]) == 2
+    assert await store.stream_ack(key, "g", ids[0]) == 0
+    other = await store.stream_read(key, "h", "c", 10, 0)  # another group sees everything
+    assert len(other) == 3
+
+
+async def test_a_blocking_read_wakes_up_for_an_entry_added_meanwhile(store: Store):
+    key = "q:" + uuid.uuid4().hex
+    await store.stream_read(key, "g", "a", 1, 0)  # the group exists from here on: it gets what comes next
+    reader = asyncio.ensure_future(store.stream_read(key, "g", "a", 1, 2.0))
+    await asyncio.sleep(0.05)
+    entry = await store.stream_add(key, {"id": b"x"})
+    assert [e for e, _ in await asyncio.wait_for(reader, 5)] == [entry]
+    assert await store.stream_read(key, "g", "a", 1, 0.05) == []  # waits the block time, then nothing
+
+
+async def test_entries_left_pending_are_claimed_by_another_consumer_after_their_idle_time(store: Store):
+    key = "q:" + uuid.uuid4().hex
+    entry = await store.stream_add(key, {"id": b"1"})
+    await store.stream_read(key, "g", "dead", 1, 0)
+    assert await store.stream_claim(key, "g", "alive", 60, 10) == []  # not idle long enough
+    await asyncio.sleep(0.12)
+    claimed = await store.stream_claim(key, "g", "alive", 0.1, 10)
+    assert claimed == [(entry, {"id": b"1"})]
+    assert await store.stream_claim(key, "g", "third", 0.1, 10) == []  # just claimed: not idle any more
+    await store.stream_ack(key, "g", entry)
+    await asyncio.sleep(0.12)
+    assert await store.stream_claim(key, "g", "third", 0.1, 10) == []
+
+
+async def test_the_in_memory_stream_keeps_at_most_its_max_length_and_drops_the_trimmed_pending():
+    store = MemoryStore()
+    stream = store.data.stream("q")
+    first = stream.add({"id": b"0"}, 3)
+    assert [e for e, _ in await store.stream_read("q", "g", "a", 1, 0)] == [first]
+    later = [stream.add({"id": str(i).encode()}, 3) for i in range(1, 5)]
+    assert [e for e, _ in stream.entries] == later[-3:]
+    assert [e for e, _ in await store.stream_read("q", "g", "a", 10, 0)] == later[-3:]
+    await asyncio.sleep(0.02)
+    claimed = await store.stream_claim("q", "g", "b", 0.01, 10)
+    assert [e for e, _ in claimed] == later[-3:]  # the trimmed pending entry is gone, as XAUTOCLAIM drops it

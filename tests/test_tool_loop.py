@@ -15,6 +15,7 @@ from tests.conftest import ADMIN_KEY, SPACE, catalogue
 from tests.fakes.scripted import Scripted
 from tests.mcp_server import Recorder, streamable_app
 from tests.servers import serve, wait_for
+from tests.skills_helpers import BASE, ended, skill, skills_catalogue, start_execution
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -414,3 +415,25 @@ def test_an_mcp_server_may_not_take_the_http_tools_label(start_gateway, scripted
     tools = [{**_mcp_tool(mcp[0]), "server_label": "http"}, {"type": "http_tool", "name": "weather"}]
     r = httpx2.post(f"{base}/v1/responses", headers=AUTH, json={"model": "up", "input": "hi", "tools": tools})
     assert r.status_code == 400 and "http" in r.json()["error"]["message"]
+
+
+def test_a_skill_execution_runs_its_mcp_tools_through_the_loop(start_gateway, mcp, scripted):
+    inputs = {"type": "object", "properties": {"script": {"type": "array"}}, "required": ["script"]}
+    outputs = {"type": "object", "properties": {"sum": {"type": "integer"}}, "required": ["sum"]}
+    manifest = skill(
+        slug="adder", inputs=inputs, outputs=outputs, instructions="Add.", model="up", tools=[{"mcp": "calc"}]
+    )
+    cat = skills_catalogue(scripted[1], [manifest], "scripted", tools=["calc"], mcp={"allow_private": ["127.0.0.1"]})
+    cat["tenants"][0]["mcp_servers"] = [{"label": "calc", "url": mcp[0], "require_approval": "never"}]
+    base = start_gateway(cat)
+    before = len(scripted[0].bodies)
+    script = [[["calc__add", {"a": 2, "b": 3}]], '{"sum": {outputs}}']
+    created = start_execution(base, "adder", {"inputs": {"script": script}}).json()["data"]
+    done = ended(base, created["id"])
+    assert (done["state"], done["outputs"]) == ("succeeded", {"sum": 5}), done["error"]
+    usage = done["resource_usage"]
+    assert (usage["iteration_count"], usage["input_tokens"], usage["output_tokens"]) == (2, 20, 10)
+    offered = [t["function"]["name"] for t in scripted[0].bodies[before]["tools"]]
+    assert offered == ["calc__add", "calc__echo", "calc__boom", "calc__nap"]
+    events = httpx2.get(f"{base}{BASE}/executions/{created['id']}/events", headers=AUTH, timeout=30).text
+    assert '"tool_calls":[{"server_label":"calc","name":"add","error":null}]' in events

@@ -31,7 +31,7 @@ from gateway.tools import HttpTool, Tools
 
 JSON = dict[str, Any]
 _MAX_TOOLS_OFFERED = 128  # per request, over every server
-_GATEWAY_TOOLS = ("mcp", "http_tool")  # the request's tool types the gateway runs (the rest are the caller's)
+_GATEWAY_TOOLS = ("mcp", "http_tool", "skill")  # the request's tool types the gateway runs (the rest: the caller's)
 HTTP_LABEL = "http"  # the server_label of the calls of the catalogue's HTTP tools (no MCP server may take it)
 
 
@@ -330,7 +330,7 @@ class _Run:
                 if isinstance(tool.server, HttpTool):
                     result = await host.call_http(self.ctx.space_id, tool.server, arguments, timeout)
                 else:
-                    result = await host.call_mcp(tool.server, tool.name, arguments, timeout)
+                    result = await host.call_mcp(tool.server, tool.name, arguments, timeout, item["id"])
                 item.update(output=result.output, error=result.error, status="failed" if result.error else "completed")
                 if self.loop.metrics is not None:  # a request's own server is named by the caller: one label for all
                     server = _label(tool.server) if getattr(tool.server, "declared", True) else "request"

@@ -82,8 +82,12 @@ class ResponsesService:
         tools = ctx.body.get("tools")
         if not tools or all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
             return
-        resolved = await self.tools.resolve(ctx.space_id, tools)
-        if (resolved.mcp or resolved.http) and ctx.body.get("tool_mode") == "manual":
+        skills = [t for t in tools if isinstance(t, dict) and t.get("type") == "skill"]
+        resolved = await self.tools.resolve(ctx.space_id, [t for t in tools if not any(t is s for s in skills)])
+        servers = self.tools.skill_servers(ctx, tools) if skills and self.tools.skill_servers is not None else []
+        if servers and resolved.mcp_server(servers[0].label) is not None:
+            raise InvalidRequest("tools: the MCP server label 'skill' is taken by the request's skills.", param="tools")
+        if (resolved.mcp or resolved.http or servers) and ctx.body.get("tool_mode") == "manual":
             raise InvalidRequest(
                 "MCP and HTTP tools need tool_mode 'auto_resolve': with 'manual' the gateway runs no tool.",
                 param="tool_mode",
@@ -93,7 +97,7 @@ class ResponsesService:
                 f"server_label '{HTTP_LABEL}' is the gateway's HTTP tools' own: name the MCP server otherwise.",
                 param="tools",
             )
-        ctx.tools = [*resolved.mcp, *resolved.http]
+        ctx.tools = [*resolved.mcp, *resolved.http, *servers]
 
     async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
         turn = await self.engine.prepare(ctx)

@@ -92,6 +92,30 @@ class Store(Protocol):
         """Entries ``start`` through ``end`` inclusive (negative counts from the end)."""
         ...
 
+    # --- streams with consumer groups (a durable work queue; in memory: ``gateway.store.streams``) ---
+    async def stream_add(self, key: str, fields: dict[str, bytes]) -> str:
+        """``XADD key * field value …``: append an entry; returns its id."""
+        ...
+
+    async def stream_read(
+        self, key: str, group: str, consumer: str, count: int, block_seconds: float
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        """``XREADGROUP GROUP group consumer COUNT count BLOCK ms STREAMS key >``: entries new to the group (the
+        group and the stream are created on first use), now pending for ``consumer``; waits up to
+        ``block_seconds`` for one (0: does not wait)."""
+        ...
+
+    async def stream_ack(self, key: str, group: str, *ids: str) -> int:
+        """``XACK``: the entries are done; returns how many were pending."""
+        ...
+
+    async def stream_claim(
+        self, key: str, group: str, consumer: str, min_idle_seconds: float, count: int
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        """``XAUTOCLAIM``: up to ``count`` entries pending for longer than ``min_idle_seconds`` (their consumer
+        died, or is slow), now ``consumer``'s; entries trimmed from the stream meanwhile are acknowledged."""
+        ...
+
     def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
         """Register an atomic script: ``lua`` runs on Redis, ``fallback(data, keys, args)`` in memory.
 

@@ -4,12 +4,15 @@ Given a byte limit and the key prefixes it may evict (``gateway/store/eviction.p
 that much of them: past it, the oldest go first.
 """
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.store.base import Call, Halt, Script, ScriptFallback
 from gateway.store.eviction import EvictionLedger, log_growth, size_of
+from gateway.store.streams import MemoryStream
 
 _SWEEP_EVERY = 1024
 
@@ -48,6 +51,14 @@ class MemoryData:
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
             self.sweep()
+
+    def stream(self, key: str) -> MemoryStream:
+        """The stream under ``key``, created if absent (scripts' fallbacks append to it too)."""
+        stream = self.get(key)
+        if not isinstance(stream, MemoryStream):
+            stream = MemoryStream()
+            self.put(key, stream)
+        return stream
 
     def grew(self, key: str, entries: list[bytes]) -> None:
         """``entries`` were appended to the log under ``key`` in place."""
@@ -177,6 +188,31 @@ class MemoryStore:
         log = self.data.get(key) or []
         stop = len(log) if end == -1 else (end + 1 if end >= 0 else len(log) + end + 1)
         return list(log[start:stop])
+
+    async def stream_add(self, key: str, fields: dict[str, bytes]) -> str:
+        return self.data.stream(key).add(fields)
+
+    async def stream_read(
+        self, key: str, group: str, consumer: str, count: int, block_seconds: float
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        deadline = time.monotonic() + block_seconds
+        while True:
+            stream = self.data.stream(key)
+            entries = stream.read(group, consumer, count)
+            left = deadline - time.monotonic()
+            if entries or left <= 0:
+                return entries
+            stream.added.clear()  # (no await since the read: nothing was added in between)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.added.wait(), left)
+
+    async def stream_ack(self, key: str, group: str, *ids: str) -> int:
+        return self.data.stream(key).ack(group, ids)
+
+    async def stream_claim(
+        self, key: str, group: str, consumer: str, min_idle_seconds: float, count: int
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        return self.data.stream(key).claim(group, consumer, min_idle_seconds, count)
 
     def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
         return _MemoryScript(self.data, fallback, halt)

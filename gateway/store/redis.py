@@ -7,9 +7,20 @@ from typing import Any
 from gateway.store.base import Call, Halt, Script, ScriptFallback
 from gateway.store.resp import RespClient, RespError, script_sha, store_error
 
+_MAX_BLOCK = 2.0  # seconds a stream read may wait on the server
+
 
 def _px(ttl: float) -> int:
     return max(1, int(ttl * 1000))
+
+
+def _entries(raw: list[Any]) -> list[tuple[str, dict[str, bytes]]]:
+    """A stream reply's entries, ``[[id, [field, value, …]], …]``; an entry trimmed away (nil fields) is left out."""
+    out = []
+    for entry_id, flat in raw:
+        if flat is not None:
+            out.append((entry_id.decode(), {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}))
+    return out
 
 
 def _checked(replies: list[Any]) -> list[Any]:
@@ -38,7 +49,10 @@ class RedisStore:
 
     def __init__(self, url: str, prefix: str = "gw:") -> None:
         self.client = RespClient(url, connect_timeout=2.0, reply_timeout=5.0)
+        # blocking stream reads hold their connection: on a connection of their own, never the shared ones
+        self.blocking = RespClient(url, connections=1, connect_timeout=2.0, reply_timeout=5.0 + _MAX_BLOCK)
         self.prefix = prefix
+        self._groups: set[tuple[str, str]] = set()
         self._composed: dict[tuple[Script, ...], _RedisScript] = {}
 
     def key(self, key: str) -> str:
@@ -49,6 +63,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.close()
+        await self.blocking.close()
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self.client.execute("GET", self.key(key))
@@ -112,6 +127,47 @@ class RedisStore:
     async def read_log(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
         entries: list[bytes] = await self.client.execute("LRANGE", self.key(key), start, end)
         return entries
+
+    async def stream_add(self, key: str, fields: dict[str, bytes]) -> str:
+        flat = [part for pair in fields.items() for part in pair]
+        return (await self.client.execute("XADD", self.key(key), "*", *flat)).decode()  # type: ignore[no-any-return]
+
+    async def _group(self, key: str, group: str) -> None:
+        if (key, group) in self._groups:
+            return
+        try:
+            await self.client.execute("XGROUP", "CREATE", self.key(key), group, "0", "MKSTREAM")
+        except RespError as exc:
+            if not exc.message.startswith("BUSYGROUP"):
+                raise
+        self._groups.add((key, group))
+
+    async def stream_read(
+        self, key: str, group: str, consumer: str, count: int, block_seconds: float
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        await self._group(key, group)
+        block = int(min(block_seconds, _MAX_BLOCK) * 1000)
+        command = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count)
+        client, wait = (self.blocking, ("BLOCK", block)) if block else (self.client, ())  # (BLOCK 0: for ever)
+        try:
+            reply = await client.execute(*command, *wait, "STREAMS", self.key(key), ">")
+        except RespError as exc:
+            if not exc.message.startswith("NOGROUP"):  # the stream was deleted (a flush): create it again
+                raise
+            self._groups.discard((key, group))
+            return []
+        return [] if not reply else _entries(reply[0][1])
+
+    async def stream_ack(self, key: str, group: str, *ids: str) -> int:
+        return int(await self.client.execute("XACK", self.key(key), group, *ids)) if ids else 0
+
+    async def stream_claim(
+        self, key: str, group: str, consumer: str, min_idle_seconds: float, count: int
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        await self._group(key, group)
+        idle = max(0, int(min_idle_seconds * 1000))
+        reply = await self.client.execute("XAUTOCLAIM", self.key(key), group, consumer, idle, "0-0", "COUNT", count)
+        return _entries(reply[1])
 
     def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
         return _RedisScript(self, lua, halt)

@@ -95,6 +95,26 @@ class TimedStore:
         result: list[bytes] = await self._timed("read_log", self.inner.read_log, key, start, end)
         return result
 
+    async def stream_add(self, key: str, fields: dict[str, bytes]) -> str:
+        return str(await self._timed("stream_add", self.inner.stream_add, key, fields))
+
+    async def stream_read(
+        self, key: str, group: str, consumer: str, count: int, block_seconds: float
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        # not timed: a blocking read waits for work, its duration says nothing of the store
+        return await self.inner.stream_read(key, group, consumer, count, block_seconds)
+
+    async def stream_ack(self, key: str, group: str, *ids: str) -> int:
+        return int(await self._timed("stream_ack", self.inner.stream_ack, key, group, *ids))
+
+    async def stream_claim(
+        self, key: str, group: str, consumer: str, min_idle_seconds: float, count: int
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        result: list[tuple[str, dict[str, bytes]]] = await self._timed(
+            "stream_claim", self.inner.stream_claim, key, group, consumer, min_idle_seconds, count
+        )
+        return result
+
     def script(self, lua: str, fallback: ScriptFallback, halt: Halt | None = None) -> Script:
         return self.inner.script(lua, fallback, halt)
 

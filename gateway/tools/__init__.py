@@ -23,7 +23,7 @@ See docs/tools.md for the address rules (``gateway.tools.ssrf``) and the limits.
 """
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ def _secret_headers(headers_env: Mapping[str, str], where: str, environ: Mapping
 
 class Tools:
     """The executable tools of one app: the MCP session pool, the HTTP tools' clients, each space's allowances.
+    ``skill_servers(ctx, tools)`` (set by the runtime) turns a request's skill tools into a server of its own.
 
     - ``await resolve(space_id, tools) -> ResolvedTools``: the request's executable tools, or ``InvalidRequest``
       (400: a malformed mcp tool, a server_url the space does not allow or whose host is private, an unknown
@@ -103,6 +104,7 @@ class Tools:
         self.http = HttpTools(self.dns_timeout, settings.tool_output_max_bytes)
         self._secrets: dict[str, dict[str, dict[str, str]]] = {}  # tenant id -> server label -> headers
         self._spaces: dict[str, _SpaceTools] = {}
+        self.skill_servers: Callable[[Any, list[dict[str, Any]]], list[Any]] | None = None
         for t, tenant in enumerate(catalogue.tenants):
             where = f"tenants[{t}]"
             self._secrets[str(tenant.id)] = {
@@ -179,22 +181,34 @@ class Tools:
             raise InvalidRequest(f"{param}.name: {shown_name} is not an HTTP tool of this space", param=f"{param}.name")
         return found
 
-    async def list_tools(self, server: McpServer) -> list[McpTool]:
-        """The server's tools the request allows; ``ToolUnavailable`` (424) when it cannot be listed."""
+    async def list_tools(self, server: Any) -> list[McpTool]:
+        """The server's tools the request allows; ``ToolUnavailable`` (424) when it cannot be listed. A server
+        of the gateway's own (the skills of a request, ``gateway.skills.tools``) lists itself."""
+        if not isinstance(server, McpServer):
+            return list(await server.list_tools())
         return await self.sessions.list_tools(server)
 
     @staticmethod
-    def needs_approval(server: McpServer, tool_name: str) -> bool:
+    def needs_approval(server: Any, tool_name: str) -> bool:
         """Whether a call of ``tool_name`` on ``server`` waits for the caller's approval."""
-        return server.needs_approval(tool_name)
+        return bool(server.needs_approval(tool_name))
 
     async def call_mcp(
-        self, server: McpServer, tool_name: str, arguments: str | Mapping[str, Any] | None, timeout: float | None = None
+        self,
+        server: Any,
+        tool_name: str,
+        arguments: str | Mapping[str, Any] | None,
+        timeout: float | None = None,
+        call_id: str | None = None,
     ) -> ToolResult:
-        """Run one MCP tool call (``arguments``: the model's JSON string or an object)."""
+        """Run one tool call of an MCP server, or of a server of the gateway's own (``arguments``: the model's
+        JSON string or an object; ``call_id``: the call's item id, which a skill's sub-execution records)."""
         parsed = parse_arguments(arguments)
         if isinstance(parsed, str):
             return ToolResult.failed(parsed)
+        if not isinstance(server, McpServer):
+            result: ToolResult = await server.call(tool_name, dict(parsed), timeout, call_id)
+            return result
         return await self.sessions.call_tool(server, tool_name, parsed, timeout)
 
     async def call_http(

@@ -24,11 +24,15 @@ class Scripted:
             return
         body = await read_json(receive)
         self.bodies.append(body)
-        step = _step(body)
+        step = self.step(body)
         if body.get("stream"):
             await self._stream(step, send)
         else:
             await _send(send, 200, b"application/json", orjson.dumps(_completion(step)))
+
+    def step(self, body: dict[str, Any]) -> Any:
+        """What this request is answered with: a list of tool calls, or a final text."""
+        return _step(body)
 
     async def _stream(self, step: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
