@@ -295,3 +295,17 @@ def test_several_processes_sum_in_multiprocess_mode(tmp_path, upstream, redis_ur
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_the_timed_store_forwards_every_store_operation():
+    """TimedStore wraps the Redis store when metrics are on: an operation of the protocol it lacks (or does not
+    meter) would break only on Redis with metrics on."""
+    import inspect
+
+    from gateway.store import Store
+    from gateway.store.timed import _OPS, TimedStore
+
+    ops = {n for n, v in vars(Store).items() if not n.startswith("_") and inspect.isfunction(v)}
+    assert ops <= set(vars(TimedStore)), ops - set(vars(TimedStore))
+    timed = {n for n in ops if "_timed(" in inspect.getsource(getattr(TimedStore, n))}
+    assert timed <= set(_OPS), timed - set(_OPS)

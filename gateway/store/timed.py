@@ -125,5 +125,5 @@ class TimedStore:
 
 _OPS = (
     "ping", "get", "get_many", "set", "set_nx", "delete", "incr", "hset", "hsetnx", "hget", "hgetall", "hdel",
-    "append", "extend", "read_log", "batch",
+    "append", "extend", "read_log", "batch", "stream_add", "stream_ack", "stream_claim",
 )  # fmt: skip
