@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,9 @@ from pathlib import Path
 
 import aiohttp
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import free_port  # noqa: E402  (the harness's own: stdlib only)
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-bench-skills"
@@ -42,12 +44,6 @@ SKILL = {
     "outputs": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
     "instructions": "Repeat {{ text }}.",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def catalogue() -> dict:
