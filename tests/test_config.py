@@ -123,3 +123,21 @@ def test_the_demo_keys_are_never_exposed_beyond_loopback(tmp_path):
         assert exposure_problem(host, demo, demo=False) is not None
     own = load_catalogue(write(tmp_path, catalogue("http://127.0.0.1:9"))).tenants  # keys of its own
     assert exposure_problem("0.0.0.0", own, demo=False) is None
+
+
+async def test_the_example_catalogue_ships_an_agent_the_openai_sdk_can_call(start_gateway):
+    """The agent `make run` ships (config/gateway.yaml) answers `model: "greeter"` with its fixed settings."""
+    from openai import AsyncOpenAI
+
+    base = start_gateway(yaml.safe_load(DEFAULT_CONFIG.read_text()))
+    client = AsyncOpenAI(base_url=base + "/v1", api_key="sk-gw-demo-admin", max_retries=0)
+    response = await client.responses.create(model="greeter", input="hello there")
+    assert response.model == "greeter" and response.output_text == "hello there"
+    assert response.instructions.startswith("You are the greeter of Acme.")
+    assert response.temperature == 0.2 and response.max_output_tokens == 256
+    assert "greeter" in [m.id async for m in client.models.list()]
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base) as http:
+        listed = await http.get("/api/client/v1/agents", headers={"Authorization": "Bearer sk-gw-demo-admin"})
+    assert listed.status_code == 200 and [a["key"] for a in listed.json()["agents"]] == ["greeter"]
