@@ -124,6 +124,9 @@ class RequestContext:
     store: Store
     body: dict[str, Any]
     headers: dict[bytes, bytes]
+    # the body as the caller sent it, kept when the resolver rewrote ``body`` (an agent version's settings):
+    # what identifies the request (the idempotency fingerprint) is what the caller sent, not what it became
+    received: dict[str, Any] | None = None
     stream: bool = False
     surface: Surface = Surface.CHAT  # what the caller speaks (its route says)
     alias: str = ""  # the model name the request runs on: the body's, or the space default (gateway.targets)

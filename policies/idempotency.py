@@ -116,7 +116,8 @@ class Idempotency(Policy):
             return None
         records = self.records(ctx.store)
         rkey = record_key((ctx.tenant_id, ctx.space_id, ctx.principal.id, ctx.route), key)
-        fp = fingerprint("POST", ctx.route, fingerprinted_body(ctx.body))
+        received = ctx.body if ctx.received is None else ctx.received
+        fp = fingerprint("POST", ctx.route, fingerprinted_body(received))
         log = ctx.answer_log.id if ctx.stream and ctx.answer_log is not None else None
         capture = ctx.extras[_STATE] = _Capture(records, rkey, fp, os.urandom(8).hex(), log)
         script, keys, args = records.claim_call(rkey, fp, capture.owner, log)

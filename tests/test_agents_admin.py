@@ -139,3 +139,34 @@ def test_members_read_and_only_admins_change(gateway_with_agents):
 @pytest.fixture
 def gateway_with_agents(start_gateway, upstream):
     return start_gateway(agents_catalogue(upstream[1]))
+
+
+def test_an_idempotent_retry_replays_the_version_it_ran_after_a_new_one_is_published(
+    start_gateway, upstream, redis_url, redis_prefix
+):
+    """The key promises the first answer: an unpinned retry after a publish replays v1's answer (the fingerprint is
+    the request body, which did not change) and reaches no upstream; a new key runs the new version."""
+    prefix = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
+    cat = agents_catalogue(upstream[1])
+    cat["tenants"][0]["policies"] = [{"use": "idempotency"}, {"use": "allow_list"}]
+    a, b = (start_gateway(cat, redis_url=redis_url, redis_prefix=prefix) for _ in range(2))
+    assert _post(a, "", {"key": "stable", "name": "Stable"}).status_code == 201
+    assert _post(a, "/stable/versions", {"model": "up", "instructions": "Stable v1"}).status_code == 201
+    assert _post(a, "/stable/versions/1/publish").status_code == 200
+    assert httpx2.patch(a + AGENTS + "/stable", headers=AUTH, json={"status": "active"}).status_code == 200
+
+    def call(base: str, key: str) -> httpx2.Response:
+        headers = {**AUTH, "Idempotency-Key": key}
+        return httpx2.post(base + "/v1/responses", headers=headers, json={"model": "stable", "input": "hi"}, timeout=30)
+
+    first = call(a, "retry-me")
+    assert first.status_code == 200 and upstream[0].requests[-1]["messages"][0]["content"] == "Stable v1"
+    assert _post(b, "/stable/versions", {"model": "up", "instructions": "Stable v2"}).status_code == 201
+    assert _post(b, "/stable/versions/2/publish").status_code == 200
+    sent = len(upstream[0].requests)
+
+    retry = call(b, "retry-me")
+    assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    assert retry.json()["id"] == first.json()["id"] and len(upstream[0].requests) == sent
+    fresh = call(b, "another-key")
+    assert fresh.status_code == 200 and upstream[0].requests[-1]["messages"][0]["content"] == "Stable v2"

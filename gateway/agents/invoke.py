@@ -125,6 +125,7 @@ class Agents:
         ctx.agent, ctx.agent_version = stored.agent, version
         ctx.alias = version.model
         ctx.model = ctx.catalog.tenant_model(ctx.principal.tenant, version.model)
+        ctx.received = ctx.body
         ctx.body = apply_version(ctx.body, version)
         return True
 
