@@ -42,7 +42,7 @@ class AgentSettings(_Strict):
     top_p: float | None = Field(None, ge=0, le=1)
     max_output_tokens: int | None = Field(None, ge=1, le=1_000_000)
     tools: list[str] = Field(
-        default_factory=list, max_length=MAX_TOOLS, description="Labels of the tenant's MCP servers."
+        default_factory=list, max_length=MAX_TOOLS, description="The tenant's MCP server labels and HTTP tool names."
     )
     policies: list[AgentPolicy] = Field(default_factory=list, max_length=MAX_POLICIES)
 
@@ -51,7 +51,7 @@ class AgentSettings(_Strict):
     def _tool_names(cls, tools: list[str]) -> list[str]:
         for name in tools:
             if not re.match(NAME, name):
-                raise ValueError(f"tool {name[:64]!r} is not a valid MCP server label")
+                raise ValueError(f"tool {name[:64]!r} is not a valid tool name")
         if len(set(tools)) != len(tools):
             raise ValueError("the same tool twice")
         return tools

@@ -132,10 +132,8 @@ class Tenant(_Strict):
                 if version.model not in aliases:
                     raise ValueError(f"{where}: model {version.model!r} is not a model alias of this tenant")
                 for tool in version.tools:
-                    if tool in http:
-                        raise ValueError(f"{where}: tool {tool!r} is an HTTP tool; agents run MCP servers only")
-                    if tool not in servers:
-                        raise ValueError(f"{where}: tool {tool!r} is not an MCP server label of this tenant")
+                    if tool not in servers and tool not in http:
+                        raise ValueError(f"{where}: tool {tool!r} is not an MCP server or HTTP tool of this tenant")
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ def _agent(tenant: dict[str, Any]) -> dict[str, Any]:
 
 CASES = {
     "model": (lambda t: _agent(t)["versions"][0].update(model="nope"), "model 'nope' is not a model alias"),
-    "tool": (lambda t: _agent(t)["versions"][0].update(tools=["calc"]), "'calc' is not an MCP server label"),
+    "tool": (lambda t: _agent(t)["versions"][0].update(tools=["calc"]), "'calc' is not an MCP server or HTTP tool"),
     "key": (lambda t: _agent(t).update(key="up"), "'up' is also a model alias"),
     "bad key": (lambda t: _agent(t).update(key="has space"), "agents.0.key"),
     "space": (lambda t: t["spaces"][0]["agents"].append("ghost"), "agent 'ghost' is not an agent of this tenant"),

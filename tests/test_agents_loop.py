@@ -14,6 +14,7 @@ from tests.conftest import ADMIN_KEY, SPACE
 from tests.fakes.scripted import Scripted
 from tests.mcp_server import mcp_server
 from tests.servers import serve
+from tests.tools_helpers import WEATHER_SCHEMA, weather_app
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CALCULATOR = {
@@ -118,3 +119,33 @@ def test_a_budget_per_agent(start_gateway, upstream):
     r = httpx2.post(base + "/v1/responses", headers=AUTH, json={"model": "support-bot", "input": "hi"})
     assert r.status_code == 429, r.text
     assert "agent 'support-bot'" in r.json()["error"]["message"]
+
+
+def test_an_agents_http_tool_runs_through_the_loop_and_the_api_checks_tool_names(start_gateway, scripted):
+    """A version may name a catalogue HTTP tool beside MCP servers: the loop runs it (reported as an mcp_call of
+    server ``http``); the admin API refuses a name that is neither, with the field named."""
+    with serve(weather_app, lifespan=False) as weather:
+        cat = agents_catalogue(scripted[1], "scripted")
+        tenant = cat["tenants"][0]
+        tool = {"name": "weather", "url": weather + "/w", "method": "GET", "parameters": WEATHER_SCHEMA}
+        tenant["http_tools"] = [tool]
+        version = {"version": 1, "model": "up", "tools": ["weather"]}
+        forecaster = {"key": "forecaster", "name": "Forecaster", "versions": [version]}
+        tenant["agents"].append(forecaster)
+        space = tenant["spaces"][0]
+        space.update(tools=["weather"], mcp={"allow_private": ["127.0.0.1"]})
+        space["agents"].append("forecaster")
+        base = start_gateway(cat)
+        response = _client(base).responses.create(
+            model="forecaster", input=_script([["http__weather", {"city": "Oslo"}]], "it is {outputs}")
+        )
+        call = next(item for item in response.output if item.type == "mcp_call")
+        assert (call.server_label, call.name) == ("http", "weather")
+        assert orjson.loads(call.output) == {"city": "Oslo", "sky": "clear"} and response.status == "completed"
+
+        agents = f"{base}/v1/spaces/{SPACE}/agents"
+        assert httpx2.post(agents, headers=AUTH, json={"key": "second", "name": "Second"}).status_code == 201
+        ok = httpx2.post(agents + "/second/versions", headers=AUTH, json={"model": "up", "tools": ["weather"]})
+        assert ok.status_code == 201, ok.text
+        bad = httpx2.post(agents + "/second/versions", headers=AUTH, json={"model": "up", "tools": ["nowhere"]})
+        assert bad.status_code == 422 and "nowhere" in bad.text and "tools" in bad.text

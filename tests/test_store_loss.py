@@ -223,3 +223,29 @@ def test_a_read_only_or_full_redis_is_a_store_outage_not_a_500(start_gateway, up
         client.replicaof("NO", "ONE")
         assert chat(base).status_code == 200
         client.close()
+
+
+def test_agents_while_the_store_is_down_answer_503_in_each_route_shape_and_models_still_run(start_gateway, upstream):
+    """An agent lives in the store: with Redis down, invoking one is a 503 in the route's own shape (never a 500,
+    never a silent fall-through to a model of that name); a tenant model still runs (an allow-list that fails
+    open); and the agent answers again once the store is back (its YAML declaration is seeded again)."""
+    from tests.agents_helpers import agents_catalogue
+
+    with redis_process() as server:
+        cat = agents_catalogue(upstream[1])
+        cat["tenants"][0]["policies"] = [{"use": "allow_list", "on_store_error": "open"}]
+        base = start_gateway(cat, redis_url=server.url, redis_prefix=PREFIX)
+        body = {"model": "support-bot", "input": "hi"}
+        post = lambda path, b=body: httpx2.post(base + path, headers=AUTH, json=b, timeout=15)  # noqa: E731
+        assert post("/v1/responses").status_code == 200
+        server.stop()
+        openai_route = post("/v1/responses")
+        assert openai_route.status_code == 503 and openai_route.json()["error"]["type"]
+        native = post(f"/v1/spaces/{SPACE}/responses")
+        assert native.status_code == 503 and "detail" in native.json()
+        client = post("/api/client/v1/responses")
+        assert client.status_code == 503 and isinstance(client.json()["error"], str)
+        plain = post("/v1/responses", {"model": "up", "input": "hi", "store": False})
+        assert plain.status_code == 200, plain.text
+        server.start()  # empty: the agent's YAML declaration is seeded again by the first request that meets it
+        wait_until(lambda: post("/v1/responses").status_code == 200, "the agent to answer again")

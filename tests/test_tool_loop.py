@@ -16,6 +16,7 @@ from tests.fakes.scripted import Scripted
 from tests.mcp_server import Recorder, streamable_app
 from tests.servers import serve, wait_for
 from tests.skills_helpers import BASE, ended, skill, skills_catalogue, start_execution
+from tests.tools_helpers import weather_app
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -373,18 +374,8 @@ def test_an_idempotent_retry_of_a_loop_replays_it_without_running_anything_again
     assert len(scripted[0].bodies) == calls  # no round ran again
 
 
-async def _weather_app(scope: Any, receive: Any, send: Any) -> None:
-    """An HTTP tool's endpoint: GET ?city=X answers the weather there."""
-    if scope["type"] != "http":
-        return
-    city = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p).get("city", "?")
-    body = orjson.dumps({"city": city, "sky": "clear"})
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def test_a_catalogue_http_tool_runs_in_the_loop_beside_an_mcp_server(start_gateway, scripted, mcp):
-    with serve(_weather_app, lifespan=False) as weather:
+    with serve(weather_app, lifespan=False) as weather:
         cat = _catalogue(scripted[1])
         tenant = cat["tenants"][0]
         schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

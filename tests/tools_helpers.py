@@ -4,6 +4,8 @@ servers live there) and one that does not."""
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from config import Catalogue, Settings
 from gateway.tools import Tools
 
@@ -50,3 +52,16 @@ def mcp_tool(url: str | None, label: str = "test", **fields: Any) -> dict[str, A
     if url is not None:
         tool["server_url"] = url
     return tool
+
+
+async def weather_app(scope: Any, receive: Any, send: Any) -> None:
+    """An HTTP tool's endpoint: GET ?city=X answers the weather there."""
+    if scope["type"] != "http":
+        return
+    city = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p).get("city", "?")
+    body = orjson.dumps({"city": city, "sky": "clear"})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -125,10 +125,11 @@ def _check_settings(ctx: RequestContext, settings: AgentSettings) -> None:
     tenant = ctx.principal.tenant
     if ctx.catalog.tenant_model(tenant, settings.model) is None:
         raise InvalidRequest(f"'{shown(settings.model)}' is not a model of this tenant.", loc=("body", "model"))
-    servers = {s.label for s in tenant.mcp_servers}
+    tools = {s.label for s in tenant.mcp_servers} | {t.name for t in tenant.http_tools}
     for i, tool in enumerate(settings.tools):
-        if tool not in servers:
-            raise InvalidRequest(f"'{tool}' is not an MCP server of this tenant.", loc=("body", "tools", i))
+        if tool not in tools:
+            message = f"'{tool}' is not an MCP server or HTTP tool of this tenant."
+            raise InvalidRequest(message, loc=("body", "tools", i))
     allowed = builtin_policies()
     for i, policy in enumerate(settings.policies):
         if policy.use not in allowed:
