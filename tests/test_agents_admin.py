@@ -170,3 +170,36 @@ def test_an_idempotent_retry_replays_the_version_it_ran_after_a_new_one_is_publi
     assert retry.json()["id"] == first.json()["id"] and len(upstream[0].requests) == sent
     fresh = call(b, "another-key")
     assert fresh.status_code == 200 and upstream[0].requests[-1]["messages"][0]["content"] == "Stable v2"
+
+
+def test_another_space_lists_an_agent_of_the_api_and_unlists_it(replicas):
+    """An agent made through the API in one space is listed in a second space by that space's admin (on the other
+    replica), appears there at once, and is taken out of it again; the first space keeps it throughout."""
+    a, b = replicas
+    assert _post(a, "", {"key": "shared", "name": "Shared"}).status_code == 201
+    here, there = f"{b}/v1/spaces/{RESTRICTED}/agents", f"{a}/v1/spaces/{RESTRICTED}/agents"
+    assert httpx2.get(there + "/shared", headers=AUTH).status_code == 404  # not listed there yet
+    listed = httpx2.put(here + "/shared/listing", headers=AUTH)
+    assert listed.status_code == 200 and listed.json()["data"]["key"] == "shared"
+    assert "shared" in [x["key"] for x in httpx2.get(there, headers=AUTH).json()["data"]]
+    assert httpx2.put(here + "/shared/listing", headers=AUTH).status_code == 200  # idempotent
+    member = {"Authorization": f"Bearer {MEMBER_KEY}"}
+    assert httpx2.delete(here + "/shared/listing", headers=member).status_code == 403
+    assert httpx2.put(here + "/ghost/listing", headers=AUTH).status_code == 404
+    assert httpx2.put(here + "/" + "x" * 300 + "/listing", headers=AUTH).status_code == 404
+
+    assert httpx2.delete(there + "/shared/listing", headers=AUTH).status_code == 204
+    assert httpx2.get(here + "/shared", headers=AUTH).status_code == 404
+    assert httpx2.delete(here + "/shared/listing", headers=AUTH).status_code == 404  # not listed any more
+    assert "shared" in [x["key"] for x in httpx2.get(b + AGENTS, headers=AUTH).json()["data"]]
+    actions = [e["action"] for e in httpx2.get(f"{a}/v1/spaces/{RESTRICTED}/audit", headers=AUTH).json()["data"]]
+    assert "agents.list" in actions and "agents.unlist" in actions
+
+
+def test_listing_on_the_in_memory_store(gateway_with_agents):
+    here = f"{gateway_with_agents}/v1/spaces/{RESTRICTED}/agents"
+    assert httpx2.put(here + "/support-bot/listing", headers=AUTH).status_code == 200
+    assert httpx2.get(here + "/support-bot", headers=AUTH).status_code == 200
+    assert httpx2.delete(here + "/support-bot/listing", headers=AUTH).status_code == 204
+    assert httpx2.delete(here + "/support-bot/listing", headers=AUTH).status_code == 404
+    assert httpx2.get(f"{gateway_with_agents}{AGENTS}/support-bot", headers=AUTH).status_code == 200

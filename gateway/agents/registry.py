@@ -120,6 +120,14 @@ class AgentRegistry:
         flat = [x for pair in fields.items() for x in pair]
         return bool(await self.scripts.update([agent_key(tenant_id, key)], flat))
 
+    async def list_in(self, tenant_id: str, key: str, space_id: str) -> bool:
+        """List the agent in one more space; False when there is no such agent."""
+        return await self.update(tenant_id, key, {f"s:{space_id}": now_iso()})
+
+    async def unlist(self, tenant_id: str, key: str, space_id: str) -> bool:
+        """Take the agent out of a space's list; False when it was not listed there (or does not exist)."""
+        return int(await self.scripts.unlist([agent_key(tenant_id, key)], [f"s:{space_id}"])) == 2
+
     async def add_version(self, tenant_id: str, key: str, settings: AgentSettings) -> int:
         """The new (draft) version's number; 0 when there is no such agent, -1 when it has too many versions."""
         return int(await self.scripts.add_version([agent_key(tenant_id, key)], [settings_json(settings)]))

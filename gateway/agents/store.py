@@ -77,6 +77,13 @@ return 1
 """
 
 
+# 0: no such agent; 1: it was not listed there; 2: unlisted
+_UNLIST = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return 1 + redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
@@ -155,6 +162,13 @@ def _update_fallback(data: MemoryData, keys: Sequence[str], args: Sequence[Any])
     return 1
 
 
+def _unlist_fallback(data: MemoryData, keys: Sequence[str], args: Sequence[Any]) -> int:
+    agent = data.get(keys[0])
+    if agent is None:
+        return 0
+    return 1 + (agent.pop(str(args[0]), None) is not None)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredAgent:
     """An agent as the store holds it, with the spaces that list it."""
@@ -220,6 +234,7 @@ class AgentScripts:
         self.publish: Script = store.script(_PUBLISH, _publish_fallback)
         self.edit_draft: Script = store.script(_EDIT_DRAFT, _edit_draft_fallback)
         self.update: Script = store.script(_UPDATE, _update_fallback)
+        self.unlist: Script = store.script(_UNLIST, _unlist_fallback)
 
 
 def index_key(tenant_id: str) -> str:

@@ -115,6 +115,29 @@ async def update_agent(request: Request) -> Response:
     return json_response({"data": agent_data(await _reread(gw, ctx, stored))})
 
 
+async def list_agent_here(request: Request) -> Response:
+    """``PUT …/agents/{key}/listing``: list one of the tenant's agents (made in another space) in this space too."""
+    gw, ctx = await _context(request, "spaces.agents.listing", admin=True)
+    key = request.path_params["agent_key"]
+    stored = await gw.agents.registry.get(ctx.tenant_id, key) if AGENT_KEY_RE.match(key) else None
+    if stored is None or not await gw.agents.registry.list_in(ctx.tenant_id, key, ctx.space_id):
+        raise NotFound(f"Agent '{shown(key)}' not found in this tenant.")
+    if ctx.space_id not in stored.spaces:
+        await gw.audit.agent_change(ctx, "agents.list", key)
+    return json_response({"data": agent_data(await _reread(gw, ctx, stored))})
+
+
+async def unlist_agent_here(request: Request) -> Response:
+    """``DELETE …/agents/{key}/listing``: this space no longer lists the agent (its requests to it answer 403, as
+    for any agent the space does not list); the agent itself, its versions and other spaces' lists stay."""
+    gw, ctx = await _context(request, "spaces.agents.listing", admin=True)
+    stored = await _agent(gw, ctx, request)
+    if not await gw.agents.registry.unlist(ctx.tenant_id, stored.agent.key, ctx.space_id):
+        raise NotFound(f"Agent '{stored.agent.key}' not found in this space.")
+    await gw.audit.agent_change(ctx, "agents.unlist", stored.agent.key)
+    return Response(status_code=204)
+
+
 async def _reread(gw: Gateway, ctx: RequestContext, stored: StoredAgent) -> Agent:
     fresh = await gw.agents.registry.get(ctx.tenant_id, stored.agent.key)
     return fresh.agent if fresh is not None else stored.agent
@@ -195,6 +218,8 @@ def routes(prefix: str) -> list[Route]:
         Route(base, create_agent, methods=["POST"]),
         Route(one, get_agent, methods=["GET"]),
         Route(one, update_agent, methods=["PATCH"]),
+        Route(one + "/listing", list_agent_here, methods=["PUT"]),
+        Route(one + "/listing", unlist_agent_here, methods=["DELETE"]),
         Route(one + "/versions", add_version, methods=["POST"]),
         Route(one + "/versions/{version}", edit_version, methods=["PATCH"]),
         Route(one + "/versions/{version}/publish", publish_version, methods=["POST"]),
