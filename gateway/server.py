@@ -74,8 +74,7 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
     """uvicorn's configuration for the gateway's app (one process, or each worker), and the gateway's logging
     (``gateway.logs``: JSON lines; uvicorn's own access log stays off unless asked, the request lines replace
     it)."""
-    configure_logging(settings)
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -87,6 +86,10 @@ def server_config(app: Any, settings: Settings) -> uvicorn.Config:
         # the drain has ended every request by then: what is left is closing connections
         timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_cleanup_seconds)),
     )
+    # after uvicorn's own logging setup (made by Config): its dictConfig enables every logger that exists, which
+    # turned the request lines back on when they are off
+    configure_logging(settings)
+    return config
 
 
 def serve(server: GatewayServer, sockets: list[socket.socket] | None = None) -> None:

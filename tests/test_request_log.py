@@ -104,3 +104,43 @@ def test_the_server_logs_json_at_the_configured_level():
     (line,) = [json.loads(text) for text in done.stderr.splitlines()]
     assert (line["level"], line["logger"]) == ("warning", "gateway.x")
     assert line["msg"].startswith("shown x") and len(line["msg"]) <= 4001
+
+
+@pytest.mark.parametrize("request_log", [None, "true"])
+def test_the_server_process_writes_request_lines_only_when_asked(tmp_path, request_log):
+    """``python -m gateway`` as it runs in production: uvicorn's own logging setup (which enables every existing
+    logger) must not turn the request lines back on when they are off (the default)."""
+    import os
+    import time
+
+    import yaml
+
+    from tests.conftest import catalogue
+    from tests.servers import free_port
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(catalogue("http://127.0.0.1:9")))
+    port, stderr = free_port(), tmp_path / "stderr.txt"
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_REQUEST_LOG"}
+    if request_log is not None:
+        env["GATEWAY_REQUEST_LOG"] = request_log
+    command = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port)]
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(command, env=env, stderr=err, stdout=subprocess.DEVNULL)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the gateway did not start"
+            time.sleep(0.05)
+        assert chat(base, {"model": "fake-echo", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    logged = [json.loads(t) for t in stderr.read_text().splitlines() if t.startswith("{")]
+    requests = [line for line in logged if line.get("logger") == REQUESTS]
+    assert len(requests) == (1 if request_log else 0), requests
