@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class Usage:
-    """Token counts as the upstream reported them (``usage`` of Chat Completions)."""
+    """Token counts as the upstream reported them (``usage`` of Chat Completions or of a Response)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
@@ -36,6 +36,19 @@ class Usage:
             output_tokens=int(usage.get("completion_tokens") or 0),
             cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
             reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        )
+
+    @classmethod
+    def from_response(cls, response: dict[str, Any] | None) -> "Usage | None":
+        """A Responses object's ``usage`` (``input_tokens``, ``output_tokens`` and their details)."""
+        usage = response.get("usage") if isinstance(response, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        return cls(
+            input_tokens=int(usage.get("input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+            cached_input_tokens=int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+            reasoning_tokens=int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
         )
 
     def __add__(self, other: "Usage") -> "Usage":

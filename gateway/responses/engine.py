@@ -15,7 +15,7 @@ from typing import Any
 
 from config.catalog import TenantModel
 from config.deployments import Deployment, OpenAIDeployment
-from gateway.context import RequestContext, Usage
+from gateway.context import RequestContext
 from gateway.disconnect import aclose
 from gateway.dispatch import Dispatcher, Opened
 from gateway.errors import InvalidRequest, ShuttingDown, UpstreamError, redact_secret, redact_secret_bytes
@@ -62,19 +62,6 @@ class Turn:
     @property
     def upstream_request(self) -> JSON:
         return {**self.request, "input": self.upstream_input}
-
-
-def usage_of(response: JSON) -> Usage | None:
-    """A Response's usage in the gateway's terms (what policies see)."""
-    usage = response.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        cached_input_tokens=int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
-        reasoning_tokens=int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
-    )
 
 
 def _is_native(dep: Deployment) -> bool:

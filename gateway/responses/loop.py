@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from gateway.context import Usage
 from gateway.errors import BudgetExceeded, GatewayError, RateLimited, ShuttingDown, UpstreamError
 from gateway.responses import mcp_items
 from gateway.responses.events import TERMINAL_EVENTS, events_of
@@ -148,7 +149,7 @@ class _Run:
             await source.aclose()
         final = rewriter.final
         self.usage = mcp_items.add_usage(self.usage, (final or {}).get("usage"))
-        self.ctx.count(_usage_of(final))
+        self.ctx.count(Usage.from_response(final))
         if self.ctx.trace is not None:  # the round's model call is over (its tools run outside its span)
             self.ctx.trace.answered(final or {})
             self.ctx.trace.end_call()
@@ -353,12 +354,6 @@ async def _one_batch(events: list[JSON]) -> AsyncGenerator[list[JSON], None]:
 def _label(server: Any) -> str:
     """The ``server_label`` of a tool's calls: its MCP server's, or ``http`` for the catalogue's HTTP tools."""
     return HTTP_LABEL if isinstance(server, HttpTool) else str(server.label)
-
-
-def _usage_of(response: JSON | None) -> Any:
-    from gateway.responses.engine import usage_of  # the engine imports this module
-
-    return usage_of(response or {})
 
 
 class _RoundEvents:

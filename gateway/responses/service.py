@@ -13,14 +13,14 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
-from gateway.context import AnswerLog, RequestContext
+from gateway.context import AnswerLog, RequestContext, Usage
 from gateway.disconnect import cancel_on_disconnect, until_disconnect
 from gateway.errors import JSON_HEADERS, InvalidRequest, ShuttingDown, UpstreamError
 from gateway.http import SSE_HEADERS, json_bytes, send_bytes
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
 from gateway.pricing import PriceBook
-from gateway.responses.engine import Events, ResponsesEngine, Turn, usage_of
+from gateway.responses.engine import Events, ResponsesEngine, Turn
 from gateway.responses.events import TERMINAL_EVENTS, events_of
 from gateway.responses.ids import new_response_id
 from gateway.responses.live import LiveStream, LiveStreams
@@ -271,7 +271,7 @@ class ResponsesService:
         record.response = redact({**turn.shell, **response, "id": turn.id}, turn.ctx.redactors)
         record.finished_at = int(time.time())
         if not turn.loops:  # the loop counts each round as it ends
-            turn.ctx.count(usage_of(record.response))
+            turn.ctx.count(Usage.from_response(record.response))
             if turn.ctx.trace is not None:
                 turn.ctx.trace.answered(record.response)
         record.cost_micros = turn.ctx.cost_micros
