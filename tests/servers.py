@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import uvicorn
 import yaml
@@ -214,17 +214,26 @@ def throwaway_redis() -> Iterator[str]:
 
 
 def spawn_gateway(
-    catalogue: dict[str, Any], folder: Path, redis_url: str, prefix: str, **env: str
+    catalogue: dict[str, Any],
+    folder: Path,
+    redis_url: str | None,
+    prefix: str = "",
+    *,
+    stderr: IO[bytes] | None = None,
+    log_level: str = "warning",
+    **env: str,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """A gateway as its own process (``python -m gateway``) on the given Redis and prefix, once ready.
+    """A gateway as its own process (``python -m gateway``) on the given Redis and prefix (``None``: the
+    in-memory store), once ready; its stderr to ``stderr`` when given.
 
     ``env`` adds ``GATEWAY_*`` settings. The caller stops it (or kills it, to play a crash)."""
     config = folder / f"gateway-{uuid.uuid4().hex[:8]}.yaml"
     config.write_text(yaml.safe_dump(catalogue))
     port = free_port()
-    environ = {**os.environ, "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix, **env}
-    command = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(command, env=environ)
+    store = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix} if redis_url is not None else {}
+    environ = {**os.environ, **store, **env}
+    command = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port), "--log-level", log_level]
+    proc = subprocess.Popen(command, env=environ, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while proc.poll() is None and time.monotonic() < deadline:

@@ -16,11 +16,14 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 AGENTS = f"/v1/spaces/{SPACE}/agents"
 
 
+def _two_replicas(start_gateway, cat: dict[str, Any], redis_url: str, redis_prefix: str) -> list[str]:
+    prefix = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"  # a store of this test's own
+    return [start_gateway(cat, redis_url=redis_url, redis_prefix=prefix) for _ in range(2)]
+
+
 @pytest.fixture
 def replicas(start_gateway, upstream, redis_url, redis_prefix):
-    prefix = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"  # a store of this test's own
-    cat = agents_catalogue(upstream[1])
-    return [start_gateway(cat, redis_url=redis_url, redis_prefix=prefix) for _ in range(2)]
+    return _two_replicas(start_gateway, agents_catalogue(upstream[1]), redis_url, redis_prefix)
 
 
 def _invoke(base: str, model: str) -> httpx2.Response:
@@ -146,10 +149,9 @@ def test_an_idempotent_retry_replays_the_version_it_ran_after_a_new_one_is_publi
 ):
     """The key promises the first answer: an unpinned retry after a publish replays v1's answer (the fingerprint is
     the request body, which did not change) and reaches no upstream; a new key runs the new version."""
-    prefix = f"{redis_prefix}{uuid.uuid4().hex[:8]}:"
     cat = agents_catalogue(upstream[1])
     cat["tenants"][0]["policies"] = [{"use": "idempotency"}, {"use": "allow_list"}]
-    a, b = (start_gateway(cat, redis_url=redis_url, redis_prefix=prefix) for _ in range(2))
+    a, b = _two_replicas(start_gateway, cat, redis_url, redis_prefix)
     assert _post(a, "", {"key": "stable", "name": "Stable"}).status_code == 201
     assert _post(a, "/stable/versions", {"model": "up", "instructions": "Stable v1"}).status_code == 201
     assert _post(a, "/stable/versions/1/publish").status_code == 200

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from openai import AsyncOpenAI
 
 from config import CatalogueError, load_catalogue
 from config.settings import DEFAULT_CONFIG
@@ -127,8 +129,6 @@ def test_the_demo_keys_are_never_exposed_beyond_loopback(tmp_path):
 
 async def test_the_example_catalogue_ships_an_agent_the_openai_sdk_can_call(start_gateway):
     """The agent `make run` ships (config/gateway.yaml) answers `model: "greeter"` with its fixed settings."""
-    from openai import AsyncOpenAI
-
     base = start_gateway(yaml.safe_load(DEFAULT_CONFIG.read_text()))
     client = AsyncOpenAI(base_url=base + "/v1", api_key="sk-gw-demo-admin", max_retries=0)
     response = await client.responses.create(model="greeter", input="hello there")
@@ -136,8 +136,6 @@ async def test_the_example_catalogue_ships_an_agent_the_openai_sdk_can_call(star
     assert response.instructions.startswith("You are the greeter of Acme.")
     assert response.temperature == 0.2 and response.max_output_tokens == 256
     assert "greeter" in [m.id async for m in client.models.list()]
-    import httpx
-
     async with httpx.AsyncClient(base_url=base) as http:
         listed = await http.get("/api/client/v1/agents", headers={"Authorization": "Bearer sk-gw-demo-admin"})
     assert listed.status_code == 200 and [a["key"] for a in listed.json()["agents"]] == ["greeter"]

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from gateway.logs import REQUESTS, JsonFormatter
-from tests.conftest import ADMIN_KEY, SPACE, TENANT
+from tests.conftest import ADMIN_KEY, SPACE, TENANT, catalogue
+from tests.servers import spawn_gateway
 
 PROMPT = "my secret prompt text"
 BOGUS_KEY = "sk-not-a-key-but-secret-0123456789"
@@ -107,36 +108,15 @@ def test_the_server_logs_json_at_the_configured_level():
 
 
 @pytest.mark.parametrize("request_log", [None, "true"])
-def test_the_server_process_writes_request_lines_only_when_asked(tmp_path, request_log):
+def test_the_server_process_writes_request_lines_only_when_asked(tmp_path, monkeypatch, request_log):
     """``python -m gateway`` as it runs in production: uvicorn's own logging setup (which enables every existing
     logger) must not turn the request lines back on when they are off (the default)."""
-    import os
-    import time
-
-    import yaml
-
-    from tests.conftest import catalogue
-    from tests.servers import free_port
-
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump(catalogue("http://127.0.0.1:9")))
-    port, stderr = free_port(), tmp_path / "stderr.txt"
-    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_REQUEST_LOG"}
-    if request_log is not None:
-        env["GATEWAY_REQUEST_LOG"] = request_log
-    command = [sys.executable, "-m", "gateway", "--config", str(config), "--port", str(port)]
+    monkeypatch.delenv("GATEWAY_REQUEST_LOG", raising=False)
+    env = {"GATEWAY_REQUEST_LOG": request_log} if request_log is not None else {}
+    stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err:
-        proc = subprocess.Popen(command, env=env, stderr=err, stdout=subprocess.DEVNULL)
+        proc, base = spawn_gateway(catalogue("http://127.0.0.1:9"), tmp_path, None, stderr=err, log_level="info", **env)
     try:
-        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.05)
         assert chat(base, {"model": "fake-echo", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
     finally:
         proc.terminate()

@@ -14,6 +14,7 @@ import httpx2
 import pytest
 import redis
 
+from tests.agents_helpers import agents_catalogue
 from tests.conftest import ADMIN_KEY, FOREIGN_SPACE, MODEL_IDS, RESTRICTED, SPACE, catalogue
 from tests.servers import free_port, redis_process
 
@@ -229,14 +230,15 @@ def test_agents_while_the_store_is_down_answer_503_in_each_route_shape_and_model
     """An agent lives in the store: with Redis down, invoking one is a 503 in the route's own shape (never a 500,
     never a silent fall-through to a model of that name); a tenant model still runs (an allow-list that fails
     open); and the agent answers again once the store is back (its YAML declaration is seeded again)."""
-    from tests.agents_helpers import agents_catalogue
-
     with redis_process() as server:
         cat = agents_catalogue(upstream[1])
         cat["tenants"][0]["policies"] = [{"use": "allow_list", "on_store_error": "open"}]
         base = start_gateway(cat, redis_url=server.url, redis_prefix=PREFIX)
-        body = {"model": "support-bot", "input": "hi"}
-        post = lambda path, b=body: httpx2.post(base + path, headers=AUTH, json=b, timeout=15)  # noqa: E731
+
+        def post(path: str, body: Any = None) -> httpx2.Response:
+            body = body or {"model": "support-bot", "input": "hi"}
+            return httpx2.post(base + path, headers=AUTH, json=body, timeout=15)
+
         assert post("/v1/responses").status_code == 200
         server.stop()
         openai_route = post("/v1/responses")

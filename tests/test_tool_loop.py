@@ -16,7 +16,7 @@ from tests.fakes.scripted import Scripted
 from tests.mcp_server import Recorder, streamable_app
 from tests.servers import serve, wait_for
 from tests.skills_helpers import BASE, ended, skill, skills_catalogue, start_execution
-from tests.tools_helpers import weather_app
+from tests.tools_helpers import WEATHER_SCHEMA, weather_app
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -378,8 +378,8 @@ def test_a_catalogue_http_tool_runs_in_the_loop_beside_an_mcp_server(start_gatew
     with serve(weather_app, lifespan=False) as weather:
         cat = _catalogue(scripted[1])
         tenant = cat["tenants"][0]
-        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-        tenant["http_tools"] = [{"name": "weather", "url": weather + "/w", "method": "GET", "parameters": schema}]
+        tool = {"name": "weather", "url": weather + "/w", "method": "GET", "parameters": WEATHER_SCHEMA}
+        tenant["http_tools"] = [tool]
         tenant["spaces"][0]["tools"] = ["weather"]
         base = start_gateway(cat)
         # one call per round: the scripted upstream counts the assistant turns with calls

@@ -13,11 +13,12 @@ Where the caller's request and the agent's version meet (docs/agents.md):
 """
 
 import importlib
-from collections.abc import Collection
+from collections.abc import Sequence
 from typing import Any
 
 from config.agents import AGENT_KEY_RE, MAX_VERSION, AgentPolicy, AgentVersion
 from config.catalog import PolicySpec
+from config.tools import HttpToolSpec
 from gateway.agents.registry import AgentRegistry
 from gateway.agents.store import StoredAgent
 from gateway.context import RequestContext, Surface
@@ -53,10 +54,10 @@ def _split(name: str) -> tuple[str, int | None]:
     return key, number if 1 <= number <= MAX_VERSION else -1
 
 
-def apply_version(body: JSON, version: AgentVersion, http_tools: Collection[str] = ()) -> JSON:
+def apply_version(body: JSON, version: AgentVersion, http_tools: Sequence[HttpToolSpec] = ()) -> JSON:
     """The request as the agent's version makes it (see the module's docstring); ``body`` is left unchanged.
-    ``http_tools``: the tenant's HTTP tool names (a version's tool is one of them or an MCP server's label; the
-    catalogue keeps the two sets of names apart)."""
+    ``http_tools``: the tenant's (a version's tool is one of them or an MCP server's label; the catalogue keeps
+    the two sets of names apart)."""
     out = dict(body)
     mine, theirs = version.instructions, body.get("instructions")
     if mine:
@@ -80,8 +81,9 @@ def apply_version(body: JSON, version: AgentVersion, http_tools: Collection[str]
         asked = body.get("max_output_tokens")
         out["max_output_tokens"] = min(asked, ceiling) if isinstance(asked, int) else ceiling
     if version.tools:
+        http = {t.name for t in http_tools}
         mine_tools = [
-            {"type": "http_tool", "name": name} if name in http_tools else {"type": "mcp", "server_label": name}
+            {"type": "http_tool", "name": name} if name in http else {"type": "mcp", "server_label": name}
             for name in version.tools
         ]
         out["tools"] = mine_tools + list(body.get("tools") or [])
@@ -131,7 +133,7 @@ class Agents:
         ctx.alias = version.model
         ctx.model = ctx.catalog.tenant_model(ctx.principal.tenant, version.model)
         ctx.received = ctx.body
-        ctx.body = apply_version(ctx.body, version, {t.name for t in ctx.principal.tenant.http_tools})
+        ctx.body = apply_version(ctx.body, version, ctx.principal.tenant.http_tools)
         return True
 
     async def _started_on(self, ctx: RequestContext, previous: str) -> tuple[str, int] | None:

@@ -55,9 +55,14 @@ async def _context(request: Request, route: str, admin: bool = False) -> tuple[G
     return await request_context(request, route, admin, "agents")
 
 
+async def _tenant_agent(gw: Gateway, ctx: RequestContext, key: str) -> StoredAgent | None:
+    """The tenant's agent of the path's key, listed in this space or not (a malformed key is none)."""
+    return await gw.agents.registry.get(ctx.tenant_id, key) if AGENT_KEY_RE.match(key) else None
+
+
 async def _agent(gw: Gateway, ctx: RequestContext, request: Request) -> StoredAgent:
     key = request.path_params["agent_key"]
-    stored = await gw.agents.registry.get(ctx.tenant_id, key) if AGENT_KEY_RE.match(key) else None
+    stored = await _tenant_agent(gw, ctx, key)
     if stored is None or ctx.space_id not in stored.spaces:
         raise NotFound(f"Agent '{shown(key)}' not found in this space.")
     return stored
@@ -119,7 +124,7 @@ async def list_agent_here(request: Request) -> Response:
     """``PUT …/agents/{key}/listing``: list one of the tenant's agents (made in another space) in this space too."""
     gw, ctx = await _context(request, "spaces.agents.listing", admin=True)
     key = request.path_params["agent_key"]
-    stored = await gw.agents.registry.get(ctx.tenant_id, key) if AGENT_KEY_RE.match(key) else None
+    stored = await _tenant_agent(gw, ctx, key)
     if stored is None or not await gw.agents.registry.list_in(ctx.tenant_id, key, ctx.space_id):
         raise NotFound(f"Agent '{shown(key)}' not found in this tenant.")
     if ctx.space_id not in stored.spaces:
