@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONFIG = Path(__file__).with_name("gateway.yaml")
@@ -86,6 +86,28 @@ class Settings(BaseSettings):
         description="How long a queued entry is left with its worker before another looks whether that worker is "
         "still alive (and takes the execution over if not).",
     )
+    files_backend: Literal["store", "directory"] = Field(
+        "store",
+        description="Where uploaded files (POST /v1/files) keep their bytes: the store's blob space (in memory, or "
+        "Redis), or files_directory (shared by the replicas, e.g. a volume).",
+    )
+    files_directory: Path | None = Field(None, description="The directory of the directory backend.")
+    files_max_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, le=512 * 1024 * 1024, description="Largest uploaded file (413 above)."
+    )
+    files_collection_max_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Bytes one caller's collection of files may hold (413 above)."
+    )
+    files_collection_max_files: int = Field(1000, gt=0, le=100_000, description="Files one caller's collection holds.")
+    files_total_max_bytes: int = Field(
+        1024 * 1024 * 1024, gt=0, description="Bytes all collections together may hold (413 above)."
+    )
+    skills_materials_max_chars: int = Field(
+        200_000,
+        ge=0,
+        description="Text of the files an execution stages (file_source_ids) shown to its model, in all; the rest "
+        "is cut.",
+    )
     tool_output_max_bytes: int = Field(
         64 * 1024, gt=0, description="Longest output of an executed tool (MCP or HTTP) kept; the rest is cut."
     )
@@ -130,6 +152,12 @@ class Settings(BaseSettings):
         "generation 0 is collected every N allocations instead of Python's 700 (0 leaves the collector as is). "
         "Measured: +20% chat throughput (docs/benchmarks.md).",
     )
+
+    @model_validator(mode="after")
+    def _files_directory(self) -> "Settings":
+        if self.files_backend == "directory" and self.files_directory is None:
+            raise ValueError("files_backend 'directory' needs files_directory")
+        return self
 
     @field_validator("traces_endpoint")
     @classmethod

@@ -15,6 +15,7 @@ from gateway.api import (
     agents,
     audit,
     client,
+    files,
     health,
     metrics,
     openai,
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *agents.routes(""),
         *agents.routes("/api-proxy"),
         *client.routes(gw),
+        *files.routes(),
         *skills.routes(""),
         *skills.routes("/api-proxy"),
     ]

@@ -23,6 +23,7 @@ from gateway.catalog import Catalog, Principal
 from gateway.context import RequestContext, Surface
 from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, StoreUnavailable
+from gateway.files import Files, open_blobs
 from gateway.http import bearer_key
 from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
@@ -98,6 +99,7 @@ class Gateway:
         self.responses.resolve = self.resolve
         self.skills = Skills(catalogue)
         self.executions = ExecutionRecords(self.store, settings.response_ttl_seconds)
+        self.files = Files(self.store, open_blobs(settings, self.store), settings)  # POST /v1/files
         self.runner = Runner(self, self.skills)  # an execution's model turns (the worker's, and sub-executions')
         self.tools.skill_servers = lambda ctx, tools: skill_servers(self, ctx, tools)
         self.worker = ExecutionWorker(self) if settings.executions_worker else None
