@@ -22,6 +22,7 @@ from config.skills import SkillManifest
 from gateway.catalog import Principal
 from gateway.context import RequestContext, Surface
 from gateway.errors import GatewayError, StoreUnavailable
+from gateway.files import Owner
 from gateway.pricing import usd
 from gateway.responses.records import StoredResponse
 from gateway.responses.render import openai_response
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 JSON = dict[str, Any]
 Emit = Callable[..., Awaitable[None]]
 ROUTE = "skills.executions.run"
+MATERIALS = "inputs/materials"  # where an execution's staged files are, in its workspace (seed 002)
 REPAIR = (
     "Your answer is not a JSON document valid against the required outputs schema: {problems}. "
     "Answer again with only the corrected JSON document."
@@ -108,7 +110,7 @@ class Runner:
 
     async def run(self, execution: Execution, skill: SkillManifest, totals: Totals, emit: Emit) -> JSON:
         """The execution's outputs (valid against the schema), or ``Failed``; ``totals`` adds up what it used."""
-        body = request_for(skill, execution)
+        body = request_for(skill, execution, await self._materials(execution, emit))
         turn = await self._turn(execution, skill, body, totals, emit)
         document, problems = self._outputs(skill, turn)
         if not problems:
@@ -129,6 +131,20 @@ class Runner:
             message = "The outputs do not match the skill's outputs schema after one repair round."
             raise Failed("output_invalid", {"code": "output_invalid", "message": message, "errors": problems})
         return document
+
+    async def _materials(self, execution: Execution, emit: Emit) -> str | None:
+        """The caller's files the execution names (``file_source_ids``), staged as ``inputs/materials/<name>``:
+        the text the model is shown (None without any); missing ones are skipped, as the seed says."""
+        names = execution.run.get("files") or []
+        if not names:
+            return None
+        owner = Owner(execution.data["tenant_id"], execution.data["principal_id"])
+        found, missing = await self.gw.files.find(owner, names)
+        staged = [
+            {"file_id": r["id"], "relpath": f"{MATERIALS}/{r['filename']}", "bytes": r["bytes"]} for r, _ in found
+        ]
+        await emit("execution.materials", staged=staged, skipped=missing)
+        return materials_text(found, self.gw.settings.skills_materials_max_chars) if found else None
 
     async def _turn(self, execution: Execution, skill: SkillManifest, body: JSON, totals: Totals, emit: Emit) -> _Turn:
         """One Responses request through the space's chain, as the principal that started the execution."""
@@ -264,12 +280,31 @@ def _summary(turn: _Turn) -> JSON:
     }
 
 
-def request_for(skill: SkillManifest, execution: Execution) -> JSON:
-    """The skill as a Responses request for this execution's inputs."""
+def materials_text(files: list[tuple[JSON, bytes]], budget: int) -> str:
+    """The staged files as the model reads them: each under its workspace path, text in full while ``budget``
+    characters last (the rest cut, saying so), other files by name, size and that they are not text."""
+    parts = [f"Files staged in the workspace's {MATERIALS}/:"]
+    for record, data in files:
+        head = f"--- {MATERIALS}/{record['filename']} ({record['bytes']} bytes)"
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            parts.append(f"{head}: not text, not shown ---")
+            continue
+        shown = text[: max(budget, 0)]
+        budget -= len(shown)
+        cut = "" if len(shown) == len(text) else f" [cut: {len(text) - len(shown)} more characters not shown]"
+        parts.append(f"{head} ---\n{shown}{cut}")
+    return "\n\n".join(parts)
+
+
+def request_for(skill: SkillManifest, execution: Execution, materials: str | None = None) -> JSON:
+    """The skill as a Responses request for this execution's inputs (and the files it staged, before them)."""
     inputs = execution.data["inputs"]
+    staged = [{"role": "user", "content": materials}] if materials else []
     body: JSON = {
         "instructions": render_instructions(skill.instructions, inputs),
-        "input": [{"role": "user", "content": orjson.dumps(inputs).decode()}],
+        "input": [*staged, {"role": "user", "content": orjson.dumps(inputs).decode()}],
         "text": {"format": {"type": "json_schema", "name": "outputs", "schema": skill.outputs}},
         "metadata": {"skill": skill.slug, "skill_version": skill.version, "execution_id": execution.id},
     }
