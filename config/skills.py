@@ -4,8 +4,9 @@ tenant's ``skills`` in the catalogue by its path (relative to the catalogue file
 A manifest names one immutable version of a skill: slug, version, title, description, the JSON Schemas of its
 inputs and outputs (checked as JSON Schemas at start), an instructions template the inputs are rendered into
 (``{{ name }}`` for a top-level input), an optional model alias (else the space default), the tools it may use
-(the tenant's declared MCP servers, by label) and its limits. A bad manifest fails the start with the file and
-the field named, e.g. ``skills/summarize/skill.yaml: outputs: not a valid JSON Schema: …``.
+(the tenant's declared MCP servers by label, its HTTP tools by name, other skills by slug) and its limits. A bad
+manifest fails the start with the file and the field named, e.g. ``skills/summarize/skill.yaml: outputs: not a
+valid JSON Schema: …``.
 """
 
 import re
@@ -30,16 +31,17 @@ class _Strict(BaseModel):
 
 
 class SkillTool(_Strict):
-    """A tool of the skill: one of the tenant's declared MCP servers (``mcp``: its label), or another skill
-    (``skill``: its slug), called as a sub-execution."""
+    """A tool of the skill: one of the tenant's declared MCP servers (``mcp``: its label), one of its declared
+    HTTP tools (``http``: its name), or another skill (``skill``: its slug), called as a sub-execution."""
 
     mcp: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    http: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     skill: str | None = Field(None, pattern=SLUG)
 
     @model_validator(mode="after")
     def _one(self) -> "SkillTool":
-        if (self.mcp is None) == (self.skill is None):
-            raise ValueError("a tool is either {mcp: <server label>} or {skill: <slug>}")
+        if sum(v is not None for v in (self.mcp, self.http, self.skill)) != 1:
+            raise ValueError("a tool is either {mcp: <server label>}, {http: <HTTP tool name>} or {skill: <slug>}")
         return self
 
 
@@ -117,6 +119,10 @@ class SkillManifest(_Strict):
         return [t.mcp for t in self.tools if t.mcp is not None]
 
     @property
+    def http_names(self) -> list[str]:
+        return [t.http for t in self.tools if t.http is not None]
+
+    @property
     def skill_slugs(self) -> list[str]:
         return [t.skill for t in self.tools if t.skill is not None]
 
@@ -164,20 +170,23 @@ def check_skills(tenant: Any) -> None:
     servers of the tenant, and every space's skills the tenant's, with their tools in the space's ``tools``."""
     seen: set[tuple[str, str]] = set()
     servers = {m.label for m in tenant.mcp_servers}
+    http = {t.name for t in tenant.http_tools}
     for skill in tenant.skills:
         if (skill.slug, skill.version) in seen:
             raise ValueError(f"skills: {skill.slug} {skill.version} is declared twice")
         seen.add((skill.slug, skill.version))
-        for label in skill.mcp_labels:
-            if label not in servers:
-                raise ValueError(f"{skill.source}: tools: {label!r} is not an MCP server of this tenant")
+        unknown = [(n, "an MCP server") for n in skill.mcp_labels if n not in servers]
+        unknown += [(n, "an HTTP tool") for n in skill.http_names if n not in http]
+        if unknown:
+            name, kind = unknown[0]
+            raise ValueError(f"{skill.source}: tools: {name!r} is not {kind} of this tenant")
     for space in tenant.spaces:
         for slug in space.skills:
             versions = [s for s in tenant.skills if s.slug == slug]
             if not versions:
                 raise ValueError(f"space {space.id}: skill {slug!r} is not a skill of this tenant")
             for skill in versions:
-                missing = [label for label in skill.mcp_labels if label not in space.tools]
+                missing = [name for name in skill.mcp_labels + skill.http_names if name not in space.tools]
                 missing += [called for called in skill.skill_slugs if called not in space.skills]
                 if missing:
                     raise ValueError(f"space {space.id}: skill {slug!r} uses {missing[0]!r}, not in the space")

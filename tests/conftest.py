@@ -13,6 +13,7 @@ import yaml
 
 from config import Settings
 from gateway.app import create_app
+from tests.fakes.scripted import Scripted
 from tests.fakes.upstream import Upstream
 from tests.servers import InFlight, redis_server, serve
 
@@ -150,6 +151,14 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def upstream() -> Iterator[tuple[Upstream, str]]:
     fake = Upstream()
+    with serve(fake, lifespan=False) as url:
+        yield fake, url
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[tuple[Scripted, str]]:
+    """An upstream that follows the script in the conversation (tests/fakes/scripted.py), one per test module."""
+    fake = Scripted()
     with serve(fake, lifespan=False) as url:
         yield fake, url
 

@@ -11,7 +11,6 @@ import pytest
 
 from tests.agents_helpers import agents_catalogue
 from tests.conftest import ADMIN_KEY, SPACE
-from tests.fakes.scripted import Scripted
 from tests.mcp_server import mcp_server
 from tests.servers import serve
 from tests.tools_helpers import WEATHER_SCHEMA, weather_app
@@ -36,13 +35,6 @@ CALCULATOR = {
 def mcp_url() -> Iterator[str]:
     with serve(mcp_server().streamable_http_app()) as base:
         yield base + "/mcp"
-
-
-@pytest.fixture(scope="module")
-def scripted() -> Iterator[tuple[Scripted, str]]:
-    upstream = Scripted()
-    with serve(upstream, lifespan=False) as base:
-        yield upstream, base
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import yaml
 
 from config import CatalogueError, load_catalogue
 from tests.conftest import ADMIN_KEY, FOREIGN_SPACE, MEMBER_KEY, OTHER_KEY, SPACE
-from tests.fakes.scripted import Scripted
 from tests.servers import serve, wait_for
 from tests.skills_helpers import (
     AUTH,
@@ -308,13 +307,6 @@ def test_the_outputs_document_is_an_artifact_downloaded_with_the_space_rights(sk
 # --- skills as tools (sub-executions) -------------------------------------------------------------------------
 
 SCRIPT_INPUTS = {"type": "object", "properties": {"script": {"type": "array"}}, "required": ["script"]}
-
-
-@pytest.fixture(scope="module")
-def scripted() -> Iterator[tuple[Scripted, str]]:
-    upstream = Scripted()
-    with serve(upstream, lifespan=False) as url:
-        yield upstream, url
 
 
 def test_a_response_calls_a_skill_as_a_tool_and_reads_its_outputs(start_gateway, scripted):

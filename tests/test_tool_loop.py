@@ -12,7 +12,6 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 
 from tests.conftest import ADMIN_KEY, SPACE, catalogue
-from tests.fakes.scripted import Scripted
 from tests.mcp_server import Recorder, streamable_app
 from tests.servers import serve, wait_for
 from tests.skills_helpers import BASE, ended, skill, skills_catalogue, start_execution
@@ -53,13 +52,6 @@ def mcp() -> Iterator[tuple[str, Recorder]]:
     recorder = Recorder(streamable_app(_tools_server()))
     with serve(recorder) as base:
         yield base + "/mcp", recorder
-
-
-@pytest.fixture(scope="module")
-def scripted() -> Iterator[tuple[Scripted, str]]:
-    upstream = Scripted()
-    with serve(upstream, lifespan=False) as base:
-        yield upstream, base
 
 
 def _catalogue(upstream_url: str, policies: list[dict[str, Any]] | None = None, **loop: Any) -> dict[str, Any]:

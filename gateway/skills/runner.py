@@ -1,9 +1,11 @@
 """One execution's model turns, through the same flow as any response: the skill becomes a Responses request
-(its instructions rendered with the inputs, the inputs as the user message, its model or the space default, its
-MCP servers as ``{"type": "mcp", "server_label": …}``, the outputs schema as ``text.format``) that runs as the
-principal who started the execution, in its space: ``ResponsesService.admit``, then the space's policy chain
-(``Gateway.run_chain``) around ``ResponsesService.create``, so allow-lists, budgets, guardrails, cost and the tool
-loop apply as to a caller's request.
+(its instructions rendered with the inputs, the files it staged and the inputs as user messages, its model or
+the space default, its MCP servers as ``{"type": "mcp", "server_label": …}``, its HTTP tools as
+``{"type": "http_tool", "name": …}``, its skills as ``{"type": "skill", "slug": …}``, the outputs schema as
+``text.format``) that runs as the principal who started the execution, in its space:
+``ResponsesService.admit``, then the space's policy chain (``Gateway.run_chain``) around
+``ResponsesService.create``, so allow-lists, budgets, guardrails, cost and the tool loop apply as to a caller's
+request.
 
 The answer must be a JSON document valid against the outputs schema; when it is not, one repair turn (the
 previous response continued, the validation errors given) gets a second chance, then the execution fails with
@@ -66,7 +68,8 @@ class Totals:
     cost_micros: int = 0
     rounds: int = 0
     responses: list[str] = field(default_factory=list)
-    subs: list[JSON] = field(default_factory=list)  # the sub-executions started (their core fields)
+    subs: list[JSON] = field(default_factory=list)  # the sub-executions ended (their core fields)
+    started: int = 0  # sub-executions started (the fan-out bound counts these)
 
     def absorb(self, sub: "Totals") -> None:
         """A sub-execution's usage and cost count in its parent's."""
@@ -312,6 +315,7 @@ def request_for(skill: SkillManifest, execution: Execution, materials: str | Non
     if model is not None:
         body["model"] = model
     tools = [{"type": "mcp", "server_label": label} for label in skill.mcp_labels]
+    tools += [{"type": "http_tool", "name": name} for name in skill.http_names]
     tools += [{"type": "skill", "slug": slug} for slug in skill.skill_slugs]
     if tools:
         body["tools"] = tools

@@ -72,12 +72,14 @@ class SkillServer:
             return ToolResult.failed(f"No skill {name[:100]!r} here.")
         if parent.depth + 1 > MAX_DEPTH:
             return ToolResult.failed(f"Skills may call skills at most {MAX_DEPTH} deep.")
-        if len(parent.totals.subs) >= MAX_FAN_OUT:
-            return ToolResult.failed(f"At most {MAX_FAN_OUT} skill calls per execution or response.")
         problems = self.gw.skills.problems(skill, "inputs", arguments)
         if problems:
             shown = "; ".join(f"{'/'.join(map(str, p['loc'])) or '(inputs)'}: {p['msg']}" for p in problems)
             return ToolResult.failed(f"The inputs do not match the skill's inputs schema: {shown}")
+        # counted as it starts, not as it ends: the calls of one round run at once
+        if parent.totals.started >= MAX_FAN_OUT:
+            return ToolResult.failed(f"At most {MAX_FAN_OUT} skill calls per execution or response.")
+        parent.totals.started += 1
         execution = await self._start(skill, arguments, call_id)
         budget = skill.limits.timeout_seconds if timeout is None else min(timeout, skill.limits.timeout_seconds)
         # a task of its own: its model turns are requests of their own (tracked for the drain apart from the
