@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 VERSION = re.compile(r"^\d{1,6}(\.\d{1,6}){0,2}$")
@@ -76,6 +76,7 @@ class SkillManifest(_Strict):
     tools: list[SkillTool] = Field(default_factory=list, max_length=16)
     limits: SkillLimits = SkillLimits()
     source: str = Field("", exclude=True, description="Where it was read from (set by the loader).")
+    _validators: dict[str, Draft202012Validator] = PrivateAttr(default_factory=dict)
 
     @field_validator("slug")
     @classmethod
@@ -108,6 +109,13 @@ class SkillManifest(_Strict):
             if name not in known:
                 raise ValueError(f"instructions: {{{{ {name} }}}} is not a property of the inputs schema")
         return self
+
+    def validator(self, part: str) -> Draft202012Validator:
+        """The validator of its ``inputs`` or ``outputs`` schema, built once."""
+        found = self._validators.get(part)
+        if found is None:
+            found = self._validators[part] = Draft202012Validator(getattr(self, part))
+        return found
 
     @property
     def version_key(self) -> tuple[int, ...]:

@@ -97,7 +97,7 @@ class Gateway:
         self.agents = Agents(AgentRegistry(catalogue, self.store), records)
         _preload_agent_policies(self.agents, catalogue)
         self.responses.resolve = self.resolve
-        self.skills = Skills(catalogue)
+        self.skills = Skills(catalogue, self.store)
         self.executions = ExecutionRecords(self.store, settings.response_ttl_seconds)
         self.files = Files(self.store, open_blobs(settings, self.store), settings)  # POST /v1/files
         self.runner = Runner(self, self.skills)  # an execution's model turns (the worker's, and sub-executions')

@@ -48,9 +48,9 @@ class CreateExecution(BaseModel):
 _CREATE: TypeAdapter[CreateExecution] = TypeAdapter(CreateExecution)
 
 
-def _skill(gw: Gateway, ctx: RequestContext, request: Request) -> SkillManifest:
+async def _skill(gw: Gateway, ctx: RequestContext, request: Request) -> SkillManifest:
     slug = validated(_SLUG, request.path_params["slug"], ("path", "slug"))
-    skill = gw.skills.find(ctx.space_id, slug)
+    skill = await gw.skills.find(ctx.space_id, slug)
     if skill is None:
         raise NotFound(f"Skill '{slug}' not found in this space.")
     return skill
@@ -64,13 +64,14 @@ def _context(request: Request, route: str) -> tuple[Gateway, RequestContext]:
 async def list_skills(request: Request) -> Response:
     gw, ctx = _context(request, "skills.list")
     limit = validated(PAGE_LIMIT, request.query_params.get("limit", "20"), ("query", "limit"))
-    slugs = gw.skills.slugs(ctx.space_id)
+    skills = await gw.skills.in_space(ctx.space_id)
+    slugs = sorted(skills)
     cursor = request.query_params.get("cursor")
     if cursor:
         after = _decode(cursor)
         slugs = [s for s in slugs if s > after]
     page, has_more = slugs[:limit], len(slugs) > limit
-    data = [skill_data(gw.skills.versions(ctx.space_id, slug)[0]) for slug in page]
+    data = [skill_data(skills[slug][0]) for slug in page]
     return json_response(
         {"data": data, "meta": {"next_cursor": _encode(page[-1]) if has_more else None, "has_more": has_more}}
     )
@@ -78,22 +79,22 @@ async def list_skills(request: Request) -> Response:
 
 async def get_skill(request: Request) -> Response:
     gw, ctx = _context(request, "skills.read")
-    skill = _skill(gw, ctx, request)
-    versions = [s.version for s in gw.skills.versions(ctx.space_id, skill.slug)]
+    skill = await _skill(gw, ctx, request)
+    versions = [s.version for s in await gw.skills.versions(ctx.space_id, skill.slug)]
     return json_response({"data": {**skill_data(skill), "versions": versions}})
 
 
 async def list_versions(request: Request) -> Response:
     gw, ctx = _context(request, "skills.versions")
-    skill = _skill(gw, ctx, request)
-    data = [skill_data(s) for s in gw.skills.versions(ctx.space_id, skill.slug)]
+    skill = await _skill(gw, ctx, request)
+    data = [skill_data(s) for s in await gw.skills.versions(ctx.space_id, skill.slug)]
     return json_response({"data": data, "meta": {"next_cursor": None, "has_more": False}})
 
 
 async def create_execution(request: Request) -> Response:
     """201 with the queued execution; ``Idempotency-Key`` replays the first answer and never starts another."""
     gw, ctx = _context(request, "skills.executions.create")
-    skill = _skill(gw, ctx, request)
+    skill = await _skill(gw, ctx, request)
     key = parse_key(request.headers.get("idempotency-key"))
     body = parse_json_object(await read_body(request.receive, ctx.headers, gw.settings.max_body_bytes))
     payload = validated(_CREATE, body, ("body",))

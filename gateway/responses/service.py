@@ -84,7 +84,7 @@ class ResponsesService:
             return
         skills = [t for t in tools if isinstance(t, dict) and t.get("type") == "skill"]
         resolved = await self.tools.resolve(ctx.space_id, [t for t in tools if not any(t is s for s in skills)])
-        servers = self.tools.skill_servers(ctx, tools) if skills and self.tools.skill_servers is not None else []
+        servers = await self.tools.skill_servers(ctx, tools) if skills and self.tools.skill_servers is not None else []
         if servers and resolved.mcp_server(servers[0].label) is not None:
             raise InvalidRequest("tools: the MCP server label 'skill' is taken by the request's skills.", param="tools")
         if (resolved.mcp or resolved.http or servers) and ctx.body.get("tool_mode") == "manual":

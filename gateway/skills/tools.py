@@ -146,16 +146,17 @@ class SkillServer:
         self.parent.totals.subs.append({k: execution.data[k] for k in CORE})
 
 
-def skill_servers(gw: "Gateway", ctx: RequestContext, tools: list[dict[str, Any]]) -> list[SkillServer]:
+async def skill_servers(gw: "Gateway", ctx: RequestContext, tools: list[dict[str, Any]]) -> list[SkillServer]:
     """The request's skill tools as the loop's server (none when it names no skill); 400 for a skill the space
     may not run. A worker's model turn names its execution (``ctx.extras[PARENT]``); else the response is the
     parent."""
     slugs: list[str] = []
+    space = await gw.skills.in_space(ctx.space_id)
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") != "skill":
             continue
         slug = tool.get("slug")
-        if not isinstance(slug, str) or gw.skills.find(ctx.space_id, slug) is None:
+        if not isinstance(slug, str) or not space.get(slug):
             shown = repr(slug[:100]) if isinstance(slug, str) else "(none)"
             raise InvalidRequest(f"tools[{i}].slug: {shown} is not a skill of this space", param=f"tools[{i}].slug")
         if slug not in slugs:
@@ -163,5 +164,5 @@ def skill_servers(gw: "Gateway", ctx: RequestContext, tools: list[dict[str, Any]
     if not slugs:
         return []
     parent = ctx.extras.get(PARENT) or Parent(ctx.principal, ctx.space_id)
-    found = tuple(s for s in (gw.skills.find(ctx.space_id, slug) for slug in slugs) if s is not None)
+    found = tuple(space[slug][0] for slug in slugs)
     return [SkillServer(gw, found, parent)]

@@ -188,7 +188,7 @@ class ExecutionWorker:
 
     async def _outcome(self, execution: Execution, totals: Totals) -> tuple[str, dict[str, Any]]:
         data = execution.data
-        skill = self.gw.skills.find(data["space_id"], data["skill_slug"], data["skill_version"])
+        skill = await self.gw.skills.find(data["space_id"], data["skill_slug"], data["skill_version"])
         if skill is None:
             error = {"code": "skill_unavailable", "message": "The space no longer has this skill version."}
             return "failed", {"failure_reason": "skill_unavailable", "error": error}

@@ -23,7 +23,7 @@ See docs/tools.md for the address rules (``gateway.tools.ssrf``) and the limits.
 """
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,7 @@ class Tools:
         self.http = HttpTools(self.dns_timeout, settings.tool_output_max_bytes)
         self._secrets: dict[str, dict[str, dict[str, str]]] = {}  # tenant id -> server label -> headers
         self._spaces: dict[str, _SpaceTools] = {}
-        self.skill_servers: Callable[[Any, list[dict[str, Any]]], list[Any]] | None = None
+        self.skill_servers: Callable[[Any, list[dict[str, Any]]], Awaitable[list[Any]]] | None = None
         for t, tenant in enumerate(catalogue.tenants):
             where = f"tenants[{t}]"
             self._secrets[str(tenant.id)] = {
