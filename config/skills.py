@@ -10,6 +10,7 @@ valid JSON Schema: …``.
 """
 
 import re
+from collections.abc import Collection
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -173,28 +174,38 @@ def read_skill(ref: Any, base_dir: Path | None) -> Any:
     return manifest.model_copy(update={"source": where})
 
 
-def check_skills(tenant: Any) -> None:
-    """A tenant's skills against the rest of it: one manifest per slug and version, their tools declared MCP
-    servers of the tenant, and every space's skills the tenant's, with their tools in the space's ``tools``."""
-    seen: set[tuple[str, str]] = set()
+def undeclared_tools(skill: SkillManifest, tenant: Any) -> list[str]:
+    """What is wrong with the skill's tools against its tenant: each MCP server or HTTP tool it does not declare."""
     servers = {m.label for m in tenant.mcp_servers}
     http = {t.name for t in tenant.http_tools}
+    out = [f"{n!r} is not an MCP server of this tenant" for n in skill.mcp_labels if n not in servers]
+    return out + [f"{n!r} is not an HTTP tool of this tenant" for n in skill.http_names if n not in http]
+
+
+def missing_in_space(skill: SkillManifest, tools: Collection[str], skills: Collection[str]) -> list[str]:
+    """The skill's tools a space lacks: MCP servers and HTTP tools not in its ``tools``, skills not in its
+    ``skills`` (a skill calling itself needs nothing more)."""
+    missing = [name for name in skill.mcp_labels + skill.http_names if name not in tools]
+    return missing + [s for s in skill.skill_slugs if s not in skills and s != skill.slug]
+
+
+def check_skills(tenant: Any) -> None:
+    """A tenant's skills against the rest of it: one manifest per slug and version, their tools declared MCP
+    servers and HTTP tools of the tenant, and every space's skills the tenant's, with their tools in the space."""
+    seen: set[tuple[str, str]] = set()
     for skill in tenant.skills:
         if (skill.slug, skill.version) in seen:
             raise ValueError(f"skills: {skill.slug} {skill.version} is declared twice")
         seen.add((skill.slug, skill.version))
-        unknown = [(n, "an MCP server") for n in skill.mcp_labels if n not in servers]
-        unknown += [(n, "an HTTP tool") for n in skill.http_names if n not in http]
+        unknown = undeclared_tools(skill, tenant)
         if unknown:
-            name, kind = unknown[0]
-            raise ValueError(f"{skill.source}: tools: {name!r} is not {kind} of this tenant")
+            raise ValueError(f"{skill.source}: tools: {unknown[0]}")
     for space in tenant.spaces:
         for slug in space.skills:
             versions = [s for s in tenant.skills if s.slug == slug]
             if not versions:
                 raise ValueError(f"space {space.id}: skill {slug!r} is not a skill of this tenant")
             for skill in versions:
-                missing = [name for name in skill.mcp_labels + skill.http_names if name not in space.tools]
-                missing += [called for called in skill.skill_slugs if called not in space.skills]
+                missing = missing_in_space(skill, space.tools, space.skills)
                 if missing:
                     raise ValueError(f"space {space.id}: skill {slug!r} uses {missing[0]!r}, not in the space")

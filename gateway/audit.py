@@ -108,11 +108,11 @@ class AuditLog:
         except StoreUnavailable:
             log.error("audit entry lost (store unreachable): %s by %s on %s", action, ctx.principal.id, ctx.space_id)
 
-    async def agent_change(self, ctx: RequestContext, action: str, agent_key: str, **fields: Any) -> None:
-        """Record a change made through the agents API (``version``, ``changed``: what it adds); a store failure
-        is logged (the change is made)."""
+    async def api_change(self, ctx: RequestContext, action: str, **fields: Any) -> None:
+        """Record a change made through the agents or skills API (``fields`` name what changed: ``agent_key``,
+        ``version``, ``changed``, ``skill``); a store failure is logged (the change is made)."""
         try:
-            await self.record_request(ctx, "admin_change", action, {"agent_key": agent_key, **fields})
+            await self.record_request(ctx, "admin_change", action, fields)
         except StoreUnavailable:
             log.error("audit entry lost (store unreachable): %s by %s on %s", action, ctx.principal.id, ctx.space_id)
 

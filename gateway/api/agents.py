@@ -6,7 +6,7 @@ errors (422 for a malformed body or path, 409 for a key taken or a version alrea
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,10 +14,10 @@ from starlette.routing import Route
 from config.agents import AGENT_KEY_RE, MAX_VERSION, Agent, AgentHead, AgentSettings, AgentVersion, Status
 from gateway.agents import StoredAgent, builtin_policies, load_agent_policies
 from gateway.agents.invoke import shown
-from gateway.api.spaces import request_context, validated
+from gateway.api.spaces import request_context, validated, validated_body
 from gateway.context import RequestContext
 from gateway.errors import Conflict, InvalidRequest, NotFound
-from gateway.http import json_response, parse_json_object, read_body
+from gateway.http import json_response
 from gateway.policy import PolicyConfigError
 from gateway.runtime import Gateway
 
@@ -68,22 +68,6 @@ async def _agent(gw: Gateway, ctx: RequestContext, request: Request) -> StoredAg
     return stored
 
 
-async def _body(gw: Gateway, ctx: RequestContext, request: Request, adapter: TypeAdapter[Any]) -> Any:
-    """The body validated; a 422 names the field and repeats its value bounded (never the whole body)."""
-    raw = parse_json_object(await read_body(request.receive, ctx.headers, gw.settings.max_body_bytes))
-    try:
-        return adapter.validate_python(raw)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        value = err.get("input")
-        if isinstance(value, str):
-            value = shown(value)
-        elif isinstance(value, dict | list):
-            value = None
-        loc = ("body", *err["loc"])
-        raise InvalidRequest(shown(err["msg"]), loc=loc, kind=err["type"], input=value) from None
-
-
 async def list_agents(request: Request) -> Response:
     gw, ctx = await _context(request, "spaces.agents.list")
     agents = [agent_data(a.agent) for a in await gw.agents.registry.list(ctx.tenant_id) if ctx.space_id in a.spaces]
@@ -97,26 +81,26 @@ async def get_agent(request: Request) -> Response:
 
 async def create_agent(request: Request) -> Response:
     gw, ctx = await _context(request, "spaces.agents.create", admin=True)
-    head: AgentHead = await _body(gw, ctx, request, _HEAD)
+    head: AgentHead = await validated_body(gw, ctx, request, _HEAD)
     if ctx.catalog.tenant_model(ctx.principal.tenant, head.key) is not None:
         raise Conflict(f"'{head.key}' is the alias of a model of this tenant; an agent needs another key.")
     stored = await gw.agents.registry.create(ctx.tenant_id, head, ctx.space_id)
     if stored is None:
         raise Conflict(f"An agent with key '{head.key}' exists already.", code="agent_exists")
-    await gw.audit.agent_change(ctx, "agents.create", head.key)
+    await gw.audit.api_change(ctx, "agents.create", agent_key=head.key)
     return json_response({"data": agent_data(stored.agent)}, 201)
 
 
 async def update_agent(request: Request) -> Response:
     gw, ctx = await _context(request, "spaces.agents.update", admin=True)
     stored = await _agent(gw, ctx, request)
-    update: AgentUpdate = await _body(gw, ctx, request, _UPDATE)
+    update: AgentUpdate = await validated_body(gw, ctx, request, _UPDATE)
     fields = {k: v for k, v in update.model_dump().items() if v is not None}
     if not fields:
         raise InvalidRequest("Nothing to change: give name, description or status.", loc=("body",), input={})
     if not await gw.agents.registry.update(ctx.tenant_id, stored.agent.key, fields):
         raise NotFound(f"Agent '{stored.agent.key}' not found in this space.")
-    await gw.audit.agent_change(ctx, "agents.update", stored.agent.key, changed=sorted(fields))
+    await gw.audit.api_change(ctx, "agents.update", agent_key=stored.agent.key, changed=sorted(fields))
     return json_response({"data": agent_data(await _reread(gw, ctx, stored))})
 
 
@@ -128,7 +112,7 @@ async def list_agent_here(request: Request) -> Response:
     if stored is None or not await gw.agents.registry.list_in(ctx.tenant_id, key, ctx.space_id):
         raise NotFound(f"Agent '{shown(key)}' not found in this tenant.")
     if ctx.space_id not in stored.spaces:
-        await gw.audit.agent_change(ctx, "agents.list", key)
+        await gw.audit.api_change(ctx, "agents.list", agent_key=key)
     return json_response({"data": agent_data(await _reread(gw, ctx, stored))})
 
 
@@ -139,7 +123,7 @@ async def unlist_agent_here(request: Request) -> Response:
     stored = await _agent(gw, ctx, request)
     if not await gw.agents.registry.unlist(ctx.tenant_id, stored.agent.key, ctx.space_id):
         raise NotFound(f"Agent '{stored.agent.key}' not found in this space.")
-    await gw.audit.agent_change(ctx, "agents.unlist", stored.agent.key)
+    await gw.audit.api_change(ctx, "agents.unlist", agent_key=stored.agent.key)
     return Response(status_code=204)
 
 
@@ -172,14 +156,14 @@ def _check_settings(ctx: RequestContext, settings: AgentSettings) -> None:
 async def add_version(request: Request) -> Response:
     gw, ctx = await _context(request, "spaces.agents.versions.create", admin=True)
     stored = await _agent(gw, ctx, request)
-    settings: AgentSettings = await _body(gw, ctx, request, _SETTINGS)
+    settings: AgentSettings = await validated_body(gw, ctx, request, _SETTINGS)
     _check_settings(ctx, settings)
     number = await gw.agents.registry.add_version(ctx.tenant_id, stored.agent.key, settings)
     if number == -1:
         raise Conflict(f"Agent '{stored.agent.key}' has the most versions an agent may have.", code="too_many")
     if number == 0:
         raise NotFound(f"Agent '{stored.agent.key}' not found in this space.")
-    await gw.audit.agent_change(ctx, "agents.versions.create", stored.agent.key, version=number)
+    await gw.audit.api_change(ctx, "agents.versions.create", agent_key=stored.agent.key, version=number)
     version = AgentVersion(version=number, published=False, **settings.model_dump())
     return json_response({"data": version_data(version)}, 201)
 
@@ -189,11 +173,11 @@ async def edit_version(request: Request) -> Response:
     gw, ctx = await _context(request, "spaces.agents.versions.update", admin=True)
     stored = await _agent(gw, ctx, request)
     number = validated(_VERSION, request.path_params["version"], ("path", "version"))
-    settings: AgentSettings = await _body(gw, ctx, request, _SETTINGS)
+    settings: AgentSettings = await validated_body(gw, ctx, request, _SETTINGS)
     _check_settings(ctx, settings)
     outcome = await gw.agents.registry.edit_draft(ctx.tenant_id, stored.agent.key, number, settings)
     _version_outcome(outcome, stored.agent.key, number, "is published: published versions never change")
-    await gw.audit.agent_change(ctx, "agents.versions.update", stored.agent.key, version=number)
+    await gw.audit.api_change(ctx, "agents.versions.update", agent_key=stored.agent.key, version=number)
     return json_response({"data": version_data(AgentVersion(version=number, published=False, **settings.model_dump()))})
 
 
@@ -203,7 +187,7 @@ async def publish_version(request: Request) -> Response:
     number = validated(_VERSION, request.path_params["version"], ("path", "version"))
     outcome = await gw.agents.registry.publish(ctx.tenant_id, stored.agent.key, number)
     _version_outcome(outcome, stored.agent.key, number, "is published already")
-    await gw.audit.agent_change(ctx, "agents.versions.publish", stored.agent.key, version=number)
+    await gw.audit.api_change(ctx, "agents.versions.publish", agent_key=stored.agent.key, version=number)
     version = (await _reread(gw, ctx, stored)).version(number)
     return json_response({"data": version_data(version) if version else None})
 

@@ -1,7 +1,8 @@
 """Native skill routes of a space (``/v1/spaces/{space_id}/skills…``, also under ``/api-proxy``): the skills a
-space may run and their versions, starting an execution (seed 002), and following executions: get, list (state
-and slug filters, cursor pages as on models), cancel, events (SSE, resumable with ``Last-Event-ID``), and the
-lookup by chat tool call. Objects of another space or tenant answer 404, as everywhere."""
+space may run and their versions, publishing a version (admin keys), starting an execution (seed 002), and
+following executions: get, list (state and slug filters, cursor pages as on models), cancel, events (SSE,
+resumable with ``Last-Event-ID``), and the lookup by chat tool call. Objects of another space or tenant answer
+404, as everywhere."""
 
 import base64
 from typing import Annotated, Any
@@ -13,15 +14,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from config.skills import SLUG, SkillManifest
-from gateway.api.spaces import PAGE_LIMIT, _native_reply, space_context, validated
+from config.skills import MAX_MANIFEST_BYTES, SLUG, SkillManifest, missing_in_space, undeclared_tools
+from gateway.api.spaces import PAGE_LIMIT, _native_reply, request_context, space_context, validated, validated_body
 from gateway.context import Reply, RequestContext
 from gateway.disconnect import until_disconnect
-from gateway.errors import JSON_HEADERS, InvalidRequest, NotFound, ShuttingDown
+from gateway.errors import JSON_HEADERS, Conflict, InvalidRequest, NotFound, ShuttingDown
 from gateway.http import SSE_HEADERS, json_bytes, json_response, parse_json_object, read_body
 from gateway.idempotency import fingerprint, parse_key, record_key
 from gateway.runtime import Gateway
 from gateway.skills import service
+from gateway.skills.published import CHANGED, FULL, IN_SPACE, MAX_PER_SPACE, PUBLISHED
 from gateway.skills.records import Execution
 from gateway.skills.registry import skill_data
 
@@ -46,6 +48,7 @@ class CreateExecution(BaseModel):
 
 
 _CREATE: TypeAdapter[CreateExecution] = TypeAdapter(CreateExecution)
+_MANIFEST: TypeAdapter[SkillManifest] = TypeAdapter(SkillManifest)
 
 
 async def _skill(gw: Gateway, ctx: RequestContext, request: Request) -> SkillManifest:
@@ -89,6 +92,38 @@ async def list_versions(request: Request) -> Response:
     skill = await _skill(gw, ctx, request)
     data = [skill_data(s) for s in await gw.skills.versions(ctx.space_id, skill.slug)]
     return json_response({"data": data, "meta": {"next_cursor": None, "has_more": False}})
+
+
+async def publish_skill(request: Request) -> Response:
+    """201 with the version published into the space (admin keys only); 422 naming the field of a bad manifest
+    (or a tool the tenant or the space lacks); 409 for a version the space has, or the tenant has otherwise."""
+    gw, ctx = await request_context(request, "skills.publish", admin=True, what="the space's skills")
+    skill: SkillManifest = await validated_body(gw, ctx, request, _MANIFEST, MAX_MANIFEST_BYTES)
+    skill = skill.model_copy(update={"source": "published"})
+    tenant = ctx.principal.tenant
+    problems = undeclared_tools(skill, tenant)
+    problems += [
+        f"{name!r} is not among the space's tools or skills"
+        for name in missing_in_space(skill, ctx.space.tools, await gw.skills.in_space(ctx.space_id))
+    ]
+    if problems:
+        raise InvalidRequest(problems[0], loc=("body", "tools"), input=None)
+    if skill.model is not None and gw.catalog.tenant_model(tenant, skill.model) is None:
+        raise InvalidRequest(f"'{skill.model}' is not a model of this tenant.", loc=("body", "model"), input=None)
+    outcome = await gw.skills.publish(ctx.tenant_id, ctx.space_id, skill)
+    if outcome != PUBLISHED:
+        what = f"Skill '{skill.slug}' version {skill.version}"
+        raise Conflict(
+            {
+                IN_SPACE: f"{what} is already published in this space; a version is immutable: publish a new one.",
+                CHANGED: f"{what} exists in this tenant with another manifest; a version is immutable: "
+                "publish a new one.",
+                FULL: f"This space holds its limit of {MAX_PER_SPACE} published skill versions.",
+            }[outcome],
+            code="skill_version_exists" if outcome != FULL else "skill_limit",
+        )
+    await gw.audit.api_change(ctx, "skills.publish", skill=skill.slug, version=skill.version)
+    return json_response({"data": skill_data(skill)}, 201)
 
 
 async def create_execution(request: Request) -> Response:
@@ -240,6 +275,7 @@ def routes(prefix: str) -> list[Route]:
     executions = base + "/executions"
     return [
         Route(base, list_skills, methods=["GET"]),
+        Route(base, publish_skill, methods=["POST"]),
         Route(executions, list_executions, methods=["GET"]),
         Route(executions + "/by-chat-tool-call/{tool_call_id}", by_chat_tool_call, methods=["GET"]),
         Route(executions + "/{execution_id}", get_execution, methods=["GET"]),

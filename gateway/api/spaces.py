@@ -26,6 +26,7 @@ from gateway.errors import (
 )
 from gateway.http import bearer_key, json_bytes, json_response, parse_json_object, read_body, request_headers
 from gateway.idempotency import fingerprint, parse_key, record_key
+from gateway.logs import bounded
 from gateway.runtime import Gateway
 
 _UUID: TypeAdapter[UUID] = TypeAdapter(UUID)
@@ -45,6 +46,27 @@ def validated(adapter: TypeAdapter[Any], raw: Any, loc: tuple[str, ...]) -> Any:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         raise InvalidRequest(err["msg"], loc=loc + tuple(err["loc"]), kind=err["type"], input=raw) from None
+
+
+async def validated_body(
+    gw: Gateway, ctx: RequestContext, request: Request, adapter: TypeAdapter[Any], limit: int | None = None
+) -> Any:
+    """The JSON body (at most ``limit`` bytes, else the gateway's limit) validated; a 422 names the field and
+    repeats its value bounded (never the whole body)."""
+    limit = min(limit or gw.settings.max_body_bytes, gw.settings.max_body_bytes)
+    raw = parse_json_object(await read_body(request.receive, ctx.headers, limit))
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        value = err.get("input")
+        if isinstance(value, str):
+            value = bounded(value, 100)
+        elif isinstance(value, dict | list):
+            value = None
+        raise InvalidRequest(
+            bounded(err["msg"], 300), loc=("body", *err["loc"]), kind=err["type"], input=value
+        ) from None
 
 
 def space_context(gw: Gateway, scope: Scope, route: str, surface: Surface = Surface.NATIVE) -> RequestContext:
