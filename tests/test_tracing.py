@@ -18,7 +18,7 @@ from gateway.app import create_app
 from tests.conftest import ADMIN_KEY, SPACE, TENANT, catalogue
 from tests.fakes.otlp import OtlpReceiver, Span
 from tests.servers import serve, wait_for
-from tests.test_tool_loop import _catalogue, _mcp_tool, _script, mcp, scripted  # noqa: F401 (fixtures)
+from tests.test_tool_loop import _catalogue, _mcp_tool, _script, mcp  # noqa: F401 (fixtures)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
