@@ -22,6 +22,12 @@ from gateway.store import MemoryData, Store
 
 JSON = dict[str, Any]
 TOTAL_KEY = "files-bytes"
+ORDER = "created_ns"  # kept beside the file object, never shown: orders files of the same second
+
+
+def _public(kept: JSON) -> JSON:
+    kept.pop(ORDER, None)
+    return kept
 
 _ADD = """
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
@@ -106,11 +112,12 @@ class Files:
         """Keep ``data`` as a new file of the collection and return its file object; ``CollectionFull`` when a
         limit refuses it (nothing is kept then)."""
         file_id = "file-" + os.urandom(12).hex()
+        now = time.time_ns()
         record = {
             "id": file_id,
             "object": "file",
             "bytes": len(data),
-            "created_at": int(time.time()),
+            "created_at": now // 1_000_000_000,
             "filename": filename,
             "purpose": purpose,
             "status": "processed",
@@ -118,7 +125,8 @@ class Files:
             "status_details": None,
         }
         await self.blobs.put(file_id, data)
-        args = [file_id, orjson.dumps(record), len(data), self.max_files, self.max_collection, self.max_total]
+        kept = orjson.dumps({**record, ORDER: now})
+        args = [file_id, kept, len(data), self.max_files, self.max_collection, self.max_total]
         try:
             refused = int(await self._add([owner.index, owner.used, TOTAL_KEY], args))
         except BaseException:
@@ -138,12 +146,13 @@ class Files:
 
     async def get(self, owner: Owner, file_id: str) -> JSON | None:
         raw = await self.store.hget(owner.index, file_id)
-        return orjson.loads(raw) if raw is not None else None
+        return _public(orjson.loads(raw)) if raw is not None else None
 
     async def records(self, owner: Owner) -> list[JSON]:
         """Every file of the collection, newest first (ties by id, so pages are stable)."""
-        records = [orjson.loads(raw) for raw in (await self.store.hgetall(owner.index)).values()]
-        return sorted(records, key=lambda r: (r["created_at"], r["id"]), reverse=True)
+        kept = [orjson.loads(raw) for raw in (await self.store.hgetall(owner.index)).values()]
+        kept.sort(key=lambda r: (r.get(ORDER, 0), r["id"]), reverse=True)
+        return [_public(r) for r in kept]
 
     async def content(self, owner: Owner, file_id: str) -> tuple[JSON, bytes] | None:
         record = await self.get(owner, file_id)
