@@ -91,7 +91,7 @@ class Gateway:
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
         self.tools = Tools(catalogue, settings)  # MCP sessions and HTTP tools' clients; secret headers read here
         engine = ResponsesEngine(self.dispatcher, records, self.inflight)
-        engine.loop = ToolLoop(engine, self.tools, self.metrics)
+        engine.loop = ToolLoop(engine, self.metrics)
         self.jobs = Jobs(self.store, settings.heartbeat_seconds)
         self.responses = ResponsesService(engine, records, self.prices, self.inflight, self.jobs, self.tools)
         self.agents = Agents(AgentRegistry(catalogue, self.store), records)

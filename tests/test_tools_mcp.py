@@ -131,9 +131,9 @@ async def test_references_and_allowed_servers(server):
         (mcp,) = (await tools.resolve(OPEN, [mcp_tool(None, "declared", allowed_tools=["add", "big"])])).mcp
         assert mcp.allowed_tools == frozenset({"add"})  # a request narrows, never widens
         assert [t["name"] for t in await tools.list_tools(mcp)] == ["add"]
-        assert not tools.needs_approval(mcp, "add")
+        assert not mcp.needs_approval("add")
         (stricter,) = (await tools.resolve(OPEN, [mcp_tool(None, "declared", require_approval="always")])).mcp
-        assert tools.needs_approval(stricter, "add")  # a request may ask for more approval
+        assert stricter.needs_approval("add")  # a request may ask for more approval
         for tool, param in [
             (mcp_tool(None, "unknown"), "tools[0].server_label"),
             (mcp_tool(url), "tools[0].server_url"),  # not in allowed_servers

@@ -29,6 +29,7 @@ def _public(kept: JSON) -> JSON:
     kept.pop(ORDER, None)
     return kept
 
+
 _ADD = """
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
 local size = tonumber(ARGV[3])

@@ -28,12 +28,11 @@ from gateway.errors import BudgetExceeded, GatewayError, RateLimited, ShuttingDo
 from gateway.responses import mcp_items
 from gateway.responses.events import TERMINAL_EVENTS, events_of
 from gateway.responses.mcp_items import function_name
-from gateway.tools import HttpTool, Tools
+from gateway.tools import ToolServer
 
 JSON = dict[str, Any]
 _MAX_TOOLS_OFFERED = 128  # per request, over every server
 _GATEWAY_TOOLS = ("mcp", "http_tool", "skill")  # the request's tool types the gateway runs (the rest: the caller's)
-HTTP_LABEL = "http"  # the server_label of the calls of the catalogue's HTTP tools (no MCP server may take it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +44,15 @@ class LoopLimits:
 
 @dataclass(slots=True)
 class _Tool:
-    server: Any
+    server: ToolServer
     name: str  # as the server knows it
 
 
 class ToolLoop:
     """Runs the loop of one turn (``run``) over an engine's single model calls (``open_round``)."""
 
-    def __init__(self, engine: Any, host: Tools, metrics: Any = None) -> None:
+    def __init__(self, engine: Any, metrics: Any = None) -> None:
         self.engine = engine
-        self.host = host
         self.metrics = metrics  # gateway.metrics.Metrics, or None when metrics are off
 
     def run(self, turn: Any, limits: LoopLimits) -> AsyncGenerator[list[JSON], None]:
@@ -220,8 +218,8 @@ class _Run:
         """List each server's tools (``mcp_list_tools``) unless the conversation has, and offer them as functions."""
         known = mcp_items.listed_tools(self.turn.history + self.turn.input_items)
         for server in self.ctx.tools:
-            if isinstance(server, HttpTool):  # the operator's tool, declared with its schema: nothing to list
-                self._offer_http(server)
+            if not server.listed:  # the operator's tool, declared with its schema: nothing to list
+                self._offer(server, list(await server.list_tools()))
                 continue
             tools: list[Any] | None = known.get(server.label)
             if tools is None:
@@ -229,7 +227,7 @@ class _Run:
                 yield self.item_events(item, ("response.mcp_list_tools.in_progress", {}))
                 outcome = "completed"
                 try:
-                    tools = item["tools"] = list(await self.loop.host.list_tools(server))
+                    tools = item["tools"] = list(await server.list_tools())
                 except (TimeoutError, GatewayError, OSError) as exc:
                     item["error"] = str(getattr(exc, "message", exc))[:300] or type(exc).__name__
                     outcome = "failed"
@@ -240,7 +238,7 @@ class _Run:
                 ]
             self._offer(server, [t for t in tools or () if server.allows_tool(str(t.get("name") or ""))])
 
-    def _offer(self, server: Any, tools: list[Any]) -> None:
+    def _offer(self, server: ToolServer, tools: list[Any]) -> None:
         """The server's tools as function tools, named so that a call finds its way back (``function_name``)."""
         for tool in tools:
             name = str(tool.get("name") or "")
@@ -253,11 +251,6 @@ class _Run:
             if isinstance(tool.get("description"), str):
                 described["description"] = tool["description"][:1024]
             self.offered.append(described)
-
-    def _offer_http(self, tool: HttpTool) -> None:
-        fname = function_name(HTTP_LABEL, tool.name)
-        self.tools[fname] = _Tool(tool, tool.name)
-        self.offered.append({**tool.as_function(), "name": fname})
 
     def _approved_calls(self) -> list[JSON]:
         """The calls the request approves (``mcp_approval_response`` items naming a request of the conversation):
@@ -327,14 +320,10 @@ class _Run:
                 item.update(status="failed", error="The arguments are not a JSON object.")
             else:
                 timeout = max(0.0, min(self.limits.call_timeout, self.deadline - time.monotonic()))
-                host = self.loop.host
-                if isinstance(tool.server, HttpTool):
-                    result = await host.call_http(self.ctx.space_id, tool.server, arguments, timeout)
-                else:
-                    result = await host.call_mcp(tool.server, tool.name, arguments, timeout, item["id"])
+                result = await tool.server.call(tool.name, arguments, timeout, item["id"])
                 item.update(output=result.output, error=result.error, status="failed" if result.error else "completed")
                 if self.loop.metrics is not None:  # a request's own server is named by the caller: one label for all
-                    server = _label(tool.server) if getattr(tool.server, "declared", True) else "request"
+                    server = tool.server.label if tool.server.declared else "request"
                     self.loop.metrics.tool_call(server, tool.name, result.error is None)
         self.ctx.tool_calls.append(
             {
@@ -349,11 +338,6 @@ class _Run:
 
 async def _one_batch(events: list[JSON]) -> AsyncGenerator[list[JSON], None]:
     yield events
-
-
-def _label(server: Any) -> str:
-    """The ``server_label`` of a tool's calls: its MCP server's, or ``http`` for the catalogue's HTTP tools."""
-    return HTTP_LABEL if isinstance(server, HttpTool) else str(server.label)
 
 
 class _RoundEvents:
@@ -423,8 +407,8 @@ class _RoundEvents:
             self.client_calls.append(item)
             return [self._placed(event) for event in events]
         arguments = str(item.get("arguments")) if isinstance(item.get("arguments"), str) else "{}"
-        label = _label(tool.server)
-        if not isinstance(tool.server, HttpTool) and run.loop.host.needs_approval(tool.server, tool.name):
+        label = tool.server.label
+        if tool.server.needs_approval(tool.name):
             asked = mcp_items.approval_item(mcp_items.new_item_id("mcp_approval_request"), label, tool.name, arguments)
             self.approvals.append(asked)
             out = run.item_events(asked)

@@ -24,11 +24,10 @@ from gateway.responses.engine import Events, ResponsesEngine, Turn
 from gateway.responses.events import TERMINAL_EVENTS, events_of
 from gateway.responses.ids import new_response_id
 from gateway.responses.live import LiveStream, LiveStreams
-from gateway.responses.loop import HTTP_LABEL
 from gateway.responses.records import TERMINAL, ResponseRecords, StoredResponse
 from gateway.responses.validate import validate_create
 from gateway.sse import format_sse, responses_error_event
-from gateway.tools import Tools
+from gateway.tools import HTTP_LABEL, Tools
 
 JSON = dict[str, Any]
 Render = Callable[[StoredResponse], JSON]
@@ -97,7 +96,7 @@ class ResponsesService:
                 f"server_label '{HTTP_LABEL}' is the gateway's HTTP tools' own: name the MCP server otherwise.",
                 param="tools",
             )
-        ctx.tools = [*resolved.mcp, *resolved.http, *servers]
+        ctx.tools = [*self.tools.servers(resolved), *servers]
 
     async def create(self, ctx: RequestContext, send: Send, receive: Receive, render: Render) -> None:
         turn = await self.engine.prepare(ctx)

@@ -37,13 +37,14 @@ CORE = (  # the fields of a sub-execution its parent lists (the seed's sub_execu
 
 @dataclass(frozen=True, eq=False)
 class SkillServer:
-    """The request's skills as one tool server of the loop (what the loop reads of an MCP server)."""
+    """The request's skills as one tool server of the loop (a ``gateway.tools.ToolServer``)."""
 
     gw: "Gateway"
     skills: tuple[SkillManifest, ...]
     parent: Parent
     label: str = LABEL
     declared: bool = True
+    listed: bool = True
 
     def allows_tool(self, name: str) -> bool:
         return any(s.slug == name for s in self.skills)

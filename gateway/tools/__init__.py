@@ -5,14 +5,12 @@ environment then: a missing variable fails the start), closed at shutdown. It do
 uses it like this::
 
     resolved = await gw.tools.resolve(ctx.space_id, body.get("tools") or [])   # 400/424 for bad tools
-    for server in resolved.mcp:
-        listing = await gw.tools.list_tools(server)                          # ToolUnavailable (424)
-        ...                                                                  # -> mcp_list_tools item
-    functions = [t.as_function() for t in resolved.http] + list(resolved.client)
+    for server in gw.tools.servers(resolved):                                # ToolServer (gateway.tools.servers)
+        listing = await server.list_tools()                                  # ToolUnavailable (424)
+        ...                                                                  # -> mcp_list_tools item (if listed)
     ...                                                                      # the model asks for a call
-    if gw.tools.needs_approval(server, name): ...                            # -> mcp_approval_request
-    result = await gw.tools.call_mcp(server, name, arguments)                # ToolResult(output, error)
-    result = await gw.tools.call_http(resolved.space_id, tool, arguments_json)
+    if server.needs_approval(name): ...                                      # -> mcp_approval_request
+    result = await server.call(name, arguments, timeout, call_id)            # ToolResult(output, error)
 
 Request shapes: OpenAI's ``{"type": "mcp", "server_label", "server_url", "allowed_tools", "require_approval",
 "headers", "server_description"}``, where a ``server_url`` must match the space's ``mcp.allowed_servers``;
@@ -33,10 +31,21 @@ from gateway.errors import InvalidRequest
 from gateway.tools.http_tool import HttpTool, HttpTools
 from gateway.tools.mcp import McpServer, resolve_mcp_tool
 from gateway.tools.results import ToolResult, ToolUnavailable, parse_arguments
+from gateway.tools.servers import HTTP_LABEL, HttpEndpoint, McpEndpoint, ToolServer
 from gateway.tools.sessions import McpSessions, McpTool
 from gateway.tools.ssrf import AddressPolicy, Refused, Unresolvable, check_url, shown
 
-__all__ = ["HttpTool", "McpServer", "McpTool", "ResolvedTools", "ToolResult", "ToolUnavailable", "Tools"]
+__all__ = [
+    "HTTP_LABEL",
+    "HttpTool",
+    "McpServer",
+    "McpTool",
+    "ResolvedTools",
+    "ToolResult",
+    "ToolServer",
+    "ToolUnavailable",
+    "Tools",
+]
 MAX_SERVERS = 16  # MCP servers in one request
 
 
@@ -83,9 +92,9 @@ class Tools:
     - ``await resolve(space_id, tools) -> ResolvedTools``: the request's executable tools, or ``InvalidRequest``
       (400: a malformed mcp tool, a server_url the space does not allow or whose host is private, an unknown
       reference) or ``ToolUnavailable`` (424: a request's server whose host does not resolve).
-    - ``await list_tools(server) -> list[McpTool]``: the server's tools, filtered by ``allowed_tools`` and
+    - ``servers(resolved) -> list[ToolServer]``: the resolved tools as the loop runs them (one shape for all).
+    - ``await list_tools(server) -> list[McpTool]``: an MCP server's tools, filtered by ``allowed_tools`` and
       bounded; ``ToolUnavailable`` when the server cannot be reached.
-    - ``needs_approval(server, tool_name) -> bool``: the ``require_approval`` rule for one call.
     - ``await call_mcp(server, tool_name, arguments, timeout=None) -> ToolResult`` and
       ``await call_http(space_id, tool, arguments, timeout=None) -> ToolResult``: never raise for a tool's own
       failure (the result's ``error`` says what happened, for the model).
@@ -181,34 +190,24 @@ class Tools:
             raise InvalidRequest(f"{param}.name: {shown_name} is not an HTTP tool of this space", param=f"{param}.name")
         return found
 
-    async def list_tools(self, server: Any) -> list[McpTool]:
-        """The server's tools the request allows; ``ToolUnavailable`` (424) when it cannot be listed. A server
-        of the gateway's own (the skills of a request, ``gateway.skills.tools``) lists itself."""
-        if not isinstance(server, McpServer):
-            return list(await server.list_tools())
+    def servers(self, resolved: ResolvedTools) -> list[ToolServer]:
+        """The resolved tools as the loop runs them: each MCP server over the pooled sessions, each HTTP tool
+        with its space's address policy."""
+        policy = self._space(resolved.space_id).policy
+        mcp: list[ToolServer] = [McpEndpoint(server, self.sessions) for server in resolved.mcp]
+        return mcp + [HttpEndpoint(tool, self.http, policy) for tool in resolved.http]
+
+    async def list_tools(self, server: McpServer) -> list[McpTool]:
+        """The server's tools the request allows; ``ToolUnavailable`` (424) when it cannot be listed."""
         return await self.sessions.list_tools(server)
 
-    @staticmethod
-    def needs_approval(server: Any, tool_name: str) -> bool:
-        """Whether a call of ``tool_name`` on ``server`` waits for the caller's approval."""
-        return bool(server.needs_approval(tool_name))
-
     async def call_mcp(
-        self,
-        server: Any,
-        tool_name: str,
-        arguments: str | Mapping[str, Any] | None,
-        timeout: float | None = None,
-        call_id: str | None = None,
+        self, server: McpServer, tool_name: str, arguments: str | Mapping[str, Any] | None, timeout: float | None = None
     ) -> ToolResult:
-        """Run one tool call of an MCP server, or of a server of the gateway's own (``arguments``: the model's
-        JSON string or an object; ``call_id``: the call's item id, which a skill's sub-execution records)."""
+        """Run one tool call of an MCP server (``arguments``: the model's JSON string or an object)."""
         parsed = parse_arguments(arguments)
         if isinstance(parsed, str):
             return ToolResult.failed(parsed)
-        if not isinstance(server, McpServer):
-            result: ToolResult = await server.call(tool_name, dict(parsed), timeout, call_id)
-            return result
         return await self.sessions.call_tool(server, tool_name, parsed, timeout)
 
     async def call_http(
