@@ -251,3 +251,31 @@ def test_agents_while_the_store_is_down_answer_503_in_each_route_shape_and_model
         assert plain.status_code == 200, plain.text
         server.start()  # empty: the agent's YAML declaration is seeded again by the first request that meets it
         wait_until(lambda: post("/v1/responses").status_code == 200, "the agent to answer again")
+
+
+def test_files_and_skill_publishing_while_the_store_is_down_answer_503_and_keep_nothing(start_gateway, upstream):
+    """Files and published skills live in the store: with Redis down, uploading, listing, reading and publishing
+    are 503 in the route's shape (never a 500); once it is back, nothing half-written shows."""
+    with redis_process() as server:
+        base = start_gateway(catalogue(upstream[1]), redis_url=server.url, redis_prefix=PREFIX)
+        upload = {"files": {"file": ("a.txt", b"x")}, "data": {"purpose": "user_data"}}
+        kept = httpx2.post(base + "/v1/files", headers=AUTH, timeout=15, **upload).json()["id"]
+        server.stop()
+        down = httpx2.post(base + "/v1/files", headers=AUTH, timeout=15, **upload)
+        assert down.status_code == 503 and down.json()["error"]["type"], down.text
+        for path in ("/v1/files", f"/v1/files/{kept}", f"/v1/files/{kept}/content"):
+            answer = httpx2.get(base + path, headers=AUTH, timeout=15)
+            assert answer.status_code == 503 and "error" in answer.json()
+        manifest = {
+            "slug": "s",
+            "version": "1",
+            "inputs": {"type": "object"},
+            "outputs": {"type": "object"},
+            "instructions": "Do.",
+        }
+        publish = httpx2.post(f"{base}/v1/spaces/{SPACE}/skills", headers=AUTH, json=manifest, timeout=15)
+        assert publish.status_code == 503 and isinstance(publish.json()["detail"], str)
+        server.start()  # empty
+        listed = httpx2.get(base + "/v1/files", headers=AUTH, timeout=15)
+        assert listed.status_code == 200 and listed.json()["data"] == []
+        assert httpx2.post(f"{base}/v1/spaces/{SPACE}/skills", headers=AUTH, json=manifest).status_code == 201
