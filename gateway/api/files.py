@@ -18,6 +18,7 @@ from gateway.catalog import Principal
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gateway.files import CollectionFull, Owner
 from gateway.http import bearer_key, json_response
+from gateway.logs import bounded
 from gateway.runtime import Gateway
 
 # OpenAI's purposes (https://platform.openai.com/docs/api-reference/files/create)
@@ -28,21 +29,17 @@ _BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 _LIMIT: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1, le=10_000)])
 
 
-def _shown(value: str) -> str:
-    return value if len(value) <= 100 else value[:100] + "…"
-
-
 def _owner(request: Request) -> tuple[Gateway, Owner]:
     gw: Gateway = request.app.state.gateway
     principal: Principal = gw.catalog.authenticate(bearer_key(dict(request.scope["headers"])))
     return gw, Owner(principal.tenant_id, principal.id)
 
 
-def _bounded(receive: Receive, limit: int) -> Receive:
+def _capped(receive: Receive, limit: int) -> Receive:
     """``receive``, refusing (413) a body past ``limit`` bytes as it arrives: nothing larger is ever spooled."""
     size = 0
 
-    async def bounded() -> Message:
+    async def capped() -> Message:
         nonlocal size
         message = await receive()
         size += len(message.get("body", b""))
@@ -50,7 +47,7 @@ def _bounded(receive: Receive, limit: int) -> Receive:
             raise PayloadTooLarge(f"The upload exceeds the limit of {limit} bytes.")
         return message
 
-    return bounded
+    return capped
 
 
 def _filename(upload: UploadFile) -> str:
@@ -70,17 +67,17 @@ async def upload_file(request: Request) -> Response:
         raise PayloadTooLarge(f"The upload of {int(declared)} bytes exceeds the limit of {limit} bytes.")
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise InvalidRequest("The upload must be a multipart/form-data body with 'file' and 'purpose'.")
-    bounded = Request(request.scope, _bounded(request.receive, limit + FORM_OVERHEAD))
+    limited = Request(request.scope, _capped(request.receive, limit + FORM_OVERHEAD))
     try:
-        form = await bounded.form(max_files=1, max_fields=8, max_part_size=4096)
+        form = await limited.form(max_files=1, max_fields=8, max_part_size=4096)
     except HTTPException as exc:  # python-multipart refused the body's shape
-        raise InvalidRequest(f"The multipart body could not be read: {_shown(str(exc.detail))}") from None
+        raise InvalidRequest(f"The multipart body could not be read: {bounded(str(exc.detail), 100)}") from None
     try:
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("'file' is required: the file to upload, as a multipart file part.", param="file")
         if not isinstance(purpose, str) or purpose not in PURPOSES:
-            shown = _shown(purpose) if isinstance(purpose, str) else "(none)"
+            shown = bounded(purpose, 100) if isinstance(purpose, str) else "(none)"
             raise InvalidRequest(
                 f"'purpose' must be one of {', '.join(sorted(PURPOSES))}; got '{shown}'.", param="purpose"
             )
@@ -98,7 +95,7 @@ async def upload_file(request: Request) -> Response:
 
 
 def _no_such(file_id: str) -> NotFound:
-    return NotFound(f"No such file: '{_shown(file_id)}'.", param="file_id")
+    return NotFound(f"No such file: '{bounded(file_id, 100)}'.", param="file_id")
 
 
 def _file(request: Request) -> tuple[Gateway, Owner, str]:
