@@ -112,7 +112,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *agents.routes(""),
         *agents.routes("/api-proxy"),
         *client.routes(gw),
-        *files.routes(),
+        *files.routes(""),
+        *files.routes("/api-proxy"),
         *skills.routes(""),
         *skills.routes("/api-proxy"),
     ]

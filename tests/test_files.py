@@ -181,3 +181,17 @@ async def test_the_directory_backend_keeps_the_bytes_under_the_files_id(start_ga
 def test_the_directory_backend_needs_its_directory():
     with pytest.raises(ValidationError, match="files_directory"):
         Settings(files_backend="directory")
+
+
+def test_the_native_base_serves_the_same_collection_with_native_errors(gateway):
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    up = httpx.post(
+        gateway + "/api-proxy/v1/files/", headers=auth, files={"file": ("n.txt", b"hi")}, data={"purpose": "user_data"}
+    )
+    assert up.status_code == 200, up.text
+    file_id = up.json()["id"]
+    assert [f["id"] for f in httpx.get(gateway + "/v1/files", headers=auth).json()["data"]] == [file_id]
+    assert httpx.get(f"{gateway}/api-proxy/v1/files/{file_id}/content", headers=auth).content == b"hi"
+    bad = httpx.post(gateway + "/api-proxy/v1/files", headers=auth, files={"file": ("n.txt", b"hi")})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["msg"].startswith("'purpose' must be")
+    assert httpx.get(gateway + "/api-proxy/v1/files/nope", headers=auth).json() == {"detail": "No such file: 'nope'."}

@@ -165,12 +165,15 @@ async def delete_file(request: Request) -> Response:
     return json_response({"id": file_id, "object": "file", "deleted": True})
 
 
-def routes() -> list[Route]:
+def routes(prefix: str) -> list[Route]:
+    """The routes under ``prefix``: OpenAI's paths (``""``), and the native base (``/api-proxy``, whose errors
+    are in the native shape, as every route under it)."""
+    base = prefix + "/v1/files"
     return [
-        Route("/v1/files", upload_file, methods=["POST"]),
-        Route("/v1/files/", upload_file, methods=["POST"]),  # as the seed writes it
-        Route("/v1/files", list_files, methods=["GET"]),
-        Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
-        Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
-        Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+        Route(base, upload_file, methods=["POST"]),
+        Route(base + "/", upload_file, methods=["POST"]),  # as the seed writes it
+        Route(base, list_files, methods=["GET"]),
+        Route(base + "/{file_id}", retrieve_file, methods=["GET"]),
+        Route(base + "/{file_id}", delete_file, methods=["DELETE"]),
+        Route(base + "/{file_id}/content", file_content, methods=["GET"]),
     ]
