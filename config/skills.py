@@ -52,6 +52,9 @@ class SkillLimits(_Strict):
     max_rounds: int = Field(8, ge=1, le=64, description="Model calls of the tool loop per model turn.")
     timeout_seconds: float = Field(300.0, gt=0, le=3600, description="Wall time of one execution.")
     max_cost_usd: Decimal | None = Field(None, gt=0, description="No repair round once the execution cost this.")
+    max_artifacts: int = Field(
+        0, ge=0, le=64, description="Documents the model may write as artifacts (write_artifact); 0: none offered."
+    )
 
 
 def _object_schema(schema: dict[str, Any], what: str) -> dict[str, Any]:

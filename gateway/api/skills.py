@@ -215,7 +215,8 @@ async def download_artifact(request: Request) -> Response:
         raise NotFound(f"Artifact '{artifact_id}' not found for this execution.")
     document_type, body = found
     name = artifact_id + (".json" if document_type == "application/json" else "")
-    return Response(body, media_type=document_type, headers={"content-disposition": f'attachment; filename="{name}"'})
+    headers = {"content-disposition": f'attachment; filename="{name}"', "x-content-type-options": "nosniff"}
+    return Response(body, media_type=document_type, headers=headers)
 
 
 async def by_chat_tool_call(request: Request) -> Response:

@@ -101,6 +101,7 @@ def skill_data(skill: SkillManifest) -> dict[str, Any]:
             "max_rounds": skill.limits.max_rounds,
             "timeout_seconds": skill.limits.timeout_seconds,
             "max_cost_usd": None if skill.limits.max_cost_usd is None else str(skill.limits.max_cost_usd),
+            "max_artifacts": skill.limits.max_artifacts,
         },
     }
 

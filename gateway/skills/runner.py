@@ -28,6 +28,8 @@ from gateway.files import Owner
 from gateway.pricing import usd
 from gateway.responses.records import StoredResponse
 from gateway.responses.render import openai_response
+from gateway.skills.artifacts import LABEL as ARTIFACTS_LABEL
+from gateway.skills.artifacts import ArtifactServer
 from gateway.skills.records import Execution
 from gateway.skills.registry import Skills, render_instructions
 
@@ -69,6 +71,7 @@ class Totals:
     rounds: int = 0
     responses: list[str] = field(default_factory=list)
     subs: list[JSON] = field(default_factory=list)  # the sub-executions ended (their core fields)
+    artifacts: list[JSON] = field(default_factory=list)  # what the model wrote (write_artifact), in order
     started: int = 0  # sub-executions started (the fan-out bound counts these)
 
     def absorb(self, sub: "Totals") -> None:
@@ -168,16 +171,31 @@ class Runner:
             captured.record = record
             return openai_response(record)
 
+        workspace = None
         try:
             await gw.responses.admit(ctx, _never_disconnects)
+            if skill.limits.max_artifacts:
+                workspace = self._workspace(ctx, execution, skill, totals)
             await gw.run_chain(
                 ctx, captured.send, lambda out: gw.responses.create(ctx, out, _never_disconnects, render)
             )
         finally:
             _count(ctx, captured, totals)
+            if workspace is not None:
+                totals.artifacts += workspace.written
         turn = captured.turn()
         await emit("execution.turn", **_summary(turn))
         return turn
+
+    def _workspace(self, ctx: RequestContext, execution: Execution, skill: SkillManifest, totals: Totals) -> Any:
+        """The ``write_artifact`` tool among the turn's tool servers, with what is left of the skill's limit."""
+        if any(server.label == ARTIFACTS_LABEL for server in ctx.tools):
+            message = f"The skill's MCP server label '{ARTIFACTS_LABEL}' is the artifacts tool's own."
+            raise Failed("refused", {"code": "tool_label_taken", "message": message})
+        room = skill.limits.max_artifacts - len(totals.artifacts)
+        server = ArtifactServer(self.gw.executions, execution, room)
+        ctx.tools = [*ctx.tools, server]
+        return server
 
     def _outputs(self, skill: SkillManifest, turn: _Turn) -> tuple[JSON, list[JSON]]:
         """The turn's answer as the outputs document and how it fails the schema (empty: valid)."""

@@ -137,6 +137,7 @@ class SkillServer:
             state, fields = "failed", failed
         fields["resource_usage"] = totals.usage(int((time.monotonic() - started) * 1000))
         fields["sub_executions"] = totals.subs
+        fields["artifacts"] = [*execution.data["artifacts"], *totals.artifacts]
         self.parent.totals.absorb(totals)
         return state, fields
 

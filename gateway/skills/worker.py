@@ -184,6 +184,7 @@ class ExecutionWorker:
             jobs.ended(execution_id)
         fields["resource_usage"] = totals.usage(int((time.monotonic() - started) * 1000))
         fields["sub_executions"] = totals.subs
+        fields.setdefault("artifacts", [*execution.data["artifacts"], *totals.artifacts])  # a failed run's too
         return await self._end(execution, lease, state, **fields)
 
     async def _outcome(self, execution: Execution, totals: Totals) -> tuple[str, dict[str, Any]]:
@@ -201,7 +202,8 @@ class ExecutionWorker:
                 outputs = await self.runner.run(execution, skill, totals, emit)
             document = orjson.dumps(outputs, option=orjson.OPT_INDENT_2)
             artifact = await self.records.save_artifact(execution, OUTPUTS_PATH, "application/json", document)
-            fields = {"outputs": outputs, "artifacts": [*data["artifacts"], artifact], "sub_executions": totals.subs}
+            artifacts = [*data["artifacts"], *totals.artifacts, artifact]
+            fields = {"outputs": outputs, "artifacts": artifacts, "sub_executions": totals.subs}
             return "succeeded", fields
         except asyncio.CancelledError:
             if not self.gw.jobs.cancelled(execution.id):
