@@ -45,7 +45,7 @@ def test_the_model_writes_artifacts_within_the_skills_limit(start_gateway, scrip
         '{"done": true}',
     ]
     done = ended(base, start_execution(base, "writer", {"inputs": {"script": script}}).json()["data"]["id"])
-    assert (done["state"], done["outputs"]) == ("succeeded", {"done": True}), done
+    assert (done["state"], done["outputs"]) == ("succeeded", {"done": True}), (done["failure_reason"], done["error"])
     assert [a["relpath_in_workspace"] for a in done["artifacts"]] == [
         "report/summary.md",
         "notes.txt",
