@@ -50,6 +50,7 @@ MATRIX: dict[str, dict[str, Any]] = {
     "hpa": {**OWN_CATALOGUE, "autoscaling": {"enabled": True}, "redis": {"url": "redis://:pw@redis.example:6379/0"}},
     "servicemonitor": {**OWN_CATALOGUE, "serviceMonitor": {"enabled": True, "tokenSecret": {"name": "scrape"}}},
     "bundled-redis": {**OWN_CATALOGUE, "replicaCount": 3, "redis": {"bundled": {"enabled": True}}},
+    "files-volume": {**OWN_CATALOGUE, "files": {"persistentVolumeClaim": "gateway-files"}},
     "all-on": {
         **OWN_CATALOGUE,
         **INGRESS,
@@ -302,6 +303,16 @@ def test_a_demo_install_says_so(renders: dict[str, list[Manifest]]) -> None:
     env = env_of(gateway_container(renders["demo"]))
     assert env["GATEWAY_DEMO"] == "1"
     assert "GATEWAY_CONFIG" not in env  # the image's example catalogue
+
+
+def test_a_files_volume_is_mounted_and_the_gateway_keeps_uploads_on_it(renders: dict[str, list[Manifest]]) -> None:
+    gateway = gateway_container(renders["files-volume"])
+    env = env_of(gateway)
+    assert (env["GATEWAY_FILES_BACKEND"], env["GATEWAY_FILES_DIRECTORY"]) == ("directory", "/var/lib/llm-gateway/files")
+    assert {"name": "files", "mountPath": "/var/lib/llm-gateway/files"} in gateway["volumeMounts"]
+    volumes = pod_spec(renders["files-volume"])["volumes"]
+    assert {"name": "files", "persistentVolumeClaim": {"claimName": "gateway-files"}} in volumes
+    assert "GATEWAY_FILES_BACKEND" not in env_of(gateway_container(renders["defaults"]))
 
 
 def test_the_sidecar_listens_on_loopback_beside_the_app(renders: dict[str, list[Manifest]]) -> None:

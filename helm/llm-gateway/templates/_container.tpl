@@ -72,6 +72,12 @@ env:
         name: {{ $v.serviceMonitor.tokenSecret.name }}
         key: {{ $v.serviceMonitor.tokenSecret.key }}
   {{- end }}
+  {{- if $v.files.persistentVolumeClaim }}
+  - name: GATEWAY_FILES_BACKEND
+    value: directory
+  - name: GATEWAY_FILES_DIRECTORY
+    value: {{ $v.files.mountPath | quote }}
+  {{- end }}
   {{- range $v.providerKeys }}
   - name: {{ .env }}
     valueFrom:
@@ -110,5 +116,9 @@ volumeMounts:
   - name: catalogue
     mountPath: /etc/llm-gateway
     readOnly: true
+  {{- end }}
+  {{- if $v.files.persistentVolumeClaim }}
+  - name: files
+    mountPath: {{ $v.files.mountPath }}
   {{- end }}
 {{- end }}

@@ -72,7 +72,7 @@ app.kubernetes.io/component: gateway
 
 {{/* The settings the chart derives from its own values: refused in .Values.env. */}}
 {{- define "llm-gateway.chartSettings" -}}
-{{- list "GATEWAY_HOST" "GATEWAY_PORT" "GATEWAY_CONFIG" "GATEWAY_DEMO" "GATEWAY_REDIS_URL" "GATEWAY_REDIS_PREFIX" "GATEWAY_SHUTDOWN_GRACE_SECONDS" "GATEWAY_SHUTDOWN_CLEANUP_SECONDS" "GATEWAY_SHUTDOWN_DELAY_SECONDS" | toJson }}
+{{- list "GATEWAY_HOST" "GATEWAY_PORT" "GATEWAY_CONFIG" "GATEWAY_DEMO" "GATEWAY_REDIS_URL" "GATEWAY_REDIS_PREFIX" "GATEWAY_SHUTDOWN_GRACE_SECONDS" "GATEWAY_SHUTDOWN_CLEANUP_SECONDS" "GATEWAY_SHUTDOWN_DELAY_SECONDS" "GATEWAY_FILES_BACKEND" "GATEWAY_FILES_DIRECTORY" | toJson }}
 {{- end }}
 
 {{/* Every combination of values that cannot run: fail the render with what to change. */}}
