@@ -1,12 +1,15 @@
 """What tracing costs: chat c64 through the gateway with traces off and with traces exported at 100 % sampling
-to a loopback OTLP/HTTP receiver, measured side by side in one run (alternating, each gateway started fresh).
+to a loopback OTLP/HTTP receiver, measured side by side in one run (alternating, each gateway started fresh; or,
+with --together, both gateways at once on the same core).
 
-    python benchmarks/traces_overhead.py [--duration 5] [--warmup 1] [--rounds 2] [--sample-ratio 1]
+    python benchmarks/traces_overhead.py [--duration 5] [--warmup 1] [--rounds 2] [--sample-ratio 1] [--together]
 
-Prints each measurement, then one line ``BENCH_RESULT {json}`` with the medians and their ratio (traces on /
-off; the target is >= 0.90), and the spans the receiver got against the requests answered. The gateway runs
-alone on core 1; the mock upstream, wrk and the receiver (benchmarks/otlp_sink.py) share core 0. Stdlib only
-(run.py's helpers); needs the repository's .venv (`make install`) and wrk. Every process is stopped by its PID.
+Prints each measurement, then one line ``BENCH_RESULT {json}`` with the medians, their ratio (traces on / off;
+the target is >= 0.90) and each round's ratio, and the spans the receiver got against the requests answered.
+Alternating, the gateway runs alone on core 1; with --together both gateways share core 1 (each gets half of it,
+so each one's throughput is the inverse of its CPU per request, and a host whose speed drifts slows both alike).
+The mock upstream, wrk and the receiver (benchmarks/otlp_sink.py) share core 0. Stdlib only (run.py's helpers);
+needs the repository's .venv (`make install`) and wrk. Every process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -99,6 +102,27 @@ def measure(
         procs.stop(proc)  # SIGTERM: the gateway exports its last spans before it exits
 
 
+def load_together(wrk: str, ports: dict[str, int], seconds: float, connections: int) -> dict[str, dict]:
+    """One wrk per gateway, all at once (in threads); the first failure is raised."""
+    results: dict[str, dict] = {}
+    failed: list[BaseException] = []
+
+    def load(name: str) -> None:
+        try:
+            results[name] = base.run_wrk(wrk, ports[name], base.CHAT_BODY, True, connections, seconds)
+        except BaseException as exc:  # re-raised by the main thread
+            failed.append(exc)
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in ports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return results
+
+
 def measure_together(
     wrk: str,
     procs: base.Processes,
@@ -107,31 +131,21 @@ def measure_together(
     envs: dict[str, dict[str, str]],
     args: argparse.Namespace,
 ) -> dict[str, dict]:
-    """Both gateways started, then loaded at the same time (one wrk each, in threads)."""
+    """Both gateways started, then loaded at the same time, each by its own wrk."""
     started = {name: start_gateway(procs, workdir, mock_port, env) for name, env in envs.items()}
+    ports = {name: port for name, (_, port) in started.items()}
     try:
-        for _, port in started.values():
+        for port in ports.values():
             base.validate(port, True)
-        results: dict[str, dict] = {}
-        warm = dict.fromkeys(started, 0)
-
-        def load(name: str, seconds: float) -> None:
-            if name in results:
-                warm[name] += results[name]["requests"]
-            results[name] = base.run_wrk(wrk, started[name][1], base.CHAT_BODY, True, args.connections, seconds)
-
-        for seconds in ([args.warmup] if args.warmup > 0 else []) + [args.duration]:
-            cpu0 = {name: base.cpu_seconds(proc.pid) for name, (proc, _) in started.items()}
-            t0 = time.monotonic()
-            threads = [threading.Thread(target=load, args=(name, seconds)) for name in started]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            elapsed = time.monotonic() - t0
-            for name, (proc, _) in started.items():
-                results[name]["cpu_pct"] = 100.0 * (base.cpu_seconds(proc.pid) - cpu0[name]) / elapsed
-                results[name]["all_requests"] = results[name]["requests"] + warm[name] + 3
+        warm = load_together(wrk, ports, args.warmup, args.connections) if args.warmup > 0 else {}
+        cpu0 = {name: base.cpu_seconds(proc.pid) for name, (proc, _) in started.items()}
+        t0 = time.monotonic()
+        results = load_together(wrk, ports, args.duration, args.connections)
+        elapsed = time.monotonic() - t0
+        for name, (proc, _) in started.items():
+            res = results[name]
+            res["cpu_pct"] = 100.0 * (base.cpu_seconds(proc.pid) - cpu0[name]) / elapsed
+            res["all_requests"] = res["requests"] + warm.get(name, {}).get("requests", 0) + 3
         return results
     finally:
         for proc, _ in started.values():

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -107,6 +108,12 @@ class Span:
         self.events = [*(self.events or ()), event]
 
 
+# A policy step's span, the most frequent, as it ends: no object of its own (its id is drawn when it is encoded):
+# (trace id, parent span id, trace state), its name and its attributes in JSON (the same for every request), start
+# and end.
+Step = tuple[tuple[str, str, str], str, str, int, int]
+
+
 def _value(value: Any) -> dict[str, Any]:
     kind = type(value)
     if kind is str:
@@ -161,23 +168,31 @@ class Encoder:
         self.names: dict[str, str] = {}
 
     def attributes(self, attributes: dict[str, Any]) -> str:
-        known, out = self.known, []
-        for item in attributes.items():
-            kind = type(item[1])
-            if kind is str or kind is int:  # hashable, and never equal across the two (True is a bool)
-                key: tuple[str, Any] = item
-            elif kind is list and all(type(v) is str for v in item[1]):  # finish reasons
-                key = (item[0], tuple(item[1]))
-            else:
-                out.append(_pair(*item))
-                continue
-            pair = known.get(key)
-            if pair is None:
-                if len(known) >= self.KEEP:
-                    known.clear()
-                pair = known[key] = _pair(*item)
-            out.append(pair)
-        return ",".join(out)
+        """The JSON of ``attributes``: the items seen before looked up at once (a number shares the encoding of an
+        equal one of the same key: 7.0 after 7 is written 7; the gateway's floats are never integers' keys)."""
+        try:
+            pairs = list(map(self.known.get, attributes.items()))
+        except TypeError:  # a list among the values: one by one
+            pairs = [None] * len(attributes)
+        if None in pairs:
+            pairs = [p if p is not None else self._slow(i) for p, i in zip(pairs, attributes.items(), strict=True)]
+        return ",".join(pairs)  # type: ignore[arg-type]
+
+    def _slow(self, item: tuple[str, Any]) -> str:
+        known = self.known
+        kind = type(item[1])
+        if kind is str or kind is int:  # kept (True is a bool: neither, nor a float)
+            key: tuple[str, Any] = item
+        elif (kind is tuple or kind is list) and all(type(v) is str for v in item[1]):  # finish reasons
+            key = (item[0], tuple(item[1]))
+        else:
+            return _pair(*item)
+        pair = known.get(key)
+        if pair is None:
+            if len(known) >= self.KEEP:
+                known.clear()
+            pair = known[key] = _pair(*item)
+        return pair
 
     def name(self, name: str) -> str:
         found = self.names.get(name)
@@ -201,17 +216,23 @@ class Encoder:
             f'"startTimeUnixNano":"{s.start}","endTimeUnixNano":"{s.end}","attributes":[{attributes}]}}'
         )
 
-    def step(self, trace: tuple[str, str, str], name: str, attributes: str, start: int, end: int) -> str:
-        """A policy step's span (``name`` and ``attributes`` already JSON), with an id of its own."""
-        extra = f',"traceState":{json_string(trace[2])}' if trace[2] else ""
-        return (
-            f'{{"traceId":"{trace[0]}","spanId":"{span_id()}","parentSpanId":"{trace[1]}"{extra},"name":{name},'
-            f'"kind":{INTERNAL},"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}","attributes":[{attributes}]}}'
-        )
-
-    def request(self, spans: list[str]) -> bytes:
-        """An export of encoded spans."""
-        return f"{self.head}{','.join(spans)}]}}]}}]}}".encode()
+    def request(self, batch: list["Span | Step"]) -> bytes:
+        """An export of finished spans, encoded in one pass (hot in the CPU's caches, unlike span by span as
+        they end)."""
+        ids = os.urandom(8 * len(batch)).hex()  # the steps' span ids, drawn at once
+        out = []
+        for n, s in enumerate(batch):
+            if not isinstance(s, tuple):
+                out.append(self.span(s))
+                continue
+            (trace, parent, state), name, attributes, start, end = s
+            extra = f',"traceState":{json_string(state)}' if state else ""
+            out.append(
+                f'{{"traceId":"{trace}","spanId":"{ids[16 * n : 16 * n + 16]}","parentSpanId":"{parent}"{extra},'
+                f'"name":{name},"kind":{INTERNAL},"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",'
+                f'"attributes":[{attributes}]}}'
+            )
+        return f"{self.head}{','.join(out)}]}}]}}]}}".encode()
 
 
 class Exporter:
@@ -230,7 +251,7 @@ class Exporter:
         self.encoder = Encoder(resource)
         self.delay = delay
         self.max_queue = max_queue
-        self.spans: list[str] = []  # encoded as they end: text, which the garbage collector need not visit
+        self.spans: list[Span | Step] = []
         self.dropped = 0  # spans that found the queue full
         self.failed = 0  # spans of exports that failed
         self.exported = 0
@@ -240,22 +261,17 @@ class Exporter:
         self._warned = -_LOG_EVERY
         self._closing = False
 
-    def add(self, span: Span) -> None:
-        """A finished span, exported with the next batch (dropped when the queue is full)."""
-        if len(self.spans) >= self.max_queue:
+    def add(self, span: "Span | Step") -> None:
+        """A finished span, exported with the next batch (dropped when the queue is full): a ``Span`` ends now,
+        a ``Step`` has its end already."""
+        if type(span) is Span:
+            span.end = time.time_ns()
+        spans = self.spans
+        if len(spans) >= self.max_queue:
             self.dropped += 1
             return
-        self.spans.append(self.encoder.span(span))
-        if len(self.spans) == MAX_BATCH:
-            self._wake.set()
-
-    def add_step(self, trace: tuple[str, str, str], name: str, attributes: str, start: int, end: int) -> None:
-        """A policy step's span that ended (``Encoder.step``)."""
-        if len(self.spans) >= self.max_queue:
-            self.dropped += 1
-            return
-        self.spans.append(self.encoder.step(trace, name, attributes, start, end))
-        if len(self.spans) == MAX_BATCH:
+        spans.append(span)
+        if len(spans) == MAX_BATCH:
             self._wake.set()
 
     async def start(self) -> None:

@@ -93,10 +93,11 @@ class Tracing:
         )
         # parent-based, trace id ratio: a new trace is recorded when its id's low 64 bits fall under the bound
         self.sample_bound = round(settings.traces_sample_ratio * 2**64)
+        self.sample_all = self.sample_bound >= 2**64
         self.content_chars = settings.traces_content_max_chars if settings.traces_content else 0
         self.request: ContextVar[RequestTrace | None] = ContextVar("gateway.request_trace", default=None)
         self.active: ContextVar[str | None] = ContextVar("gateway.active_span", default=None)  # sent upstream
-        self._steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
+        self.steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
         self._targets: dict[int, tuple[object, dict[str, Any], str]] = {}
 
     def middleware(self, app: ASGIApp) -> "TraceRequests":
@@ -109,12 +110,8 @@ class Tracing:
         """Export what is left and stop (bounded by the exporter's timeout)."""
         await self.exporter.stop()
 
-    def end(self, span: Span) -> None:
-        span.end = time.time_ns()
-        self.exporter.add(span)
-
     def sampled(self, trace: str) -> bool:
-        return int(trace[16:], 16) < self.sample_bound
+        return self.sample_all or int(trace[16:], 16) < self.sample_bound
 
     def bind(self, ctx: "RequestContext") -> None:
         """Attach a new request context to its request's trace (``ctx.trace``), if the request has one."""
@@ -143,14 +140,14 @@ class Tracing:
         """A policy step span's name (and its JSON) and attributes (and their JSON), the same for every request:
         made once."""
         key = (hook, name)
-        found = self._steps.get(key)
+        found = self.steps.get(key)
         if found is None:
             if hook == "store":
                 attributes = {"gateway.store.phase": name}
             else:
                 attributes = {"gateway.policy.name": name, "gateway.policy.hook": hook}
             title = f"{hook} {name}"
-            found = self._steps[key] = (title, json_string(title), attributes, encode_attributes(attributes))
+            found = self.steps[key] = (title, json_string(title), attributes, encode_attributes(attributes))
         return found
 
     def target_attributes(self, dep: "Deployment") -> tuple[dict[str, Any], str]:
@@ -267,17 +264,13 @@ class RequestTrace:
     def bind(self, ctx: "RequestContext") -> None:
         self.ctx = ctx
         if self.span is not None:
-            principal = ctx.principal
-            self.span.attributes.update(
-                {
-                    "gateway.route": ctx.route,
-                    "gateway.request.id": ctx.request_id,
-                    "gateway.tenant.id": ctx.tenant_id,
-                    "gateway.space.id": ctx.space_id,
-                    "gateway.api_key.name": principal.key.name,
-                    "user.id": principal.id,
-                }
-            )
+            principal, attributes = ctx.principal, self.span.attributes
+            attributes["gateway.route"] = ctx.route
+            attributes["gateway.request.id"] = ctx.request_id
+            attributes["gateway.tenant.id"] = ctx.tenant_id
+            attributes["gateway.space.id"] = ctx.space_id
+            attributes["gateway.api_key.name"] = principal.key.name
+            attributes["user.id"] = principal.id
 
     def finish(self, scope: Scope) -> None:
         self.end_call()
@@ -297,7 +290,7 @@ class RequestTrace:
                 attributes["gateway.model"] = ctx.model.alias
         if status >= 500:
             span.fail("", str(status))
-        self.tracing.end(span)
+        self.tracing.exporter.add(span)
 
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
@@ -305,7 +298,7 @@ class RequestTrace:
         if self.span is None:
             return await work
         tracing = self.tracing
-        title, title_json, attributes, encoded = tracing.step_attributes(hook, name)
+        title, title_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
         start = time.time_ns()
         try:
             result = await work
@@ -314,9 +307,9 @@ class RequestTrace:
             span.start = start
             span.record_exception(exc)
             span.fail(str(exc))
-            tracing.end(span)
+            tracing.exporter.add(span)
             raise
-        tracing.exporter.add_step(self.ids, title_json, encoded, start, time.time_ns())
+        tracing.exporter.add((self.ids, title_json, encoded, start, time.time_ns()))
         return result
 
     async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
@@ -343,7 +336,7 @@ class RequestTrace:
             raise
         finally:
             tracing.active.reset(token)
-            tracing.end(span)
+            tracing.exporter.add(span)
         self.call_error = None  # the call's status is its last attempt's
         return result
 
@@ -387,7 +380,7 @@ class RequestTrace:
                     model.append(found.group(1).decode("utf-8", "replace"))
                 reasons.extend(r.decode() for r in _STREAM_FINISH.findall(body))
                 if not message.get("more_body", False) and self.call_span is not None:
-                    self.call_span.attributes["gen_ai.response.finish_reasons"] = reasons
+                    self.call_span.attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
                     if model:
                         self.call_span.attributes["gen_ai.response.model"] = model[0]
             await send(message)
@@ -406,7 +399,7 @@ class RequestTrace:
         if self.call_error is not None:
             kind, message = self.call_error
             span.fail(message, kind)
-        self.tracing.end(span)
+        self.tracing.exporter.add(span)
 
     async def tool(self, item: dict[str, Any], work: Awaitable[None]) -> None:
         """One MCP call of the tool loop (an ``mcp_call`` item, updated by ``work`` with its output or error).
@@ -439,7 +432,7 @@ class RequestTrace:
             raise
         finally:
             otel_context.detach(token)
-            self.tracing.end(span)
+            self.tracing.exporter.add(span)
 
 
 def _api_span(span: Span) -> otel_trace.Span:
