@@ -283,15 +283,18 @@ class Exporter:
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
-        while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.delay):
-                    await self._wake.wait()
-            self._wake.clear()
-            while self.spans:
+        while True:
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.delay):
+                        await self._wake.wait()
+                self._wake.clear()
+            while self.spans:  # a full batch left: at once; at the stop, everything
                 await self.flush_batch()
                 if len(self.spans) < MAX_BATCH and not self._closing:
                     break
+            if self._closing:
+                return
 
     async def flush_batch(self) -> None:
         """Post the oldest batch of finished spans."""
