@@ -74,9 +74,10 @@ class Span:
         kind: int,
         attributes: dict[str, Any],
         encoded: str | None = None,
+        own_id: str = "",
     ) -> None:
         self.trace_id, self.parent_id, self.trace_state = trace
-        self.span_id = span_id()
+        self.span_id = own_id or span_id()
         self.name = name
         self.kind = kind
         self.attributes = attributes
@@ -108,10 +109,15 @@ class Span:
         self.events = [*(self.events or ()), event]
 
 
-# A policy step's span, the most frequent, as it ends: no object of its own (its id is drawn when it is encoded):
-# (trace id, parent span id, trace state), its name and its attributes in JSON (the same for every request), start
-# and end.
-Step = tuple[tuple[str, str, str], str, str, int, int]
+# A span whose name, kind and attributes are the same every time (a policy step's, a deployment attempt that
+# answered): no object of its own. (trace id, parent span id, trace state), its span id ("" for one drawn when it
+# is encoded), the JSON that follows its times (``tail``), start and end.
+Record = tuple[tuple[str, str, str], str, str, int, int]
+
+
+def tail(name: str, kind: int, attributes: str) -> str:
+    """A ``Record``'s constant JSON: its name, kind and attributes (already JSON) and the span's closing brace."""
+    return f'"name":{json_string(name)},"kind":{kind},"attributes":[{attributes}]}}'
 
 
 def _value(value: Any) -> dict[str, Any]:
@@ -216,21 +222,20 @@ class Encoder:
             f'"startTimeUnixNano":"{s.start}","endTimeUnixNano":"{s.end}","attributes":[{attributes}]}}'
         )
 
-    def request(self, batch: list["Span | Step"]) -> bytes:
+    def request(self, batch: list["Span | Record"]) -> bytes:
         """An export of finished spans, encoded in one pass (hot in the CPU's caches, unlike span by span as
         they end)."""
-        ids = os.urandom(8 * len(batch)).hex()  # the steps' span ids, drawn at once
+        ids = os.urandom(8 * len(batch)).hex()  # the records' span ids, drawn at once
         out = []
         for n, s in enumerate(batch):
             if not isinstance(s, tuple):
                 out.append(self.span(s))
                 continue
-            (trace, parent, state), name, attributes, start, end = s
+            (trace, parent, state), sid, end_json, start, end = s
             extra = f',"traceState":{json_string(state)}' if state else ""
             out.append(
-                f'{{"traceId":"{trace}","spanId":"{ids[16 * n : 16 * n + 16]}","parentSpanId":"{parent}"{extra},'
-                f'"name":{name},"kind":{INTERNAL},"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",'
-                f'"attributes":[{attributes}]}}'
+                f'{{"traceId":"{trace}","spanId":"{sid or ids[16 * n : 16 * n + 16]}","parentSpanId":"{parent}"'
+                f'{extra},"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",{end_json}'
             )
         return f"{self.head}{','.join(out)}]}}]}}]}}".encode()
 
@@ -251,7 +256,7 @@ class Exporter:
         self.encoder = Encoder(resource)
         self.delay = delay
         self.max_queue = max_queue
-        self.spans: list[Span | Step] = []
+        self.spans: list[Span | Record] = []
         self.dropped = 0  # spans that found the queue full
         self.failed = 0  # spans of exports that failed
         self.exported = 0
@@ -261,9 +266,9 @@ class Exporter:
         self._warned = -_LOG_EVERY
         self._closing = False
 
-    def add(self, span: "Span | Step") -> None:
+    def add(self, span: "Span | Record") -> None:
         """A finished span, exported with the next batch (dropped when the queue is full): a ``Span`` ends now,
-        a ``Step`` has its end already."""
+        a ``Record`` has its end already."""
         if type(span) is Span:
             span.end = time.time_ns()
         spans = self.spans

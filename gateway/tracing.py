@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from config import Settings
 from config.settings import parse_headers
 from gateway.genai import answer_attributes, call_attributes, content, usage_attributes
-from gateway.otlp import CLIENT, INTERNAL, SERVER, Exporter, Span, encode_attributes, json_string, span_id, trace_id
+from gateway.otlp import CLIENT, INTERNAL, SERVER, Exporter, Span, encode_attributes, span_id, tail, trace_id
 
 if TYPE_CHECKING:
     from config.deployments import Deployment
@@ -98,7 +98,7 @@ class Tracing:
         self.request: ContextVar[RequestTrace | None] = ContextVar("gateway.request_trace", default=None)
         self.active: ContextVar[str | None] = ContextVar("gateway.active_span", default=None)  # sent upstream
         self.steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
-        self._targets: dict[int, tuple[object, dict[str, Any], str]] = {}
+        self._targets: dict[int, tuple[object, str, str, dict[str, Any], str]] = {}
 
     def middleware(self, app: ASGIApp) -> "TraceRequests":
         return TraceRequests(app, self)
@@ -137,8 +137,8 @@ class Tracing:
         return carrier
 
     def step_attributes(self, hook: str, name: str) -> tuple[str, str, dict[str, Any], str]:
-        """A policy step span's name (and its JSON) and attributes (and their JSON), the same for every request:
-        made once."""
+        """A policy step span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), the
+        same for every request: made once."""
         key = (hook, name)
         found = self.steps.get(key)
         if found is None:
@@ -146,19 +146,22 @@ class Tracing:
                 attributes = {"gateway.store.phase": name}
             else:
                 attributes = {"gateway.policy.name": name, "gateway.policy.hook": hook}
-            title = f"{hook} {name}"
-            found = self.steps[key] = (title, json_string(title), attributes, encode_attributes(attributes))
+            title, encoded = f"{hook} {name}", encode_attributes(attributes)
+            found = self.steps[key] = (title, tail(title, INTERNAL, encoded), attributes, encoded)
         return found
 
-    def target_attributes(self, dep: "Deployment") -> tuple[dict[str, Any], str]:
-        """An attempt span's attributes for a deployment (made and encoded once per deployment object)."""
+    def target_attributes(self, dep: "Deployment") -> tuple[str, str, dict[str, Any], str]:
+        """An attempt span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), made
+        once per deployment object."""
         found = self._targets.get(id(dep))
         if found is None or found[0] is not dep:
             if len(self._targets) >= 1024:  # catalogue reloads: the old deployments go
                 self._targets.clear()
+            name = "POST" if dep.type == "openai" else dep.type
             attributes = _attempt_attributes(dep)
-            found = self._targets[id(dep)] = (dep, attributes, encode_attributes(attributes))
-        return found[1], found[2]
+            encoded = encode_attributes(attributes)
+            found = self._targets[id(dep)] = (dep, name, tail(name, CLIENT, encoded), attributes, encoded)
+        return found[1:]
 
 
 class TraceRequests:
@@ -294,11 +297,11 @@ class RequestTrace:
 
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
-        as a span of its own (with no ``Span`` object, but for one that raised)."""
+        as a span of its own (a ``Record``, but for one that raised)."""
         if self.span is None:
             return await work
         tracing = self.tracing
-        title, title_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
+        title, end_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
         start = time.time_ns()
         try:
             result = await work
@@ -309,7 +312,7 @@ class RequestTrace:
             span.fail(str(exc))
             tracing.exporter.add(span)
             raise
-        tracing.exporter.add((self.ids, title_json, encoded, start, time.time_ns()))
+        tracing.exporter.add((self.ids, "", end_json, start, time.time_ns()))
         return result
 
     async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
@@ -319,24 +322,27 @@ class RequestTrace:
         if self.span is None:
             return await work
         tracing = self.tracing
-        call_span = self._call_span(dep)
-        attributes, encoded = tracing.target_attributes(dep)
-        name = "POST" if dep.type == "openai" else dep.type
-        span = Span((self.ids[0], call_span.span_id, self.ids[2]), name, CLIENT, attributes, encoded)
-        token = tracing.active.set(span.span_id)
+        trace = (self.ids[0], self._call_span(dep).span_id, self.ids[2])
+        own_id, start = span_id(), time.time_ns()
+        token = tracing.active.set(own_id)
         try:
             result = await work
         except BaseException as exc:
+            name, _, attributes, encoded = tracing.target_attributes(dep)
+            span = Span(trace, name, CLIENT, attributes, encoded, own_id)
+            span.start = start
             kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
             span.fail(message, kind)
             status = getattr(exc, "status_code", None)
             if isinstance(status, int):
                 span.own()["http.response.status_code"] = status
             self.call_error = (kind, message)
+            tracing.exporter.add(span)
             raise
         finally:
             tracing.active.reset(token)
-            tracing.exporter.add(span)
+        # the attempt answered: a Record (its name and attributes the same every time)
+        tracing.exporter.add((trace, own_id, tracing.target_attributes(dep)[1], start, time.time_ns()))
         self.call_error = None  # the call's status is its last attempt's
         return result
 
