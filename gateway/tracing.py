@@ -178,13 +178,13 @@ class TraceRequests:
         request = RequestTrace.start(self.tracing, scope)
         token = self.tracing.request.set(request)
 
-        async def traced_send(message: Message) -> None:
+        def traced_send(message: Message) -> Awaitable[None]:  # no coroutine of its own: send's, passed on
             if message["type"] == "http.response.start":
                 request.status = message["status"]
                 if request.trace_id is not None:
                     extra = (b"x-trace-id", request.trace_id.encode())
                     message = {**message, "headers": [*message.get("headers", ()), extra]}
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, traced_send)
@@ -295,11 +295,13 @@ class RequestTrace:
             span.fail("", str(status))
         self.tracing.exporter.add(span)
 
-    async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
+    def step(self, hook: str, name: str, work: Awaitable[T]) -> Awaitable[T]:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
-        as a span of its own (a ``Record``, but for one that raised)."""
-        if self.span is None:
-            return await work
+        as a span of its own (a ``Record``, but for one that raised); ``work`` as it is in a request the sampler
+        left out."""
+        return work if self.span is None else self._step(hook, name, work)
+
+    async def _step(self, hook: str, name: str, work: Awaitable[T]) -> T:
         tracing = self.tracing
         title, end_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
         start = time.time_ns()
@@ -315,12 +317,13 @@ class RequestTrace:
         tracing.exporter.add((self.ids, "", end_json, start, time.time_ns()))
         return result
 
-    async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
+    def attempt(self, dep: "Deployment", work: Awaitable[T]) -> Awaitable[T]:
         """One deployment attempt of the model call in progress, inside that call's span (opened at its first
         attempt); its context is the one sent upstream. A request left out by the sampler gets no span of it:
-        its server span's context travels instead."""
-        if self.span is None:
-            return await work
+        its server span's context travels instead (``work`` as it is)."""
+        return work if self.span is None else self._attempt(dep, work)
+
+    async def _attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
         tracing = self.tracing
         trace = (self.ids[0], self._call_span(dep).span_id, self.ids[2])
         own_id, start = span_id(), time.time_ns()
