@@ -23,7 +23,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,7 +57,8 @@ def counted_requests(port: int) -> float:
         conn.close()
     if answer.status != 200:
         raise BenchError(f"/metrics answered {answer.status}")
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_requests_total{"))
+    lines = text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("gateway_requests_total{"))
 
 
 def measure(args: argparse.Namespace, procs: Processes, workdir: Path, mock: base.Proc, mock_port: int,

@@ -1,5 +1,6 @@
 """A loopback OTLP/HTTP traces receiver for benchmarks: answers every ``POST /v1/traces`` 200 and counts the
-exports, their bytes and their spans (decoded with opentelemetry-proto); ``GET /stats`` returns the counts.
+exports, their bytes and their spans (OTLP/JSON decoded with orjson, protobuf with opentelemetry-proto, per the
+Content-Type); ``GET /stats`` returns the counts.
 
     .venv/bin/python benchmarks/otlp_sink.py --port 4318
 
@@ -12,12 +13,7 @@ import argparse
 import asyncio
 import json
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-
-OK = ExportTraceServiceResponse().SerializeToString()
+import orjson
 
 
 class Counts:
@@ -36,12 +32,19 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cou
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             if method == "POST" and path == "/v1/traces":
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
                 counts.exports += 1
                 counts.bytes += len(body)
-                counts.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
-                answer, kind = OK, b"application/x-protobuf"
+                if headers.get("content-type") == "application/json":
+                    request = orjson.loads(body)
+                    counts.spans += sum(len(s["spans"]) for r in request["resourceSpans"] for s in r["scopeSpans"])
+                    answer, kind = b"{}", b"application/json"
+                else:  # protobuf: opentelemetry-proto (make install-dev), only then
+                    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+                    proto = ExportTraceServiceRequest()
+                    proto.ParseFromString(body)
+                    counts.spans += sum(len(s.spans) for r in proto.resource_spans for s in r.scope_spans)
+                    answer, kind = b"", b"application/x-protobuf"  # an empty ExportTraceServiceResponse
             else:
                 answer, kind = json.dumps(vars(counts)).encode(), b"application/json"
             writer.write(

@@ -915,12 +915,18 @@ ENGINE_BEGIN = "<!-- run_engine.py: begin -->"
 ENGINE_END = "<!-- run_engine.py: end -->"
 
 
+TRACES_BEGIN = "<!-- traces_overhead.py: begin -->"
+TRACES_END = "<!-- traces_overhead.py: end -->"
+
+
 def write_docs(text: str) -> None:
-    """Write docs/benchmarks.md, keeping the block of run_engine.py's sections when there is one."""
+    """Write docs/benchmarks.md, keeping the blocks written by others (run_engine.py's sections, the traces'
+    measurement) when there are some."""
     old = DOCS.read_text() if DOCS.exists() else ""
-    start, end = old.find(ENGINE_BEGIN), old.find(ENGINE_END)
-    if start >= 0 and end > start:
-        text = text.rstrip("\n") + "\n\n" + old[start:end + len(ENGINE_END)] + "\n"
+    for begin, end_marker in ((ENGINE_BEGIN, ENGINE_END), (TRACES_BEGIN, TRACES_END)):
+        start, end = old.find(begin), old.find(end_marker)
+        if start >= 0 and end > start:
+            text = text.rstrip("\n") + "\n\n" + old[start:end + len(end_marker)] + "\n"
     DOCS.parent.mkdir(exist_ok=True)
     DOCS.write_text(text)
 

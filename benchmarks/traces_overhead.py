@@ -1,12 +1,15 @@
 """What tracing costs: chat c64 through the gateway with traces off and with traces exported at 100 % sampling
-to a loopback OTLP/HTTP receiver, measured side by side in one run (alternating, each gateway started fresh).
+to a loopback OTLP/HTTP receiver, measured side by side in one run (alternating, each gateway started fresh; or,
+with --together, both gateways at once on the same core).
 
-    python benchmarks/traces_overhead.py [--duration 5] [--warmup 1] [--rounds 2] [--sample-ratio 1]
+    python benchmarks/traces_overhead.py [--duration 5] [--warmup 1] [--rounds 2] [--sample-ratio 1] [--together]
 
-Prints each measurement, then one line ``BENCH_RESULT {json}`` with the medians and their ratio (traces on /
-off; the target is >= 0.90), and the spans the receiver got against the requests answered. The gateway runs
-alone on core 1; the mock upstream, wrk and the receiver (benchmarks/otlp_sink.py) share core 0. Stdlib only
-(run.py's helpers); needs the repository's .venv (`make install`) and wrk. Every process is stopped by its PID.
+Prints each measurement, then one line ``BENCH_RESULT {json}`` with the medians, their ratio (traces on / off;
+the target is >= 0.90) and each round's ratio, and the spans the receiver got against the requests answered.
+Alternating, the gateway runs alone on core 1; with --together both gateways share core 1 (each gets half of it,
+so each one's throughput is the inverse of its CPU per request, and a host whose speed drifts slows both alike).
+The mock upstream, wrk and the receiver (benchmarks/otlp_sink.py) share core 0. Stdlib only (run.py's helpers);
+needs the repository's .venv (`make install`) and wrk. Every process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -35,6 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
     parser.add_argument("--sample-ratio", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run both gateways at once on the same core, each under its own wrk, so that a machine whose speed "
+        "drifts (other work on the host) slows both alike: the ratio of their throughputs is that of their CPU "
+        "per request",
+    )
     return parser.parse_args(argv)
 
 
@@ -91,6 +102,56 @@ def measure(
         procs.stop(proc)  # SIGTERM: the gateway exports its last spans before it exits
 
 
+def load_together(wrk: str, ports: dict[str, int], seconds: float, connections: int) -> dict[str, dict]:
+    """One wrk per gateway, all at once (in threads); the first failure is raised."""
+    results: dict[str, dict] = {}
+    failed: list[BaseException] = []
+
+    def load(name: str) -> None:
+        try:
+            results[name] = base.run_wrk(wrk, ports[name], base.CHAT_BODY, True, connections, seconds)
+        except BaseException as exc:  # re-raised by the main thread
+            failed.append(exc)
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in ports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return results
+
+
+def measure_together(
+    wrk: str,
+    procs: base.Processes,
+    workdir: Path,
+    mock_port: int,
+    envs: dict[str, dict[str, str]],
+    args: argparse.Namespace,
+) -> dict[str, dict]:
+    """Both gateways started, then loaded at the same time, each by its own wrk."""
+    started = {name: start_gateway(procs, workdir, mock_port, env) for name, env in envs.items()}
+    ports = {name: port for name, (_, port) in started.items()}
+    try:
+        for port in ports.values():
+            base.validate(port, True)
+        warm = load_together(wrk, ports, args.warmup, args.connections) if args.warmup > 0 else {}
+        cpu0 = {name: base.cpu_seconds(proc.pid) for name, (proc, _) in started.items()}
+        t0 = time.monotonic()
+        results = load_together(wrk, ports, args.duration, args.connections)
+        elapsed = time.monotonic() - t0
+        for name, (proc, _) in started.items():
+            res = results[name]
+            res["cpu_pct"] = 100.0 * (base.cpu_seconds(proc.pid) - cpu0[name]) / elapsed
+            res["all_requests"] = res["requests"] + warm.get(name, {}).get("requests", 0) + 3
+        return results
+    finally:
+        for proc, _ in started.values():
+            procs.stop(proc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk = base.ensure_wrk()
@@ -128,8 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         wait_sink(sink_port)
         answered = 0
         for n in range(1, args.rounds + 1):
+            together = (
+                measure_together(wrk, procs, workdir, mock_port, {"off": plain, "on": traced}, args)
+                if args.together
+                else {}
+            )
             for name, env in (("off", plain), ("on", traced)):
-                res = measure(wrk, procs, workdir, mock_port, env, args)
+                res = together[name] if args.together else measure(wrk, procs, workdir, mock_port, env, args)
                 results[name].append(res)
                 if name == "on":
                     answered += res["all_requests"]
@@ -144,15 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     off = statistics.median(r["rps"] for r in results["off"])
     on = statistics.median(r["rps"] for r in results["on"])
     ratio = on / off if off else 0.0
+    pairs = [b["rps"] / a["rps"] for a, b in zip(results["off"], results["on"], strict=True) if a["rps"]]
     summary = {
+        "mode": "together" if args.together else "alternating",
         "rps_off": round(off),
         "rps_on": round(on),
         "ratio": round(ratio, 3),
+        "round_ratios": [round(r, 3) for r in pairs],  # each round's on / off: the spread
         "target": TARGET_RATIO,
         "met": ratio >= TARGET_RATIO,
         "sample_ratio": args.sample_ratio,
         "receiver": stats,
-        "traced_requests": answered,  # spans expected: about 4 per chat (server, chat, attempt, allow_list hook)
+        "traced_requests": answered,  # spans expected: about 6 per chat (server, chat, attempt, allow_list, store)
         "spans_per_traced_request": round(stats["spans"] / answered, 2) if answered else None,
     }
     print("BENCH_RESULT " + json.dumps(summary), flush=True)

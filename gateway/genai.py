@@ -1,6 +1,7 @@
 """What a model call is, in the OpenTelemetry GenAI conventions' terms: ``gen_ai.*`` attributes from the
-bodies the gateway already holds (Chat Completions or Responses). No OpenTelemetry import: plain dicts, which
-``gateway.tracing`` puts on spans. Content (prompts, completions) only when asked, cut to ``chars``."""
+bodies the gateway already holds (Chat Completions or Responses). No OpenTelemetry import: plain dicts of
+hashable values (arrays as tuples), which ``gateway.tracing`` puts on spans. Content (prompts, completions) only
+when asked, cut to ``chars``."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ _PARAMS = (
     ("temperature", "gen_ai.request.temperature"),
     ("top_p", "gen_ai.request.top_p"),
 )
+_PARAM_KEYS = frozenset(key for key, _ in _PARAMS)
+_FLOATS = frozenset({"gen_ai.request.temperature", "gen_ai.request.top_p"})  # doubles, even when sent as 1
 _FINISH = {"completed": "stop", "failed": "error", "cancelled": "cancelled"}  # a Response's status
 
 
@@ -32,10 +35,11 @@ def call_attributes(alias: str, call: ModelCall | None, chars: int) -> Attribute
     """A model call's span as it starts: the operation, the model asked for, its parameters, (its input)."""
     attributes: Attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": alias}
     body = call.body if call is not None else {}
-    for key, name in _PARAMS:
-        value = body.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            attributes[name] = value
+    if not _PARAM_KEYS.isdisjoint(body):  # most requests send none of them
+        for key, name in _PARAMS:
+            value = body.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                attributes[name] = float(value) if name in _FLOATS else value
     if call is not None and call.round > 1:
         attributes["gateway.call.round"] = call.round
     if chars:
@@ -59,14 +63,14 @@ def answer_attributes(answer: Mapping[str, Any], chars: int) -> Attributes:
     choices = answer.get("choices")
     if isinstance(choices, list):  # Chat Completions
         choices = [c for c in choices if isinstance(c, dict)]
-        attributes["gen_ai.response.finish_reasons"] = [str(c.get("finish_reason"))[:40] for c in choices]
+        attributes["gen_ai.response.finish_reasons"] = tuple(str(c.get("finish_reason"))[:40] for c in choices)
         output: Any = [c.get("message") for c in choices]
     else:  # Responses
         status = answer.get("status")
         details = answer.get("incomplete_details")
         reason = details.get("reason") if status == "incomplete" and isinstance(details, dict) else None
         if isinstance(status, str):
-            attributes["gen_ai.response.finish_reasons"] = [str(reason or _FINISH.get(status, status))[:40]]
+            attributes["gen_ai.response.finish_reasons"] = (str(reason or _FINISH.get(status, status))[:40],)
         output = answer.get("output")
     if chars and output:
         attributes["gen_ai.output.messages"] = content(output, chars)

@@ -86,7 +86,7 @@ class Gateway:
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         if self.metrics is not None:
             self.dispatcher.metrics, self.breakers.on_state = self.metrics, self.metrics.circuit
-        self.tracing = Tracing(settings) if settings.traces else None  # the app's own provider (nothing global)
+        self.tracing = Tracing(settings) if settings.traces else None  # the app's own exporter (nothing global)
         self.dispatcher.tracing = self.tracing
         records = ResponseRecords(self.store, settings.response_ttl_seconds)
         self.tools = Tools(catalogue, settings)  # MCP sessions and HTTP tools' clients; secret headers read here
@@ -114,7 +114,8 @@ class Gateway:
             read_timeout=s.upstream_read_timeout,
         )
         self.dispatcher.providers = build_providers(self.session, self.timeouts)
-        if self.tracing is not None:  # the trace context goes upstream with every call
+        if self.tracing is not None:  # spans exported from the loop; the trace context goes upstream with every call
+            await self.tracing.start()
             for provider in self.dispatcher.providers.values():
                 if hasattr(provider, "trace_headers"):
                     provider.trace_headers = self.tracing.upstream_headers
@@ -164,7 +165,7 @@ class Gateway:
             await self.session.close()
         await self.store.close()
         if self.tracing is not None:  # the last spans exported (bounded by the exporter's timeout)
-            await asyncio.to_thread(self.tracing.shutdown)
+            await self.tracing.shutdown()
 
     def context(
         self,

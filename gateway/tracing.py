@@ -1,11 +1,11 @@
-"""OpenTelemetry traces over OTLP/HTTP: the one module that speaks to OpenTelemetry (its SDK imported only when
-traces are on).
+"""OpenTelemetry traces over OTLP/HTTP, on span records of the gateway's own (``gateway.otlp``: no SDK).
 
-Each app owns a ``Tracing`` (its own ``TracerProvider``, exporter and batch processor; nothing global is set),
-built only when the ``traces`` setting is on. ``TraceRequests`` (pure ASGI, installed only then) opens a SERVER
-span per request, a child of the caller's W3C ``traceparent`` when there is one, answers with the trace id in
-``x-trace-id`` and keeps a ``RequestTrace`` in the OpenTelemetry context for the rest of the request. The code on
-the request's path reaches it as ``ctx.trace`` (``None`` with traces off: the hooks then cost one attribute check):
+Each app owns a ``Tracing`` (its exporter, its sampler; nothing process-wide is set), built only when the
+``traces`` setting is on. ``TraceRequests`` (pure ASGI, installed only then) opens a SERVER span per request, a
+child of the caller's W3C ``traceparent`` when it is valid (anything else starts a trace of its own), answers
+with the trace id in ``x-trace-id`` and keeps a ``RequestTrace`` in a context variable for the rest of the
+request. The code on the request's path reaches it as ``ctx.trace`` (``None`` with traces off: the hooks then
+cost one attribute check):
 
 - the policy chain: one span per policy hook and per store round trip (``step``);
 - the dispatcher: one GenAI client span per model call (``chat <model>``, opened at its first attempt, ended
@@ -13,25 +13,27 @@ the request's path reaches it as ``ctx.trace`` (``None`` with traces off: the ho
   OpenAI-compatible provider sends upstream (``upstream_headers``);
 - the tool loop: one ``execute_tool <name>`` span per MCP call (``tool``).
 
-Prompts, completions and tool arguments and results are recorded only with ``traces_content``, cut at
-``traces_content_max_chars``. Nothing is recorded for requests the sampler leaves out, but their trace context
-still travels upstream.
+Sampling is parent-based: a caller's sampled flag decides, else the trace id's ratio (``traces_sample_ratio``),
+as OpenTelemetry's ``ParentBased(TraceIdRatioBased)``. Prompts, completions and tool arguments and results are
+recorded only with ``traces_content``, cut at ``traces_content_max_chars``. Nothing is recorded for requests the
+sampler leaves out, but their trace context still travels upstream.
 """
 
 import re
+import time
 from collections.abc import Awaitable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry import trace as otel_trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import Settings
 from config.settings import parse_headers
 from gateway.genai import answer_attributes, call_attributes, content, usage_attributes
+from gateway.otlp import CLIENT, INTERNAL, SERVER, Exporter, Span, encode_attributes, span_id, tail, trace_id
 
 if TYPE_CHECKING:
     from config.deployments import Deployment
@@ -39,66 +41,127 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_REQUEST = otel_context.create_key("gateway.request_trace")
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes: noise in every trace view
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_PROPAGATED = (b"traceparent", b"tracestate")
+# W3C Trace Context: version-traceid-parentid-flags, lowercase hex; a later version may append fields
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
+_STATE_MEMBER = re.compile(
+    r"[a-z0-9][_0-9a-z\-*/]{0,240}(?:@[a-z][_0-9a-z\-*/]{0,13})?=[ -+\--<>-~]{0,255}[!-+\--<>-~]"
+)
+_HEADER_MAX = 512  # longer trace context headers are not read at all
 # what a relayed Chat Completions stream says of itself (its events are passed through, not parsed)
 _STREAM_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,40})"')
 _STREAM_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 
 
+def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
+    """A ``traceparent`` header's (trace id, parent span id, sampled), or None for anything invalid (then the
+    gateway starts a trace of its own)."""
+    found = _TRACEPARENT.fullmatch(value) if len(value) <= _HEADER_MAX else None
+    if found is None:
+        return None
+    version, trace, parent, flags, rest = found.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return None
+    if trace == "0" * 32 or parent == "0" * 16:
+        return None
+    return trace, parent, bool(int(flags, 16) & 1)
+
+
+def parse_tracestate(value: str) -> str:
+    """A ``tracestate`` header as sent on (members trimmed), or "" when any member is invalid or too many."""
+    if len(value) > _HEADER_MAX:
+        return ""
+    members = [m.strip(" \t") for m in value.split(",")]
+    members = [m for m in members if m]
+    if len(members) > 32 or not all(_STATE_MEMBER.fullmatch(m) for m in members):
+        return ""
+    return ",".join(members)
+
+
 class Tracing:
-    """The app's tracer provider and what every request's trace shares."""
+    """The app's exporter, sampler and what every request's trace shares."""
 
     def __init__(self, settings: Settings) -> None:
-        # the SDK and its exporter (protobuf, requests: ~30 ms of imports) only for an app that traces
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
         headers = settings.traces_headers
-        exporter = OTLPSpanExporter(
-            endpoint=settings.traces_endpoint,
-            headers=parse_headers(headers.get_secret_value()) if headers is not None else None,
-            timeout=5,  # a collector that is away delays nothing but the last export at shutdown
+        resource = {"service.name": settings.traces_service_name, "telemetry.sdk.language": "python"}
+        self.exporter = Exporter(
+            settings.traces_endpoint,
+            parse_headers(headers.get_secret_value()) if headers is not None else {},
+            resource,
+            settings.traces_export_delay_seconds,
         )
-        self.provider = TracerProvider(
-            resource=Resource.create({"service.name": settings.traces_service_name}),
-            sampler=ParentBased(TraceIdRatioBased(settings.traces_sample_ratio)),
-        )
-        delay = int(settings.traces_export_delay_seconds * 1000)
-        self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
-        self.tracer = self.provider.get_tracer("gateway")
-        self.propagator = TraceContextTextMapPropagator()
+        # parent-based, trace id ratio: a new trace is recorded when its id's low 64 bits fall under the bound
+        self.sample_bound = round(settings.traces_sample_ratio * 2**64)
+        self.sample_all = self.sample_bound >= 2**64
         self.content_chars = settings.traces_content_max_chars if settings.traces_content else 0
+        self.request: ContextVar[RequestTrace | None] = ContextVar("gateway.request_trace", default=None)
+        self.active: ContextVar[str | None] = ContextVar("gateway.active_span", default=None)  # sent upstream
+        self.steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
+        self._targets: dict[int, tuple[object, str, str, dict[str, Any], str]] = {}
 
     def middleware(self, app: ASGIApp) -> "TraceRequests":
         return TraceRequests(app, self)
 
+    async def start(self) -> None:
+        await self.exporter.start()
+
+    async def shutdown(self) -> None:
+        """Export what is left and stop (bounded by the exporter's timeout)."""
+        await self.exporter.stop()
+
+    def sampled(self, trace: str) -> bool:
+        return self.sample_all or int(trace[16:], 16) < self.sample_bound
+
     def bind(self, ctx: "RequestContext") -> None:
         """Attach a new request context to its request's trace (``ctx.trace``), if the request has one."""
-        request = self.current()
+        request = self.request.get()
         if request is not None:
             request.bind(ctx)
             ctx.trace = request
 
     def current(self) -> "RequestTrace | None":
         """The trace of the request running here (the dispatcher has no request context of its own)."""
-        request = otel_context.get_value(_REQUEST)
-        return request if isinstance(request, RequestTrace) else None
+        return self.request.get()
 
     def upstream_headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
-        """``headers`` with the current trace context (``traceparent``, ``tracestate``), when there is one."""
-        carrier = dict(headers)
-        self.propagator.inject(carrier)
+        """``headers`` with the current trace context (``traceparent``, ``tracestate``), when there is one: the
+        attempt's span as parent, or the server span's (a request the sampler left out)."""
+        request = self.request.get()
+        if request is None:
+            return headers
+        parent = self.active.get() or request.span_id
+        carrier = {**headers, "traceparent": f"00-{request.ids[0]}-{parent}-{request.flags}"}
+        if request.ids[2]:
+            carrier["tracestate"] = request.ids[2]
         return carrier
 
-    def shutdown(self) -> None:
-        """Export what is left and stop (blocking: run it in a thread)."""
-        self.provider.shutdown()
+    def step_attributes(self, hook: str, name: str) -> tuple[str, str, dict[str, Any], str]:
+        """A policy step span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), the
+        same for every request: made once."""
+        key = (hook, name)
+        found = self.steps.get(key)
+        if found is None:
+            if hook == "store":
+                attributes = {"gateway.store.phase": name}
+            else:
+                attributes = {"gateway.policy.name": name, "gateway.policy.hook": hook}
+            title, encoded = f"{hook} {name}", encode_attributes(attributes)
+            found = self.steps[key] = (title, tail(title, INTERNAL, encoded), attributes, encoded)
+        return found
+
+    def target_attributes(self, dep: "Deployment") -> tuple[str, str, dict[str, Any], str]:
+        """An attempt span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), made
+        once per deployment object."""
+        found = self._targets.get(id(dep))
+        if found is None or found[0] is not dep:
+            if len(self._targets) >= 1024:  # catalogue reloads: the old deployments go
+                self._targets.clear()
+            name = "POST" if dep.type == "openai" else dep.type
+            attributes = _attempt_attributes(dep)
+            encoded = encode_attributes(attributes)
+            found = self._targets[id(dep)] = (dep, name, tail(name, CLIENT, encoded), attributes, encoded)
+        return found[1:]
 
 
 class TraceRequests:
@@ -113,25 +176,42 @@ class TraceRequests:
             await self.app(scope, receive, send)
             return
         request = RequestTrace.start(self.tracing, scope)
-        token = otel_context.attach(request.context)
+        token = self.tracing.request.set(request)
 
-        async def traced_send(message: Message) -> None:
+        def traced_send(message: Message) -> Awaitable[None]:  # no coroutine of its own: send's, passed on
             if message["type"] == "http.response.start":
                 request.status = message["status"]
                 if request.trace_id is not None:
                     extra = (b"x-trace-id", request.trace_id.encode())
                     message = {**message, "headers": [*message.get("headers", ()), extra]}
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, traced_send)
         except BaseException as exc:
-            request.span.record_exception(exc)
+            if request.span is not None:
+                request.span.record_exception(exc)
             request.status = request.status or 500
             raise
         finally:
             request.finish(scope)
-            otel_context.detach(token)
+            self.tracing.request.reset(token)
+
+
+def _caller_context(scope: Scope) -> tuple[str, str, bool, str] | None:
+    """The caller's (trace id, parent span id, sampled, trace state), when it sent a valid ``traceparent``."""
+    parent = state = None
+    for key, value in scope["headers"]:
+        if key == b"traceparent":
+            if parent is not None:  # two of them: neither is to be trusted
+                return None
+            parent = value
+        elif key == b"tracestate":
+            state = value if state is None else state + b"," + value
+    found = parse_traceparent(parent.decode("latin-1")) if parent is not None else None
+    if found is None:
+        return None
+    return (*found, parse_tracestate(state.decode("latin-1")) if state is not None else "")
 
 
 class RequestTrace:
@@ -141,7 +221,9 @@ class RequestTrace:
         "tracing",
         "span",
         "method",
-        "context",
+        "ids",
+        "span_id",
+        "flags",
         "recording",
         "trace_id",
         "status",
@@ -151,14 +233,16 @@ class RequestTrace:
         "call_error",
     )
 
-    def __init__(self, tracing: Tracing, span: Span, method: str, parent: otel_context.Context) -> None:
+    def __init__(self, tracing: Tracing, span: Span | None, ids: tuple[str, str, str], method: str) -> None:
         self.tracing = tracing
-        self.span = span
+        self.span = span  # None for a request the sampler left out
         self.method = method
-        self.recording = span.is_recording()
+        self.recording = span is not None
+        self.ids = ids  # (trace id, server span id, trace state): what the request's spans are children of
+        self.span_id = ids[1]
+        self.flags = "01" if span is not None else "00"
         # the id callers see (x-trace-id, aimable.langfuse_trace_id): only of a trace that is exported
-        self.trace_id = format(span.get_span_context().trace_id, "032x") if self.recording else None
-        self.context = otel_context.set_value(_REQUEST, self, trace.set_span_in_context(span, parent))
+        self.trace_id = ids[0] if span is not None else None
         self.status: int | None = None
         self.ctx: RequestContext | None = None
         self.call: object = None  # the ModelCall that ``call_span`` stands for
@@ -167,95 +251,103 @@ class RequestTrace:
 
     @classmethod
     def start(cls, tracing: Tracing, scope: Scope) -> "RequestTrace":
-        carrier = {k.decode("latin-1"): v.decode("latin-1")[:512] for k, v in scope["headers"] if k in _PROPAGATED}
-        parent = tracing.propagator.extract(carrier, context=otel_context.Context())
+        caller = _caller_context(scope)
+        if caller is not None:  # the caller's trace, and its sampling decision
+            trace, parent, sampled, state = caller
+        else:
+            trace, parent, state = trace_id(), "", ""
+            sampled = tracing.sampled(trace)
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
+        if not sampled:
+            return cls(tracing, None, (trace, span_id(), state), method)
         attributes = {"http.request.method": method, "url.path": scope["path"][:256], "url.scheme": scope["scheme"]}
-        span = tracing.tracer.start_span(method, parent, SpanKind.SERVER, attributes)
-        return cls(tracing, span, method, parent)
+        span = Span((trace, parent, state), method, SERVER, attributes)
+        return cls(tracing, span, (trace, span.span_id, state), method)
 
     def bind(self, ctx: "RequestContext") -> None:
         self.ctx = ctx
-        if self.recording:
-            principal = ctx.principal
-            self.span.set_attributes(
-                {
-                    "gateway.route": ctx.route,
-                    "gateway.request.id": ctx.request_id,
-                    "gateway.tenant.id": ctx.tenant_id,
-                    "gateway.space.id": ctx.space_id,
-                    "gateway.api_key.name": principal.key.name,
-                    "user.id": principal.id,
-                }
-            )
+        if self.span is not None:
+            principal, attributes = ctx.principal, self.span.attributes
+            attributes["gateway.route"] = ctx.route
+            attributes["gateway.request.id"] = ctx.request_id
+            attributes["gateway.tenant.id"] = ctx.tenant_id
+            attributes["gateway.space.id"] = ctx.space_id
+            attributes["gateway.api_key.name"] = principal.key.name
+            attributes["user.id"] = principal.id
 
     def finish(self, scope: Scope) -> None:
         self.end_call()
         span, status = self.span, self.status or 500
-        if self.recording:
-            attributes: dict[str, Any] = {"http.response.status_code": status}
-            path = getattr(scope.get("route"), "path", None)
-            if isinstance(path, str):
-                span.update_name(f"{self.method} {path}")
-                attributes["http.route"] = path
-            ctx = self.ctx
-            if ctx is not None:
-                attributes["gateway.outcome"] = ctx.outcome
-                if ctx.model is not None:
-                    attributes["gateway.model"] = ctx.model.alias
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
-                attributes["error.type"] = str(status)
-            span.set_attributes(attributes)
-        span.end()
+        if span is None:
+            return
+        attributes = span.attributes
+        attributes["http.response.status_code"] = status
+        path = getattr(scope.get("route"), "path", None)
+        if isinstance(path, str):
+            span.name = f"{self.method} {path}"
+            attributes["http.route"] = path
+        ctx = self.ctx
+        if ctx is not None:
+            attributes["gateway.outcome"] = ctx.outcome
+            if ctx.model is not None:
+                attributes["gateway.model"] = ctx.model.alias
+        if status >= 500:
+            span.fail("", str(status))
+        self.tracing.exporter.add(span)
 
-    async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
+    def step(self, hook: str, name: str, work: Awaitable[T]) -> Awaitable[T]:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
-        as a span of its own."""
-        if not self.recording:
-            return await work
-        if hook == "store":
-            attributes = {"gateway.store.phase": name}
-        else:
-            attributes = {"gateway.policy.name": name, "gateway.policy.hook": hook}
-        # not made current (nothing runs inside a hook's span): a span without a context switch is cheaper
-        span = self.tracing.tracer.start_span(f"{hook} {name}", self.context, attributes=attributes)
-        try:
-            return await work
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:300]))
-            raise
-        finally:
-            span.end()
+        as a span of its own (a ``Record``, but for one that raised); ``work`` as it is in a request the sampler
+        left out."""
+        return work if self.span is None else self._step(hook, name, work)
 
-    async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
+    async def _step(self, hook: str, name: str, work: Awaitable[T]) -> T:
+        tracing = self.tracing
+        title, end_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
+        start = time.time_ns()
+        try:
+            result = await work
+        except BaseException as exc:
+            span = Span(self.ids, title, INTERNAL, attributes, encoded)
+            span.start = start
+            span.record_exception(exc)
+            span.fail(str(exc))
+            tracing.exporter.add(span)
+            raise
+        tracing.exporter.add((self.ids, "", end_json, start, time.time_ns()))
+        return result
+
+    def attempt(self, dep: "Deployment", work: Awaitable[T]) -> Awaitable[T]:
         """One deployment attempt of the model call in progress, inside that call's span (opened at its first
         attempt); its context is the one sent upstream. A request left out by the sampler gets no span of it:
-        its server span's context (current) travels instead."""
-        if not self.recording:
-            return await work
-        call_span = self._call_span(dep)
-        span = self.tracing.tracer.start_span(
-            "POST" if dep.type == "openai" else dep.type,
-            trace.set_span_in_context(call_span),
-            SpanKind.CLIENT,
-            _attempt_attributes(dep),
-        )
-        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
-            try:
-                result = await work
-            except BaseException as exc:
-                kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
-                span.set_status(Status(StatusCode.ERROR, message))
-                span.set_attribute("error.type", kind)
-                status = getattr(exc, "status_code", None)
-                if isinstance(status, int):
-                    span.set_attribute("http.response.status_code", status)
-                self.call_error = (kind, message)
-                raise
-            self.call_error = None  # the call's status is its last attempt's
-            return result
+        its server span's context travels instead (``work`` as it is)."""
+        return work if self.span is None else self._attempt(dep, work)
+
+    async def _attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
+        tracing = self.tracing
+        trace = (self.ids[0], self._call_span(dep).span_id, self.ids[2])
+        own_id, start = span_id(), time.time_ns()
+        token = tracing.active.set(own_id)
+        try:
+            result = await work
+        except BaseException as exc:
+            name, _, attributes, encoded = tracing.target_attributes(dep)
+            span = Span(trace, name, CLIENT, attributes, encoded, own_id)
+            span.start = start
+            kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
+            span.fail(message, kind)
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int):
+                span.own()["http.response.status_code"] = status
+            self.call_error = (kind, message)
+            tracing.exporter.add(span)
+            raise
+        finally:
+            tracing.active.reset(token)
+        # the attempt answered: a Record (its name and attributes the same every time)
+        tracing.exporter.add((trace, own_id, tracing.target_attributes(dep)[1], start, time.time_ns()))
+        self.call_error = None  # the call's status is its last attempt's
+        return result
 
     def _call_span(self, dep: "Deployment") -> Span:
         ctx = self.ctx
@@ -264,27 +356,28 @@ class RequestTrace:
             self.end_call()
             alias = ctx.model.alias if ctx is not None and ctx.model is not None else dep.model
             attributes = call_attributes(alias, call, self.tracing.content_chars)
-            self.call_span = self.tracing.tracer.start_span(f"chat {alias}", self.context, SpanKind.CLIENT, attributes)
+            self.call_span = Span(self.ids, f"chat {alias}", CLIENT, attributes)
             self.call, self.call_error = call, None
         provider = dep.type if dep.type != "litellm" else dep.model.partition("/")[0]
-        self.call_span.set_attributes({"gen_ai.provider.name": provider, "gen_ai.system": provider})
+        attributes = self.call_span.attributes
+        attributes["gen_ai.provider.name"] = attributes["gen_ai.system"] = provider
         return self.call_span
 
     def answered(self, answer: Mapping[str, Any]) -> None:
         """The model call in progress answered (a Chat Completion or a Response): its model, finish reasons, id
         and (with ``traces_content``) output on its span."""
-        if self.call_span is not None and self.recording:
+        if self.call_span is not None:
             attributes = answer_attributes(answer, self.tracing.content_chars)
             output = attributes.get("gen_ai.output.messages")
             if output is not None and self.ctx is not None:  # masked as what the gateway keeps of the answer
                 for redact in self.ctx.redactors:
                     output = redact(output)
                 attributes["gen_ai.output.messages"] = output
-            self.call_span.set_attributes(attributes)
+            self.call_span.attributes.update(attributes)
 
     def watch_stream(self, send: Send) -> Send:
         """``send`` of a relayed Chat Completions stream, noting its model and finish reasons for the call's span."""
-        if not self.recording:
+        if self.span is None:
             return send
         reasons: list[str] = []
         model: list[str] = []
@@ -296,9 +389,9 @@ class RequestTrace:
                     model.append(found.group(1).decode("utf-8", "replace"))
                 reasons.extend(r.decode() for r in _STREAM_FINISH.findall(body))
                 if not message.get("more_body", False) and self.call_span is not None:
-                    self.call_span.set_attribute("gen_ai.response.finish_reasons", reasons)
+                    self.call_span.attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
                     if model:
-                        self.call_span.set_attribute("gen_ai.response.model", model[0])
+                        self.call_span.attributes["gen_ai.response.model"] = model[0]
             await send(message)
 
         return watching
@@ -310,17 +403,17 @@ class RequestTrace:
             return
         self.call_span = None
         usage = getattr(self.call, "usage", None)
-        if usage is not None and self.recording:
-            span.set_attributes(usage_attributes(usage))
+        if usage is not None:
+            span.attributes.update(usage_attributes(usage))
         if self.call_error is not None:
             kind, message = self.call_error
-            span.set_status(Status(StatusCode.ERROR, message))
-            span.set_attribute("error.type", kind)
-        span.end()
+            span.fail(message, kind)
+        self.tracing.exporter.add(span)
 
     async def tool(self, item: dict[str, Any], work: Awaitable[None]) -> None:
-        """One MCP call of the tool loop (an ``mcp_call`` item, updated by ``work`` with its output or error)."""
-        if not self.recording:
+        """One MCP call of the tool loop (an ``mcp_call`` item, updated by ``work`` with its output or error).
+        Its context is current for OpenTelemetry's API while it runs: the MCP SDK sends it on in ``_meta``."""
+        if self.span is None:
             await work
             return
         name = str(item.get("name", ""))[:100]
@@ -334,13 +427,29 @@ class RequestTrace:
         chars = self.tracing.content_chars
         if chars:
             attributes["gen_ai.tool.call.arguments"] = content(item.get("arguments") or "", chars)
-        with self.tracing.tracer.start_as_current_span(f"execute_tool {name}", attributes=attributes) as span:
+        span = Span(self.ids, f"execute_tool {name}", INTERNAL, attributes)
+        token = otel_context.attach(otel_trace.set_span_in_context(_api_span(span)))
+        try:
             await work
             if item.get("error"):
-                span.set_status(Status(StatusCode.ERROR, str(item["error"])[:300]))
-                span.set_attribute("error.type", "tool_error")
+                span.fail(str(item["error"]), "tool_error")
             elif chars:
-                span.set_attribute("gen_ai.tool.call.result", content(item.get("output") or "", chars))
+                attributes["gen_ai.tool.call.result"] = content(item.get("output") or "", chars)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            otel_context.detach(token)
+            self.tracing.exporter.add(span)
+
+
+def _api_span(span: Span) -> otel_trace.Span:
+    """A span of ours as OpenTelemetry's API sees one (the context of a sampled span, nothing recorded)."""
+    context = otel_trace.SpanContext(
+        int(span.trace_id, 16), int(span.span_id, 16), False, otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    )
+    return otel_trace.NonRecordingSpan(context)
 
 
 def _attempt_attributes(dep: "Deployment") -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Traces over OTLP/HTTP, received by a real OTLP receiver on loopback (protobuf decoded by opentelemetry-proto):
-the gateway's own exporter, sampler and propagation, end to end."""
+"""Traces over OTLP/HTTP, received by a real OTLP receiver on loopback (OTLP/JSON read through opentelemetry-proto's
+schema): the gateway's own spans, exporter, sampler and propagation, end to end."""
 
 import ast
 import os
@@ -59,7 +59,12 @@ def test_a_chat_request_is_one_trace_under_the_callers_traceparent(start_gateway
     traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
     r = httpx2.post(
         base + "/v1/chat/completions",
-        headers={**AUTH, "traceparent": traceparent, "Idempotency-Key": os.urandom(8).hex()},
+        headers={
+            **AUTH,
+            "traceparent": traceparent,
+            "tracestate": "congo=t61rcWkgMzE",
+            "Idempotency-Key": os.urandom(8).hex(),
+        },
         json={"model": "up", "messages": [{"role": "user", "content": "a secret prompt"}], "max_tokens": 7},
     )
     assert r.status_code == 200 and r.headers["x-trace-id"] == CALLER_TRACE
@@ -106,6 +111,9 @@ def test_a_chat_request_is_one_trace_under_the_callers_traceparent(start_gateway
     # the upstream got the attempt's context: same trace, the attempt as parent
     sent = next(h for h in reversed(fake.headers) if CALLER_TRACE in h.get("traceparent", ""))
     assert sent["traceparent"] == f"00-{CALLER_TRACE}-{attempt.span_id}-01"
+    assert sent["tracestate"] == "congo=t61rcWkgMzE"
+    # exported as OTLP/JSON (the receiver reads it through the protobuf schema)
+    assert all(h["content-type"] == "application/json" for h in otlp.headers)
     # no content by default
     assert not any("a secret prompt" in str(s.attributes) for s in spans.values())
 
@@ -329,12 +337,30 @@ def test_a_background_response_is_traced_after_its_answer(start_gateway, upstrea
     assert spans["chat up"].attributes["gen_ai.usage.output_tokens"] == 3
 
 
-def test_with_traces_off_the_sdk_is_not_even_imported():
+@pytest.mark.parametrize("traces", ["false", "true"])
+def test_the_sdk_is_not_even_imported(traces):
+    """Traces on or off: the gateway's spans and exporter are its own (gateway/otlp.py)."""
     code = (
         "import sys; from gateway.app import create_app; create_app(); "
         "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))))"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | {"GATEWAY_TRACES": traces}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_callers_unsampled_flag_holds_at_full_sampling(start_gateway, upstream, receiver):
+    fake, upstream_url = upstream
+    otlp, endpoint = receiver
+    base = _traced(start_gateway, catalogue(upstream_url), endpoint)
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}]}
+    trace = os.urandom(16).hex()
+    r = httpx2.post(
+        base + "/v1/chat/completions", headers={**AUTH, "traceparent": f"00-{trace}-{CALLER_SPAN}-00"}, json=body
+    )
+    assert r.status_code == 200 and "x-trace-id" not in r.headers
+    sent = next(h for h in reversed(fake.headers) if trace in h.get("traceparent", ""))
+    assert sent["traceparent"].startswith(f"00-{trace}-") and sent["traceparent"].endswith("-00")
+    assert sent["traceparent"][36:52] != CALLER_SPAN  # the gateway's own (unrecorded) span is the parent
+    assert otlp.trace(trace) == []

@@ -1,11 +1,15 @@
-"""A real OTLP/HTTP traces receiver for tests: ``POST /v1/traces`` with an ``ExportTraceServiceRequest`` (protobuf,
-decoded by opentelemetry-proto), its spans kept flat with their resource, and each export's headers."""
+"""A real OTLP/HTTP traces receiver for tests: ``POST /v1/traces`` with an ``ExportTraceServiceRequest``, in
+protobuf (decoded by opentelemetry-proto) or in OTLP/JSON (per its Content-Type), its spans kept flat with their
+resource, each export's headers and content type."""
 
+import base64
 import gzip
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -67,29 +71,16 @@ class OtlpReceiver:
             return
         if headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
-        request = ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        spans = []
-        for resource_spans in request.resource_spans:
-            resource = _attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                for s in scope_spans.spans:
-                    spans.append(
-                        Span(
-                            name=s.name,
-                            kind=KINDS.get(s.kind, str(s.kind)),
-                            trace_id=s.trace_id.hex(),
-                            span_id=s.span_id.hex(),
-                            parent_id=s.parent_span_id.hex(),
-                            attributes=_attributes(s.attributes),
-                            status=s.status.code,
-                            resource=resource,
-                        )
-                    )
+        if headers.get("content-type") == "application/json":
+            spans = _json_spans(body)
+            answer = b"{}"
+        else:
+            spans = _protobuf_spans(body)
+            answer = ExportTraceServiceResponse().SerializeToString()
         with self.lock:
             self.headers.append(headers)
             self.spans.extend(spans)
-        await _answer(send, 200, ExportTraceServiceResponse().SerializeToString())
+        await _answer(send, 200, answer, headers.get("content-type", "application/x-protobuf"))
 
     def trace(self, trace_id: str) -> list[Span]:
         with self.lock:
@@ -100,7 +91,45 @@ class OtlpReceiver:
             return list(self.spans)
 
 
-async def _answer(send: Any, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/x-protobuf")]
+def _protobuf_spans(body: bytes) -> list[Span]:
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for s in scope_spans.spans:
+                spans.append(
+                    Span(
+                        name=s.name,
+                        kind=KINDS.get(s.kind, str(s.kind)),
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_id=s.parent_span_id.hex(),
+                        attributes=_attributes(s.attributes),
+                        status=s.status.code,
+                        resource=resource,
+                    )
+                )
+    return spans
+
+
+def _json_spans(body: bytes) -> list[Span]:
+    """The spans of an OTLP/JSON export, read through the protobuf schema (json_format: unknown fields, wrong
+    types or enums are errors). OTLP/JSON writes ids as hex where the protobuf JSON mapping has base64."""
+    request = json.loads(body)
+    for resource_spans in request.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+                assert int(span["endTimeUnixNano"]) >= int(span["startTimeUnixNano"]) > 0
+    message = json_format.ParseDict(request, ExportTraceServiceRequest())
+    return _protobuf_spans(message.SerializeToString())
+
+
+async def _answer(send: Any, status: int, body: bytes, content_type: str = "application/x-protobuf") -> None:
+    headers = [(b"content-type", content_type.encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,344 @@
+"""The gateway's own spans and their export over OTLP/HTTP (JSON), from the event loop.
+
+A ``Span`` is a plain record (ids as lowercase hex, times in Unix nanoseconds, a dict of attributes): what a
+trace view needs and nothing else. ``Exporter`` keeps the finished spans in a bounded list (a span that finds it
+full is dropped and counted), posts them in batches to the collector with the app's own aiohttp client every
+``traces_export_delay_seconds`` or as soon as a batch is full, one export at a time, each bounded by a timeout,
+and posts what is left when the app stops.
+
+Why not the OpenTelemetry SDK: its spans (locks, attribute validation, context objects) and its protobuf
+encoding in the batch processor's thread (which takes the interpreter from the event loop) left chat c64 with
+0.26-0.46 of its throughput at 100 % sampling; these records, encoded with orjson on the loop, keep ~0.9
+(docs/benchmarks.md, benchmarks/traces_overhead.py).
+
+The encoding follows the OTLP/JSON mapping (opentelemetry-proto's ``ExportTraceServiceRequest``): trace and
+span ids as hex strings, 64-bit integers (times, ``intValue``) as decimal strings, enums as integers.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+log = logging.getLogger("gateway.tracing")
+
+INTERNAL, SERVER, CLIENT = 1, 2, 3  # Span.SpanKind
+UNSET, ERROR = 0, 2  # Status.StatusCode (the gateway never sets OK: unset is what a success is)
+MAX_QUEUE = 8192  # finished spans waiting for export: beyond, a span is dropped (and counted)
+MAX_BATCH = 1024  # spans per export
+TIMEOUT = 5.0  # seconds an export may take: a collector that is away costs a failed export, never a request
+_LOG_EVERY = 60.0  # seconds between two warnings of failed exports
+
+
+def trace_id() -> str:
+    """A new random trace id (128 bits, never all zero; ``random``'s generator is reseeded after a fork)."""
+    return "%032x" % (random.getrandbits(128) or 1)
+
+
+def span_id() -> str:
+    return "%016x" % (random.getrandbits(64) or 1)
+
+
+class Span:
+    """One span, open until it is handed to ``Exporter.add``. ``encoded``, when set, is the JSON of
+    ``attributes``, which other spans share (``own`` copies them before a change)."""
+
+    __slots__ = (
+        "trace_id",
+        "span_id",
+        "parent_id",
+        "trace_state",
+        "name",
+        "kind",
+        "start",
+        "end",
+        "attributes",
+        "encoded",
+        "status",
+        "message",
+        "events",
+    )
+
+    def __init__(
+        self,
+        trace: tuple[str, str, str],  # trace id, parent span id ("" for a root), trace state
+        name: str,
+        kind: int,
+        attributes: dict[str, Any],
+        encoded: str | None = None,
+        own_id: str = "",
+    ) -> None:
+        self.trace_id, self.parent_id, self.trace_state = trace
+        self.span_id = own_id or span_id()
+        self.name = name
+        self.kind = kind
+        self.attributes = attributes
+        self.encoded = encoded
+        self.status = UNSET
+        self.message = ""
+        self.events: list[str] | None = None
+        self.start = time.time_ns()
+        self.end = 0
+
+    def own(self) -> dict[str, Any]:
+        """The span's attributes, to add to: a shared dict is copied first."""
+        if self.encoded is not None:
+            self.attributes, self.encoded = dict(self.attributes), None
+        return self.attributes
+
+    def fail(self, message: str, kind: str | None = None) -> None:
+        """Mark the span failed (``message`` cut at 300 characters), with ``error.type`` when given."""
+        self.status, self.message = ERROR, message[:300]
+        if kind is not None:
+            self.own()["error.type"] = kind
+
+    def record_exception(self, exc: BaseException) -> None:
+        """An ``exception`` event (type and message, bounded), as OpenTelemetry's ``record_exception`` adds."""
+        attributes = encode_attributes(
+            {"exception.type": type(exc).__qualname__[:100], "exception.message": str(exc)[:300]}
+        )
+        event = f'{{"timeUnixNano":"{time.time_ns()}","name":"exception","attributes":[{attributes}]}}'
+        self.events = [*(self.events or ()), event]
+
+
+# A span whose name, kind and attributes are the same every time (a policy step's, a deployment attempt that
+# answered): no object of its own. (trace id, parent span id, trace state), its span id ("" for one drawn when it
+# is encoded), the JSON that follows its times (``tail``), start and end.
+Record = tuple[tuple[str, str, str], str, str, int, int]
+
+
+def tail(name: str, kind: int, attributes: str) -> str:
+    """A ``Record``'s constant JSON: its name, kind and attributes (already JSON) and the span's closing brace."""
+    return f'"name":{json_string(name)},"kind":{kind},"attributes":[{attributes}]}}'
+
+
+def _value(value: Any) -> dict[str, Any]:
+    kind = type(value)
+    if kind is str:
+        return {"stringValue": value}
+    if kind is bool:
+        return {"boolValue": value}
+    if kind is int and -(2**63) <= value < 2**63:
+        return {"intValue": str(value)}
+    if kind is float and math.isfinite(value):
+        return {"doubleValue": value}
+    if kind is list or kind is tuple:
+        return {"arrayValue": {"values": [_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def _pair(key: str, value: Any) -> str:
+    try:
+        return orjson.dumps({"key": key, "value": _value(value)}).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate (a tool's output read by json): replaced, not fatal
+        return _pair(_clean(key), _clean(str(value)))
+
+
+def _clean(text: str) -> str:
+    return text.encode("utf-8", "replace").decode()
+
+
+def encode_attributes(attributes: Mapping[str, Any]) -> str:
+    """Attributes as the JSON of OTLP ``KeyValue``s, comma-separated (the inside of the array)."""
+    return ",".join([_pair(k, v) for k, v in attributes.items()])
+
+
+def json_string(text: str) -> str:
+    try:
+        return orjson.dumps(text).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_clean(text)).decode()
+
+
+class Encoder:
+    """Spans as an ``ExportTraceServiceRequest`` in OTLP/JSON, written as text: most attribute values and names
+    recur from one request to the next (routes, spaces, models, counts), so their JSON is made once and kept (up
+    to ``KEEP`` of them); a span is then one f-string."""
+
+    KEEP = 4096
+
+    def __init__(self, resource: Mapping[str, Any]) -> None:
+        self.head = (
+            f'{{"resourceSpans":[{{"resource":{{"attributes":[{encode_attributes(resource)}]}},'
+            f'"scopeSpans":[{{"scope":{{"name":"gateway"}},"spans":['
+        )
+        self.known: dict[tuple[str, Any], str] = {}  # (key, value), a list of strings as a tuple
+        self.names: dict[str, str] = {}
+
+    def attributes(self, attributes: dict[str, Any]) -> str:
+        """The JSON of ``attributes``: the items seen before looked up at once (a number shares the encoding of an
+        equal one of the same key: 7.0 after 7 is written 7; the gateway's floats are never integers' keys)."""
+        try:
+            pairs = list(map(self.known.get, attributes.items()))
+        except TypeError:  # a list among the values: one by one
+            pairs = [None] * len(attributes)
+        if None in pairs:
+            pairs = [p if p is not None else self._slow(i) for p, i in zip(pairs, attributes.items(), strict=True)]
+        return ",".join(pairs)  # type: ignore[arg-type]
+
+    def _slow(self, item: tuple[str, Any]) -> str:
+        known = self.known
+        kind = type(item[1])
+        if kind is str or kind is int:  # kept (True is a bool: neither, nor a float)
+            key: tuple[str, Any] = item
+        elif (kind is tuple or kind is list) and all(type(v) is str for v in item[1]):  # finish reasons
+            key = (item[0], tuple(item[1]))
+        else:
+            return _pair(*item)
+        pair = known.get(key)
+        if pair is None:
+            if len(known) >= self.KEEP:
+                known.clear()
+            pair = known[key] = _pair(*item)
+        return pair
+
+    def name(self, name: str) -> str:
+        found = self.names.get(name)
+        if found is None:
+            if len(self.names) >= self.KEEP:
+                self.names.clear()
+            found = self.names[name] = json_string(name)
+        return found
+
+    def span(self, s: Span) -> str:
+        extra = f',"parentSpanId":"{s.parent_id}"' if s.parent_id else ""
+        if s.status:
+            extra += f',"status":{{"code":{s.status},"message":{json_string(s.message)}}}'
+        if s.trace_state:
+            extra += f',"traceState":{json_string(s.trace_state)}'
+        if s.events:
+            extra += f',"events":[{",".join(s.events)}]'
+        attributes = s.encoded if s.encoded is not None else self.attributes(s.attributes)
+        return (
+            f'{{"traceId":"{s.trace_id}","spanId":"{s.span_id}"{extra},"name":{self.name(s.name)},"kind":{s.kind},'
+            f'"startTimeUnixNano":"{s.start}","endTimeUnixNano":"{s.end}","attributes":[{attributes}]}}'
+        )
+
+    def request(self, batch: list["Span | Record"]) -> bytes:
+        """An export of finished spans, encoded in one pass (hot in the CPU's caches, unlike span by span as
+        they end)."""
+        ids = os.urandom(8 * len(batch)).hex()  # the records' span ids, drawn at once
+        out = []
+        for n, s in enumerate(batch):
+            if not isinstance(s, tuple):
+                out.append(self.span(s))
+                continue
+            (trace, parent, state), sid, end_json, start, end = s
+            extra = f',"traceState":{json_string(state)}' if state else ""
+            out.append(
+                f'{{"traceId":"{trace}","spanId":"{sid or ids[16 * n : 16 * n + 16]}","parentSpanId":"{parent}"'
+                f'{extra},"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",{end_json}'
+            )
+        return f"{self.head}{','.join(out)}]}}]}}]}}".encode()
+
+
+class Exporter:
+    """Finished spans, batched and posted to the collector from the event loop (``start`` / ``stop``)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str],
+        resource: Mapping[str, Any],
+        delay: float,
+        max_queue: int = MAX_QUEUE,
+    ) -> None:
+        self.endpoint = endpoint
+        self.headers = {**headers, "Content-Type": "application/json"}
+        self.encoder = Encoder(resource)
+        self.delay = delay
+        self.max_queue = max_queue
+        self.spans: list[Span | Record] = []
+        self.dropped = 0  # spans that found the queue full
+        self.failed = 0  # spans of exports that failed
+        self.exported = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._warned = -_LOG_EVERY
+        self._closing = False
+
+    def add(self, span: "Span | Record") -> None:
+        """A finished span, exported with the next batch (dropped when the queue is full): a ``Span`` ends now,
+        a ``Record`` has its end already."""
+        if type(span) is Span:
+            span.end = time.time_ns()
+        spans = self.spans
+        if len(spans) >= self.max_queue:
+            self.dropped += 1
+            return
+        spans.append(span)
+        if len(spans) == MAX_BATCH:
+            self._wake.set()
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+        connector = aiohttp.TCPConnector(limit=2, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",)
+        )
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            if not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.delay):
+                        await self._wake.wait()
+                self._wake.clear()
+            while self.spans:  # a full batch left: at once; at the stop, everything
+                await self.flush_batch()
+                if len(self.spans) < MAX_BATCH and not self._closing:
+                    break
+            if self._closing:
+                return
+
+    async def flush_batch(self) -> None:
+        """Post the oldest batch of finished spans."""
+        batch, self.spans = self.spans[:MAX_BATCH], self.spans[MAX_BATCH:]
+        if not batch or self._session is None:
+            return
+        try:
+            body = self.encoder.request(batch)
+            async with self._session.post(self.endpoint, data=body, headers=self.headers) as answer:
+                await answer.read()
+                if answer.status >= 300:
+                    raise aiohttp.ClientResponseError(answer.request_info, (), status=answer.status)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            self.failed += len(batch)
+            self._warn(exc)
+            return
+        self.exported += len(batch)
+
+    def _warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned >= _LOG_EVERY:  # one line a minute at most for a collector that is away
+            self._warned = now
+            detail = f"status {exc.status}" if isinstance(exc, aiohttp.ClientResponseError) else type(exc).__name__
+            log.warning("traces: an export to the collector failed (%s); %d spans lost so far", detail, self.failed)
+
+    async def stop(self) -> None:
+        """Stop the batches, post what is left (each export bounded by the timeout), close the client."""
+        task, self._task = self._task, None
+        self._closing = True
+        self._wake.set()
+        if task is not None:  # the loop posts what is left, then ends (all in the timeout, else it is cut)
+            try:
+                async with asyncio.timeout(TIMEOUT):
+                    await task
+            except TimeoutError:
+                self.failed += len(self.spans)
+                self.spans = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.dropped or self.failed:
+            log.warning("traces: %d spans dropped (queue full), %d lost in failed exports", self.dropped, self.failed)
