@@ -19,9 +19,10 @@ recorded only with ``traces_content``, cut at ``traces_content_max_chars``. Noth
 sampler leaves out, but their trace context still travels upstream.
 """
 
+import contextlib
 import re
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -119,6 +120,27 @@ class Tracing:
         if request is not None:
             request.bind(ctx)
             ctx.trace = request
+
+    @contextlib.contextmanager
+    def job(self, name: str, attributes: dict[str, Any]) -> Iterator["RequestTrace"]:
+        """The trace of work the gateway runs with no request of its own (an execution in a worker): a root
+        INTERNAL span ``name`` whose children are the work's spans (its model turns' steps, calls and tools),
+        sampled like a new request's trace."""
+        trace = trace_id()
+        span = Span((trace, "", ""), name, INTERNAL, attributes) if self.sampled(trace) else None
+        job = RequestTrace(self, span, (trace, span.span_id if span is not None else span_id(), ""), "JOB")
+        token = self.request.set(job)
+        try:
+            yield job
+        except BaseException as exc:
+            if span is not None:
+                span.record_exception(exc)
+            raise
+        finally:
+            self.request.reset(token)
+            job.end_call()
+            if span is not None:
+                self.exporter.add(span)
 
     def current(self) -> "RequestTrace | None":
         """The trace of the request running here (the dispatcher has no request context of its own)."""

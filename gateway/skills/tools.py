@@ -110,6 +110,8 @@ class SkillServer:
             chat_tool_call_id=call_id,
             inputs=inputs,
         )
+        trace = self.gw.tracing.current() if self.gw.tracing is not None else None
+        data["langfuse_trace_id"] = trace.trace_id if trace is not None else None  # its caller's trace
         run = {"key_ref": key_ref(principal.key), "model": None, "depth": parent.depth + 1, "attempt": 1}
         execution = Execution(data, run)
         await self.gw.executions.create(execution, lease=self._lease, tool_call_id=call_id)

@@ -176,7 +176,7 @@ class ExecutionWorker:
         watcher = asyncio.ensure_future(jobs.watch_cancel(execution_id))
         totals, started = Totals(), time.monotonic()
         try:
-            state, fields = await self._outcome(execution, totals)
+            state, fields = await self._traced(execution, totals)
         except _Interrupted:
             return False
         finally:
@@ -186,6 +186,18 @@ class ExecutionWorker:
         fields["sub_executions"] = totals.subs
         fields.setdefault("artifacts", [*execution.data["artifacts"], *totals.artifacts])  # a failed run's too
         return await self._end(execution, lease, state, **fields)
+
+    async def _traced(self, execution: Execution, totals: Totals) -> tuple[str, dict[str, Any]]:
+        """The run, in a trace of its own when traces are on (its id is the record's ``langfuse_trace_id``)."""
+        tracing = self.gw.tracing
+        if tracing is None:
+            return await self._outcome(execution, totals)
+        data = execution.data
+        attributes = {"gateway.execution.id": execution.id, "gateway.skill": data["skill_slug"]}
+        attributes.update({"gateway.skill.version": data["skill_version"], "gateway.space.id": data["space_id"]})
+        with tracing.job(f"execution {data['skill_slug']}", attributes) as trace:
+            data["langfuse_trace_id"] = trace.trace_id
+            return await self._outcome(execution, totals)
 
     async def _outcome(self, execution: Execution, totals: Totals) -> tuple[str, dict[str, Any]]:
         data = execution.data
