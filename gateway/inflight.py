@@ -84,6 +84,10 @@ class InFlight:
         self.idle = asyncio.Event()
         self.idle.set()
 
+    def __len__(self) -> int:
+        """How many requests are tracked now."""
+        return len(self.requests)
+
     def track(self) -> _Tracked:
         """``with``-block around one request's policy chain; refuses it (503) once stopping."""
         return _Tracked(self)

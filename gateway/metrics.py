@@ -10,27 +10,31 @@ catalogue space id), ``model`` (a tenant model alias of the catalogue; any other
 and ``policy`` (code-defined names). Nothing a caller types reaches a label.
 
 The hot path pays a dict lookup per request to find its pre-bound label children (cached on first use), and one
-increment or observation per metric it moves. Everything derived from the request (tokens, cost, time to first
-token, policy decisions) is computed once at its end, from its context (``finish``).
+increment or observation per metric it moves, on the lock-free values of ``gateway.meters`` (prometheus_client's
+own metric objects cost 8% of a chat request's instructions; prometheus_client does the exposition). Everything
+derived from the request (tokens, cost, time to first token, policy decisions) is computed once at its end, from
+its context (``finish``).
 
-Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (before ``prometheus_client`` is imported: the
-process manager sets it), values live in files there and ``render`` collects every process's with
-``MultiProcessCollector``; gauges then sum (in-flight, open streams) or take the maximum (breaker state) over live
-processes.
+Several worker processes: when ``PROMETHEUS_MULTIPROC_DIR`` is set (the process manager sets it), each process
+copies its values into its files there every second (``flush``; also before it renders and at stop), and
+``render`` collects every process's with ``MultiProcessCollector``; gauges then sum (in-flight, open streams) or
+take the maximum (breaker state) over live processes.
 """
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from starlette.types import Scope, Send
+from starlette.types import Scope
 
 from gateway.context import RequestContext
+from gateway.meters import Buckets, Collector, Counter, Gauge, Histogram, ProcessFiles, Reading, Value
 
 if TYPE_CHECKING:
     from gateway.policy import PolicyChain
@@ -47,6 +51,7 @@ OTHER = "other"  # the one label value of anything unknown
 NONE = "none"  # space and model of a request refused before either was known
 CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN = 0, 1, 2
 TOKEN_TYPES = ("input", "output", "cached_input", "reasoning")
+FLUSH_SECONDS = 1.0  # multiprocess mode: how often a process copies its values into its files
 _TOOL_NAMES_PER_SERVER = 200  # past this many distinct tool names on one server, more fold into "other"
 # the routes whose refusals (before a request context exists) are named as their chained requests are
 ROUTE_NAMES = {"/v1/chat/completions": "chat.completions", "/v1/responses": "responses.create"}
@@ -123,17 +128,17 @@ class _ModelMeters:
         self.cost = m.cost.labels(space, model)
         self.ttft = m.time_to_first_token.labels(route, space, model)
         self.tpot = m.time_per_output_token.labels(route, space, model)
-        self.by_status: dict[tuple[int | None, str], tuple[Counter, Histogram]] = {}
+        self.by_status: dict[tuple[int | None, str], tuple[Value, Buckets]] = {}
 
 
 @dataclass(slots=True)
 class DeploymentMeter:
     """The upstream children of one deployment, for the dispatcher."""
 
-    duration: Histogram
-    retries: Counter
-    errors: Counter  # with a status label left to bind
-    errors_by_status: dict[int, Counter]
+    duration: Buckets
+    retries: Value
+    errors: Counter  # the family, with a status label left to bind
+    errors_by_status: dict[int, Value]
     deployment: str
     model: str
 
@@ -173,46 +178,35 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry = registry or CollectorRegistry(auto_describe=True)
-        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        families = []
         for attr, kind, name, doc, labels, options in METRICS:
-            setattr(self, attr, kind(name, doc, labels, registry=registry, **options))
+            family = kind(name, doc, labels, **options)
+            setattr(self, attr, family)
+            families.append(family)
+        self.families = families
+        registry.register(Collector(families))
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.files = None if not directory else ProcessFiles(directory)
         self._models: dict[tuple[str, str, str], _ModelMeters] = {}
-        self._refused: dict[tuple[str, int], Counter] = {}
-        self._decisions: dict[tuple[str, str, str], Counter] = {}
+        self._refused: dict[tuple[str, int], Value] = {}
+        self._decisions: dict[tuple[str, str, str], Value] = {}
         self._deployments: dict[str, DeploymentMeter] = {}
-        self._store_ops: dict[str, tuple[Histogram, Counter]] = {}
+        self._store_ops: dict[str, tuple[Buckets, Value]] = {}
         self._tool_names: dict[str, set[str]] = {}
-        self.inflight_now, self.streams_now = self.inflight, self.open_streams
+        self.streams_now = self.open_streams.labels()
+        self._flusher: asyncio.Task[None] | None = None
+        self.flush()  # (multiprocess mode: this process's files exist from the start, its gauges at zero)
 
     # ------------------------------------------------------------------------------------------- requests
 
     def started(self, ctx: RequestContext) -> None:
-        """A request enters its chain."""
-        self.inflight_now.inc()
+        """A request enters its chain (the in-flight gauge reads the app's ``InFlight``: see ``count_inflight``)."""
         if ctx.stream:
             self.streams_now.inc()
-
-    async def run(
-        self, ctx: RequestContext, chain: "PolicyChain", send: Send, call: Callable[[Send], Awaitable[None]]
-    ) -> None:
-        """``chain.run(ctx, send, call)``, measured (``started``, then ``finish`` however it ends)."""
-        self.started(ctx)
-        status: int | None = None
-        try:
-            await chain.run(ctx, send, call)
-        except asyncio.CancelledError:
-            status = ctx.status_code or 499  # the client went away before an answer started
-            raise
-        except BaseException as exc:
-            status = ctx.status_code or getattr(exc, "status_code", 500)
-            raise
-        finally:
-            self.finish(ctx, chain, status or ctx.status_code)
 
     def finish(self, ctx: RequestContext, chain: "PolicyChain", status: int | None) -> None:
         """A request's chain ended (``status``: its HTTP status). Moves every metric its context speaks for."""
         now = time.perf_counter()
-        self.inflight_now.dec()
         if ctx.stream:
             self.streams_now.dec()
         model = ctx.alias if ctx.model is not None else OTHER
@@ -239,6 +233,11 @@ class Metrics:
         if chain.policies:
             self._governance(ctx, chain, status)
 
+    def count_inflight(self, read: Callable[[], int]) -> None:
+        """The in-flight gauge reads ``read()`` (the number of requests the app tracks) when it is exported, so a
+        request moves no gauge of its own."""
+        self.inflight.children[()] = Reading(read)
+
     def refused(self, route: str, status: int) -> None:
         """A request refused before it had a context (no key, a bad body, an unknown route, ...): counted with
         space and model ``none``."""
@@ -252,7 +251,7 @@ class Metrics:
         meters = self._models[key] = _ModelMeters(self, *key)
         return meters
 
-    def _bind_status(self, meters: _ModelMeters, status: int | None, outcome: str) -> tuple[Counter, Histogram]:
+    def _bind_status(self, meters: _ModelMeters, status: int | None, outcome: str) -> tuple[Value, Buckets]:
         code = status_label(status)
         pair = (self.requests.labels(*meters.labels, code, outcome), self.request_duration.labels(*meters.labels, code))
         meters.by_status[(status, outcome)] = pair
@@ -279,7 +278,7 @@ class Metrics:
         if b"idempotency-key" in ctx.headers and ("idempotency" in applied or denier == "idempotency"):
             self.idempotency.labels(space, _idempotency_result(ctx, denier, status)).inc()
 
-    def _decision(self, space: str, policy: str, verdict: str) -> Counter:
+    def _decision(self, space: str, policy: str, verdict: str) -> Value:
         key = (space, policy, verdict)
         child = self._decisions.get(key)
         if child is None:
@@ -311,7 +310,7 @@ class Metrics:
 
     # ------------------------------------------------------------------------------------------- store
 
-    def store_op(self, op: str) -> tuple[Histogram, Counter]:
+    def store_op(self, op: str) -> tuple[Buckets, Value]:
         """The duration and error children of one store operation name (code-defined)."""
         pair = self._store_ops.get(op)
         if pair is None:
@@ -338,12 +337,41 @@ class Metrics:
                 names.add(tool)
         self.tool_calls.labels(server, tool, "ok" if ok else "error").inc()
 
+    # ------------------------------------------------------------------------------------------- processes
+
+    def flush(self) -> None:
+        """Multiprocess mode: this process's values into its files, where any process's /metrics sums them."""
+        if self.files is not None:
+            self.files.write(self.families)
+
+    def start(self) -> None:
+        """Multiprocess mode: flush every second (another process's scrape is at most that far behind)."""
+        if self.files is not None and self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush_every(FLUSH_SECONDS))
+
+    async def stop(self) -> None:
+        """The last flush, and the files closed (their values stay for the other processes' scrapes)."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        if self.files is not None:
+            self.flush()
+            self.files.close()
+
+    async def _flush_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.flush()
+
     # ------------------------------------------------------------------------------------------- exposition
 
     def render(self) -> bytes:
         """The Prometheus text exposition: this app's registry, or every process's values in multiprocess mode."""
-        if not self.multiprocess:
+        if self.files is None:
             return generate_latest(self.registry)
+        self.flush()
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
@@ -352,9 +380,19 @@ class Metrics:
         """Every sample name this app can export (``_total``, ``_bucket``, ``_count``, ``_sum`` included)."""
         out = []
         for family in self.registry.collect():
-            kinds = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
+            kinds = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
             out += [family.name + suffix for suffix in kinds.get(family.type, ("",))]
         return out
+
+
+def answered_status(ctx: RequestContext, error: BaseException | None) -> int | None:
+    """The HTTP status a request's chain ended with: its answer's, else 499 when the client went away before an
+    answer started, else the error's (500 when it has none)."""
+    if error is None or ctx.status_code:
+        return ctx.status_code
+    if isinstance(error, asyncio.CancelledError):
+        return 499
+    return getattr(error, "status_code", 500)
 
 
 def _idempotency_result(ctx: RequestContext, denier: str, status: int | None) -> str:

@@ -29,7 +29,7 @@ from gateway.idempotency import IdempotencyRecords
 from gateway.inflight import InFlight
 from gateway.jobs import Jobs
 from gateway.logs import log_request
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, answered_status
 from gateway.policy import PolicyChain, PolicyConfigError, load_policy
 from gateway.pricing import PriceBook
 from gateway.providers import build_providers
@@ -85,6 +85,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher = Dispatcher({}, self.breakers, self.timeouts)
         if self.metrics is not None:
+            self.metrics.count_inflight(self.inflight.__len__)
             self.dispatcher.metrics, self.breakers.on_state = self.metrics, self.metrics.circuit
         self.tracing = Tracing(settings) if settings.traces else None  # the app's own exporter (nothing global)
         self.dispatcher.tracing = self.tracing
@@ -123,6 +124,8 @@ class Gateway:
         await self.catalog.seed()
         await self.agents.registry.seed()
         self._heartbeat = asyncio.ensure_future(self.jobs.heartbeat())
+        if self.metrics is not None:
+            self.metrics.start()
         if self.worker is not None:
             self.worker.start()
 
@@ -164,6 +167,8 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
         await self.store.close()
+        if self.metrics is not None:  # (multiprocess mode: the last values into this process's files)
+            await self.metrics.stop()
         if self.tracing is not None:  # the last spans exported (bounded by the exporter's timeout)
             await self.tracing.shutdown()
 
@@ -224,20 +229,22 @@ class Gateway:
                 await call(out)
 
         error: BaseException | None = None
+        metrics, chain = self.metrics, None
         try:
             await self.resolve(ctx)  # once, before any policy (done already on the Responses routes)
-            chain, metrics = self.agents.chain(ctx, self.chains[ctx.space_id]), self.metrics
+            chain = self.agents.chain(ctx, self.chains[ctx.space_id])
             with inflight.track():
-                if metrics is None:
-                    await chain.run(ctx, send, interruptible)
-                else:
-                    await metrics.run(ctx, chain, send, interruptible)
+                if metrics is not None:
+                    metrics.started(ctx)
+                await chain.run(ctx, send, interruptible)
         except BaseException as exc:
             error = exc
             if isinstance(exc, GatewayError):
                 exc.logged = True  # (the exception handlers would log it again)
             raise
         finally:
+            if metrics is not None and chain is not None:
+                metrics.finish(ctx, chain, answered_status(ctx, error))
             log_request(ctx, ctx.started_at, error)
 
     async def resolve(self, ctx: RequestContext) -> None:
