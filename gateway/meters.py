@@ -151,7 +151,8 @@ class Histogram(_Family):
         self, name: str, documentation: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = ()
     ) -> None:
         super().__init__(name, documentation, labelnames)
-        bounds = tuple(sorted(float(b) for b in buckets))
+        # bounds kept as given: an int observation (tokens) against int bounds compares faster than against floats
+        bounds: tuple[float, ...] = tuple(sorted(buckets))
         if not bounds or bounds[-1] != INF:
             bounds += (INF,)
         self.bounds = bounds
