@@ -10,7 +10,7 @@ from gateway.errors import InvalidRequest
 from gateway.tools import ToolResult, ToolUnavailable
 from gateway.tools.mcp import McpServer, resolve_mcp_tool
 from gateway.tools.sessions import MAX_DESCRIPTION, MAX_TOOLS
-from tests.mcp_server import BIG, hostile_app, sse_server, streamable_server
+from tests.mcp_server import BIG, Recorder, fresh_sse, hostile_app, mcp_server, sse_server, streamable_server
 from tests.servers import canary, serve, wait_for
 from tests.tools_helpers import OPEN, make_tools, mcp_tool, tools_catalogue
 
@@ -253,5 +253,26 @@ async def test_a_sessions_tool_listing_is_reused_for_its_ttl(ttl, asked):
             second = await tools.list_tools(mcp)
             assert first == second and {t["name"] for t in first} >= {"add"}
             assert (len(recorder.headers) > before) is (asked == 2)  # the second listing went to the server
+        finally:
+            await tools.aclose()
+
+
+@pytest.mark.parametrize("json_response", [False, True])
+async def test_calls_on_an_open_session_skip_the_sdk(json_response):
+    """Once the session is initialized, a call is the gateway's own POST (no httpx user agent), answered in SSE
+    or JSON; a session the server forgot (404) is reopened once."""
+    recorder = Recorder(fresh_sse(mcp_server().streamable_http_app(json_response=json_response)))
+    with serve(recorder) as base:
+        tools = make_tools(tools_catalogue())
+        try:
+            (mcp,) = (await tools.resolve(OPEN, [mcp_tool(base + "/mcp")])).mcp
+            await tools.list_tools(mcp)
+            wait_for(lambda: tools.sessions._sessions[tools.sessions.key(mcp)].calls, bool)
+            assert await tools.call_mcp(mcp, "add", {"a": 2, "b": 5}) == ToolResult("7")
+            assert "user-agent" not in recorder.headers[-1]
+            assert (await tools.call_mcp(mcp, "boom", {})).error
+            recorder.forget_sessions()
+            assert await tools.call_mcp(mcp, "add", {"a": 1, "b": 1}) == ToolResult("2")
+            assert len(recorder.session_ids) == 2
         finally:
             await tools.aclose()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import anyio
@@ -25,6 +26,7 @@ import orjson
 
 from config.tools import NAME
 from gateway.tools.mcp import McpServer
+from gateway.tools.mcp_calls import CallFailed, McpCalls, NotLean, SessionGone, Unreached
 from gateway.tools.results import ToolResult, ToolUnavailable, bounded_output, bounded_text, describe
 from gateway.tools.ssrf import pinned_client, shown
 
@@ -37,7 +39,14 @@ MAX_PAGES = 16  # pages of a tools/list read
 MAX_DESCRIPTION = 4096
 MAX_SCHEMA_BYTES = 32 * 1024
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_BROKEN = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, httpx2.TransportError)
+_BROKEN = (
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+    httpx2.TransportError,
+    SessionGone,
+    Unreached,
+)
 assert NAME == r"^[A-Za-z0-9_-]{1,64}$"  # _NAME_CHARS spells the same rule without a regex per tool
 
 
@@ -60,9 +69,14 @@ class _Broken(Exception):
 class _Session:
     """One open MCP session and the task that owns its transport."""
 
-    def __init__(self, server: McpServer, dns_timeout: float) -> None:
+    def __init__(self, server: McpServer, dns_timeout: float, calls: Callable[..., McpCalls] | None = None) -> None:
         self.server = server
         self.dns_timeout = dns_timeout
+        self.make_calls = calls  # the lean tools/call once the session is open (streamable HTTP only)
+        self.calls: McpCalls | None = None
+        self.session_id: str | None = None  # the mcp-session-id the server gave the SDK
+        self.version: str | None = None  # the protocol version initialize negotiated
+        self.initialized = False  # the server has the SDK's notifications/initialized (before any other request)
         self.session: ClientSession | None = None
         self.failure: BaseException | None = None
         self.listing: tuple[float, list[mcp_types.Tool]] | None = None  # (when, the server's tools)
@@ -100,21 +114,44 @@ class _Session:
         from mcp.client.streamable_http import streamable_http_client
 
         async with self._client() as client, streamable_http_client(self.server.url, http_client=client) as streams:
+            client.event_hooks = {"response": [self._seen]}
             yield streams[0], streams[1]
+
+    async def _seen(self, response: httpx2.Response) -> None:
+        # the SDK takes the session id from the initialize answer, the first one that carries it
+        if self.session_id is None:
+            self.session_id = response.headers.get("mcp-session-id")
+        if not self.initialized and b'"notifications/initialized"' in response.request.content:
+            self.initialized = True
+            self._arm()
+
+    def _arm(self) -> None:
+        """The lean calls, once the session is initialized (the SDK posts that notification after initialize)."""
+        if self.make_calls is None or self.version is None or not self.initialized or self.calls is not None:
+            return
+        with contextlib.suppress(NotLean):  # a header the lean path will not send: the SDK makes every call
+            self.calls = self.make_calls(self.server, self.session_id, self.version)
 
     async def _own(self) -> None:
         from mcp.client.session import ClientSession
 
         try:
             async with self._streams() as (read, write), ClientSession(read, write) as session:
-                await session.initialize()
+                opened = await session.initialize()
+                if self.server.transport == "streamable_http":
+                    self.version = opened.protocol_version
+                    self._arm()
                 self.session = session
                 self.ready.set()
                 await self.closing.wait()
+                if self.calls is not None:  # their cancellation notices go before the session's end
+                    await self.calls.aclose()
         except BaseException as exc:  # kept for the callers waiting on ready; the task ends here
             self.failure = exc
         finally:
             self.ready.set()
+            if self.calls is not None:
+                await self.calls.aclose()
 
     async def close(self) -> None:
         self.closing.set()
@@ -141,6 +178,19 @@ class McpSessions:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[SessionKey, _Session] = OrderedDict()
         self._closed = False
+        self._tls: ssl.SSLContext | None = None
+
+    def _calls(self, server: McpServer, session_id: str | None, version: str) -> McpCalls:
+        # an answer may be 8 times the output kept (JSON escapes), and at least 1 MiB, as the SDK's SSE events
+        limit = max(8 * self.max_output_bytes, 1024 * 1024)
+        return McpCalls(
+            server.url, server.headers, session_id, version, server.policy, self.dns_timeout, limit, self._context
+        )
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:  # the pinned clients' own (no SSL settings from the environment), made once
+            self._tls = httpx2.create_ssl_context(trust_env=False)
+        return self._tls
 
     @staticmethod
     def key(server: McpServer) -> SessionKey:
@@ -150,13 +200,13 @@ class McpSessions:
     def open_sessions(self) -> int:
         return sum(1 for s in self._sessions.values() if s.alive)
 
-    async def _session(self, server: McpServer) -> ClientSession:
+    async def _session(self, server: McpServer) -> _Session:
         if self._closed:
             raise ToolUnavailable("The gateway is shutting down.")
         key = self.key(server)
         entry = self._sessions.get(key)
         if entry is None or not entry.alive:
-            entry = _Session(server, self.dns_timeout)
+            entry = _Session(server, self.dns_timeout, self._calls if server.transport == "streamable_http" else None)
             self._sessions[key] = entry
             await self._evict()
         self._sessions.move_to_end(key)
@@ -170,7 +220,7 @@ class McpSessions:
             await self._drop(key, entry)
             reason = describe(entry.failure) if entry.failure else "the session closed"
             raise ToolUnavailable(self._unreachable(server, reason))
-        return entry.session
+        return entry
 
     async def _evict(self) -> None:
         while len(self._sessions) > self.max_sessions:
@@ -187,7 +237,7 @@ class McpSessions:
         return f"MCP server {shown(server.label)} is not reachable: {bounded_text(reason, 300)}"
 
     async def _with_session(self, server: McpServer, work: Any) -> Any:
-        """``work(session)`` on the pooled session; a broken one is dropped and the work tried once on a new one."""
+        """``work(entry)`` on the pooled session; a broken one is dropped and the work tried once on a new one."""
         import mcp_types
         from mcp.shared.exceptions import MCPError
 
@@ -202,7 +252,7 @@ class McpSessions:
                     raise
                 failure = exc
             entry = self._sessions.get(self.key(server))
-            if entry is not None and entry.session is session:
+            if entry is session:
                 await self._drop(self.key(server), entry)
             if attempt == 2:
                 raise _Broken(describe(failure))
@@ -245,9 +295,11 @@ class McpSessions:
             raise ToolUnavailable(self._unreachable(server, describe(exc))) from None
 
     @staticmethod
-    async def _read_listing(session: ClientSession) -> list[mcp_types.Tool]:
+    async def _read_listing(entry: _Session) -> list[mcp_types.Tool]:
         import mcp_types
 
+        session = entry.session
+        assert session is not None  # the pool hands out open sessions only
         listed: list[mcp_types.Tool] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
@@ -272,15 +324,15 @@ class McpSessions:
         if not server.allows_tool(name):
             return ToolResult.failed(f"tool {shown(name)} is not allowed on MCP server {shown(server.label)}")
 
-        async def call(session: ClientSession) -> mcp_types.CallToolResult:
-            return await session.call_tool(name, arguments, read_timeout_seconds=limit)
+        async def call(entry: _Session) -> mcp_types.CallToolResult:
+            return await _call(entry, name, arguments, limit)
 
         try:
             async with asyncio.timeout(limit + 1.0):  # the SDK's own read timeout answers first
                 result = await self._with_session(server, call)
         except TimeoutError:
             return ToolResult.failed(f"tool {shown(name)} timed out after {limit:g} s")
-        except (ToolUnavailable, _Broken) as exc:
+        except (ToolUnavailable, _Broken, CallFailed) as exc:
             return ToolResult.failed(str(exc.args[0]) if exc.args else type(exc).__name__)
         except MCPError as exc:
             if exc.error.code == mcp_types.REQUEST_TIMEOUT:
@@ -298,6 +350,16 @@ class McpSessions:
         self._closed = True
         sessions, self._sessions = list(self._sessions.values()), OrderedDict()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+
+async def _call(entry: _Session, name: str, arguments: dict[str, Any], limit: float) -> mcp_types.CallToolResult:
+    if entry.calls is not None:
+        try:
+            return await entry.calls.call(name, arguments, limit)
+        except NotLean:  # a redirect: the SDK follows the ones it may, for this session from now on
+            entry.calls = None
+    assert entry.session is not None
+    return await entry.session.call_tool(name, arguments, read_timeout_seconds=limit)
 
 
 def _text(result: mcp_types.CallToolResult) -> str:

@@ -6,15 +6,17 @@ is public: private, loopback, link-local (the metadata address 169.254.169.254 a
 (IPv4-mapped, 6to4, Teredo, NAT64), unless the space's ``mcp.allow_private`` names that host or address
 explicitly. One private address among the answers refuses the host: a name must not be half internal.
 
-The check is made again by the network backend of every client the tools use (``pinned_client``), at connect
-time, and the connection goes to the address that was checked, not to a fresh resolution: a name that resolves
-to a public address for the check and to a loopback one for the connection (DNS rebinding) cannot get through.
+The check is made again by the network backend of every client the tools use (``pinned_client``; and
+``open_pinned``, the connections of the MCP sessions' own ``tools/call``s), at connect time, and the connection
+goes to the address that was checked, not to a fresh resolution: a name that resolves to a public address for
+the check and to a loopback one for the connection (DNS rebinding) cannot get through.
 Nothing is connected before the check passes. Clients never follow redirects by themselves (see docs/tools.md).
 """
 
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -170,6 +172,29 @@ async def check_url(url: str, policy: AddressPolicy, timeout: float) -> None:
     """``Refused`` or ``Unresolvable`` unless ``url`` may be connected to now; no connection is made."""
     host, port = split_url(url)
     await resolve(host, port, policy, timeout)
+
+
+async def open_pinned(
+    host: str,
+    port: int,
+    policy: AddressPolicy,
+    dns_timeout: float,
+    tls: Callable[[], ssl.SSLContext] | None = None,
+    lookup: Lookup | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An asyncio connection to one of ``host``'s addresses, all of them checked first (``resolve``), the socket
+    connected to the checked address; TLS (``tls()``'s context) verifies the certificate against ``host``."""
+    addresses = await resolve(host, port, policy, dns_timeout, lookup)
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            context = tls() if tls is not None else None
+            server_hostname = host if context is not None else None
+            return await asyncio.open_connection(str(address), port, ssl=context, server_hostname=server_hostname)
+        except OSError as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 class PinnedBackend(httpcore2.AsyncNetworkBackend):
