@@ -223,6 +223,8 @@ class McpCalls:
         try:
             parser.feed_data(data)
         except httptools.HttpParserError:
+            if reply.size > reply.limit:  # (raised in a callback, it reaches here wrapped by the parser)
+                raise CallFailed(f"the MCP server's answer is larger than {reply.limit} bytes") from None
             raise CallFailed("the MCP server's answer is not HTTP") from None
 
     async def _answer(self, connection: Connection, parser: Any, reply: _Reply, request_id: str) -> Any:
