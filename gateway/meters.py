@@ -85,6 +85,7 @@ class _Family:
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self.children: dict[tuple[str, ...], Any] = {}
+        self._keys: dict[tuple[str, ...], str] = {}  # (sample name, *label values) -> its multiprocess file key
 
     def labels(self, *values: str) -> Any:
         """The child of these label values (made on first use)."""
@@ -107,7 +108,12 @@ class _Family:
         raise NotImplementedError
 
     def _key(self, name: str, labelnames: Sequence[str], values: Sequence[str]) -> str:
-        return mmap_key(self.name, name, list(labelnames), list(values), self.documentation)
+        """The file key of one value (a JSON text): made once, every flush asks for it again."""
+        cached = (name, *values)
+        key = self._keys.get(cached)
+        if key is None:
+            key = self._keys[cached] = mmap_key(self.name, name, list(labelnames), list(values), self.documentation)
+        return key
 
 
 class _Scalar(_Family):
@@ -146,7 +152,6 @@ class Gauge(_Scalar):
 
 
 class Histogram(_Family):
-
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = ()
     ) -> None:

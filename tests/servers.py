@@ -1,5 +1,6 @@
 """Loopback servers for tests: ASGI apps under uvicorn in a background thread, and a throwaway Redis."""
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -29,6 +30,15 @@ def wait_for(probe: Callable[[], T], done: Callable[[T], bool] = bool, timeout: 
     while not done(value := probe()) and time.monotonic() < deadline:
         time.sleep(0.02)
     return value
+
+
+async def until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+    """``wait_for`` inside a test's event loop: probes between sleeps, so the loop's own tasks move meanwhile
+    (a blocking wait there would only ever see what was already true); fails with ``what`` past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 class InFlight:

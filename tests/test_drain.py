@@ -23,7 +23,7 @@ from config import Settings
 from gateway.app import create_app
 from gateway.server import GatewayServer
 from tests.conftest import ADMIN_KEY, catalogue
-from tests.servers import free_port, kill_if_running, spawn_gateway
+from tests.servers import free_port, kill_if_running, spawn_gateway, until
 from tests.test_shutdown import holds, prefix_keys, stalling_catalogue
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -63,13 +63,6 @@ async def open_streams(client: httpx.AsyncClient) -> list[Stream]:
     assert not ended, [(s.status, s.text, s.task.exception()) for s in ended[:3]]
     assert all(s.started.is_set() for s in streams), "not every stream started in time"
     return streams
-
-
-async def until(condition: Any, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + BOUND
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"still waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def refuses_connections(base: str) -> bool:

@@ -11,7 +11,7 @@ from gateway.tools import ToolResult, ToolUnavailable
 from gateway.tools.mcp import McpServer, resolve_mcp_tool
 from gateway.tools.sessions import MAX_DESCRIPTION, MAX_TOOLS
 from tests.mcp_server import BIG, Recorder, fresh_sse, hostile_app, mcp_server, sse_server, streamable_server
-from tests.servers import canary, serve, wait_for
+from tests.servers import canary, serve, until, wait_for
 from tests.tools_helpers import OPEN, make_tools, mcp_tool, tools_catalogue
 
 ALLOWED = ["add", "boom", "slow", "big"]
@@ -267,7 +267,8 @@ async def test_calls_on_an_open_session_skip_the_sdk(json_response):
         try:
             (mcp,) = (await tools.resolve(OPEN, [mcp_tool(base + "/mcp")])).mcp
             await tools.list_tools(mcp)
-            wait_for(lambda: tools.sessions._sessions[tools.sessions.key(mcp)].calls, bool)
+            entry = tools.sessions._sessions[tools.sessions.key(mcp)]
+            await until(lambda: entry.calls is not None, "the lean calls armed after initialize")
             assert await tools.call_mcp(mcp, "add", {"a": 2, "b": 5}) == ToolResult("7")
             assert "user-agent" not in recorder.headers[-1]
             assert (await tools.call_mcp(mcp, "boom", {})).error

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +27,7 @@ from config.tools import NAME
 from gateway.tools.mcp import McpServer
 from gateway.tools.mcp_calls import CallFailed, McpCalls, NotLean, SessionGone, Unreached
 from gateway.tools.results import ToolResult, ToolUnavailable, bounded_output, bounded_text, describe
-from gateway.tools.ssrf import pinned_client, shown
+from gateway.tools.ssrf import pinned_client, shown, tls_context
 
 if TYPE_CHECKING:  # the SDK itself is imported on first use: a gateway without MCP tools never loads it (~250 ms
     import mcp_types  # and several MB at start)
@@ -137,21 +136,21 @@ class _Session:
 
         try:
             async with self._streams() as (read, write), ClientSession(read, write) as session:
-                opened = await session.initialize()
-                if self.server.transport == "streamable_http":
-                    self.version = opened.protocol_version
-                    self._arm()
-                self.session = session
-                self.ready.set()
-                await self.closing.wait()
-                if self.calls is not None:  # their cancellation notices go before the session's end
-                    await self.calls.aclose()
+                try:
+                    opened = await session.initialize()
+                    if self.server.transport == "streamable_http":
+                        self.version = opened.protocol_version
+                        self._arm()
+                    self.session = session
+                    self.ready.set()
+                    await self.closing.wait()
+                finally:  # the lean calls' cancellation notices go before the session's end
+                    if self.calls is not None:
+                        await self.calls.aclose()
         except BaseException as exc:  # kept for the callers waiting on ready; the task ends here
             self.failure = exc
         finally:
             self.ready.set()
-            if self.calls is not None:
-                await self.calls.aclose()
 
     async def close(self) -> None:
         self.closing.set()
@@ -178,19 +177,13 @@ class McpSessions:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[SessionKey, _Session] = OrderedDict()
         self._closed = False
-        self._tls: ssl.SSLContext | None = None
 
     def _calls(self, server: McpServer, session_id: str | None, version: str) -> McpCalls:
         # an answer may be 8 times the output kept (JSON escapes), and at least 1 MiB, as the SDK's SSE events
         limit = max(8 * self.max_output_bytes, 1024 * 1024)
         return McpCalls(
-            server.url, server.headers, session_id, version, server.policy, self.dns_timeout, limit, self._context
+            server.url, server.headers, session_id, version, server.policy, self.dns_timeout, limit, tls_context
         )
-
-    def _context(self) -> ssl.SSLContext:
-        if self._tls is None:  # the pinned clients' own (no SSL settings from the environment), made once
-            self._tls = httpx2.create_ssl_context(trust_env=False)
-        return self._tls
 
     @staticmethod
     def key(server: McpServer) -> SessionKey:

@@ -14,12 +14,13 @@ Nothing is connected before the check passes. Clients never follow redirects by 
 """
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpcore2
@@ -33,6 +34,7 @@ MAX_SHOWN = 100  # characters of a caller's URL or host repeated in a message
 MAX_ADDRESSES = 16  # addresses of one name checked and tried
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 Lookup = Callable[[str, int, float], Awaitable[list["IPAddress"]]]  # host, port, timeout -> its addresses
+T = TypeVar("T")
 
 
 class Refused(httpcore2.ConnectError):
@@ -185,16 +187,33 @@ async def open_pinned(
     """An asyncio connection to one of ``host``'s addresses, all of them checked first (``resolve``), the socket
     connected to the checked address; TLS (``tls()``'s context) verifies the certificate against ``host``."""
     addresses = await resolve(host, port, policy, dns_timeout, lookup)
-    failure: OSError | None = None
+    context = tls() if tls is not None else None
+    server_hostname = host if context is not None else None
+
+    def connect(address: str) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        return asyncio.open_connection(address, port, ssl=context, server_hostname=server_hostname)
+
+    return await _first_connected(addresses, connect, (OSError,))
+
+
+async def _first_connected(
+    addresses: Iterable[Any], connect: Callable[[str], Awaitable[T]], failures: tuple[type[Exception], ...]
+) -> T:
+    """``connect`` to each checked address in turn: the first connection, or the last failure."""
+    failure: Exception | None = None
     for address in addresses:
         try:
-            context = tls() if tls is not None else None
-            server_hostname = host if context is not None else None
-            return await asyncio.open_connection(str(address), port, ssl=context, server_hostname=server_hostname)
-        except OSError as exc:
+            return await connect(str(address))
+        except failures as exc:
             failure = exc
     assert failure is not None
     raise failure
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS context of every tool connection (no SSL settings from the environment), made once."""
+    return httpx2.create_ssl_context(trust_env=False)
 
 
 class PinnedBackend(httpcore2.AsyncNetworkBackend):
@@ -217,14 +236,11 @@ class PinnedBackend(httpcore2.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
         addresses = await resolve(host, port, self.policy, self.dns_timeout, self.lookup)
-        failure: Exception | None = None
-        for address in addresses:
-            try:
-                return await self.inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
-            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
+
+        def connect(address: str) -> Awaitable[httpcore2.AsyncNetworkStream]:
+            return self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+
+        return await _first_connected(addresses, connect, (httpcore2.ConnectError, httpcore2.ConnectTimeout))
 
     async def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -240,7 +256,7 @@ class _PinnedTransport(httpx2.AsyncHTTPTransport):
         super().__init__(trust_env=False)  # no proxy from the environment: it would connect somewhere unchecked
         # httpx builds its pool without a way to pass a backend; this one is the same pool with ours
         self._pool = httpcore2.AsyncConnectionPool(
-            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            ssl_context=tls_context(),
             max_connections=max_connections,
             network_backend=backend,
         )
