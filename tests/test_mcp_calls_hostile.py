@@ -30,6 +30,7 @@ def answer(case: str, rid: str) -> bytes:
     sampling = {"jsonrpc": "2.0", "id": 98, "method": "sampling/createMessage", "params": {}}
     return {
         "ok-json": _http("200 OK", "application/json", orjson.dumps(ok)),
+        "ok-close": _http("200 OK", "application/json\r\nconnection: close", orjson.dumps(ok)),
         "ok-sse": _http("200 OK", "text/event-stream", _sse(note, ping, sampling, ok)),
         "not-json": _http("200 OK", "application/json", b"<html>not json</html>"),
         "wrong-id": _http("200 OK", "application/json", orjson.dumps({**ok, "id": "someone-else"})),
@@ -58,6 +59,7 @@ class HostileServer:
 
     def __init__(self) -> None:
         self.messages: list[dict] = []
+        self.connections = 0
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -72,6 +74,7 @@ class HostileServer:
         await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -85,7 +88,7 @@ class HostileServer:
                     self.messages.append(message)
                     writer.write(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
                 await writer.drain()
-                if path in ("ok-sse", "sse-no-answer", "not-http"):
+                if path in ("ok-sse", "ok-close", "sse-no-answer", "not-http"):
                     break  # an event stream (or garbage) ends with the connection
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # (the client left, or the test ended with this connection idle)
@@ -117,6 +120,16 @@ async def test_an_answer_as_json_or_as_events(case):
         answers = {m["id"]: m for m in server.messages}
         assert answers[99]["result"] == {}
         assert answers[98]["error"]["message"] == "Sampling not supported"
+
+
+@pytest.mark.parametrize(("case", "connections"), [("ok-json", 1), ("ok-close", 4)])
+async def test_a_connection_carries_the_next_call_unless_the_server_closes_it(case, connections):
+    async with HostileServer() as server:
+        lean = calls(server.port, case)
+        for _ in range(4):
+            assert (await lean.call("echo", {}, timeout=10)).content[0].text == "fine"
+        await lean.aclose()
+    assert server.connections == connections
 
 
 @pytest.mark.parametrize(

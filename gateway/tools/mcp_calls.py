@@ -30,7 +30,7 @@ import contextlib
 import itertools
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -101,6 +101,13 @@ class _Reply:
     def on_message_complete(self) -> None:
         self.done = True
 
+    def reusable(self, parser: Any) -> bool:
+        """Whether the connection may carry the next request: the answer ended and HTTP/1.1 did not say close.
+        (httptools' ``should_keep_alive`` is only right inside its callbacks; once the message has been parsed
+        it says False, and every call opened a new connection.)"""
+        closing = b"close" in self.headers.get(b"connection", b"").lower()
+        return self.done and not closing and parser.get_http_version() == "1.1"
+
 
 class McpCalls:
     """The ``tools/call``s of one open streamable-HTTP session. ``call`` returns the server's result, validated as
@@ -167,15 +174,19 @@ class McpCalls:
         return _result(raw)
 
     async def _request(self, body: bytes, request_id: str) -> Any:
-        """POST ``body``; a kept-alive connection the server closed meanwhile is replaced once."""
+        try:
+            return await self._reusing(self._exchange, body, request_id)
+        except _Stale:
+            raise CallFailed("the MCP server closed the connection before answering") from None
+
+    async def _reusing(self, work: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``work(connection, *args)`` on a kept-alive connection, or on a new one when none is idle or the server
+        closed the idle one meanwhile (``_Stale``: nothing was answered on it, so sending again is safe)."""
         connection = self._idle()
         if connection is not None:
             with contextlib.suppress(_Stale):
-                return await self._exchange(connection, body, request_id)
-        try:
-            return await self._exchange(await self._open(), body, request_id)
-        except _Stale:
-            raise CallFailed("the MCP server closed the connection before answering") from None
+                return await work(connection, *args)
+        return await work(await self._open(), *args)
 
     def _idle(self) -> Connection | None:
         while self.idle:
@@ -201,7 +212,7 @@ class McpCalls:
             while not reply.headed:
                 await self._feed(reader, parser, reply)
             answer = await self._answer(connection, parser, reply, request_id)
-            kept = reply.done and parser.should_keep_alive() and not self.closed
+            kept = reply.reusable(parser) and not self.closed
             return answer
         finally:
             if kept:
@@ -293,9 +304,11 @@ class McpCalls:
                     await self._feed(reader, parser, reply)
 
     async def _post(self, message: dict[str, Any]) -> None:
-        """A notification or a response to the server, on a connection of its own (202 expected, not read)."""
-        connection = self._idle() or await self._open()
-        body = orjson.dumps(message)
+        """A notification or a response to the server; its answer (202 expected) is read and dropped."""
+        with contextlib.suppress(_Stale, CallFailed):
+            await self._reusing(self._deliver, orjson.dumps(message))
+
+    async def _deliver(self, connection: Connection, body: bytes) -> None:
         reply = _Reply(self.max_answer)
         parser = httptools.HttpResponseParser(reply)
         keep = False
@@ -303,9 +316,7 @@ class McpCalls:
             connection[1].write(self.head + b"%d\r\n\r\n" % len(body) + body)
             while not reply.done:
                 await self._feed(connection[0], parser, reply)
-            keep = parser.should_keep_alive() and not self.closed
-        except (_Stale, CallFailed):
-            pass
+            keep = reply.reusable(parser) and not self.closed
         finally:
             if keep:
                 self.idle.append(connection)
