@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
+from opentelemetry import propagate as otel_propagate
 from opentelemetry import trace as otel_trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -464,6 +465,12 @@ class RequestTrace:
         finally:
             otel_context.detach(token)
             self.tracing.exporter.add(span)
+
+
+def inject_context(meta: dict[str, Any]) -> None:
+    """The current OpenTelemetry context (a tool call's span while ``RequestTrace.tool`` runs it) into a JSON-RPC
+    request's ``_meta`` as W3C ``traceparent``/``tracestate``: what the MCP SDK's client sends."""
+    otel_propagate.inject(meta)
 
 
 def _api_span(span: Span) -> otel_trace.Span:

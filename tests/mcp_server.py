@@ -54,7 +54,7 @@ def mcp_server() -> MCPServer:
 
 class Recorder:
     """An ASGI app wrapped to record the MCP sessions its clients use: session ids seen, DELETEs (a client ending
-    its session), and the headers of every request."""
+    its session), the headers of every request and the params of every ``tools/call``."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -62,6 +62,7 @@ class Recorder:
         self.deleted = 0
         self.headers: list[dict[str, str]] = []
         self.forgotten: set[str] = set()  # sessions answered 404: a server that restarted and lost them
+        self.calls: list[dict[str, Any]] = []
 
     def forget_sessions(self) -> None:
         self.forgotten = set(self.session_ids)
@@ -78,7 +79,24 @@ class Recorder:
                     return
             if scope["method"] == "DELETE":
                 self.deleted += 1
+            if scope["method"] == "POST":
+                receive = self._reading(receive)
         await self.app(scope, receive, send)
+
+    def _reading(self, receive: Any) -> Any:
+        body = bytearray()
+
+        async def read() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    sent = orjson.loads(body)
+                    if isinstance(sent, dict) and sent.get("method") == "tools/call":
+                        self.calls.append(sent["params"])
+            return message
+
+        return read
 
 
 def fresh_sse(app: Any) -> Any:

@@ -246,6 +246,8 @@ def test_a_tool_loop_has_a_span_per_round_and_per_tool_call(start_gateway, scrip
     )
     assert rounds[1].attributes["gateway.call.round"] == 2
     assert [r.attributes["gen_ai.response.finish_reasons"] for r in rounds] == [["stop"], ["stop"]]
+    sent = mcp[1].calls[-1]["_meta"]["traceparent"]  # the MCP server is told the tool call's span, as the SDK does
+    assert sent == f"00-{tool.trace_id}-{tool.span_id}-01"
 
 
 def test_traces_off_installs_nothing(gateway):

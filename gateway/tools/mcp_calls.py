@@ -38,6 +38,7 @@ import httptools
 import orjson
 
 from gateway.tools.ssrf import open_pinned
+from gateway.tracing import inject_context
 
 if TYPE_CHECKING:
     import mcp_types
@@ -150,12 +151,10 @@ class McpCalls:
         self.closed = False
 
     async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> mcp_types.CallToolResult:
-        from mcp.shared._otel import inject_trace_context
-
         request_id = f"gw-{next(self.ids)}"  # never one of the SDK's (integers) on the same session
         params: dict[str, Any] = {"name": name, "arguments": arguments}
         meta: dict[str, Any] = {}
-        inject_trace_context(meta)  # the current span's context, as the SDK's dispatcher sends it
+        inject_context(meta)  # the current span's context, as the SDK's dispatcher sends it
         if meta:
             params["_meta"] = meta
         body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
