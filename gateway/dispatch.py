@@ -89,8 +89,8 @@ class Dispatcher:
         return key
 
     async def _traced(self, dep: Deployment, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
-        request = self.tracing.current() if self.tracing is not None else None
-        if request is not None:  # the attempt as a span of the request's model call (gateway.tracing)
+        request = self.tracing.request.get() if self.tracing is not None else None
+        if request is not None and request.recording:  # a span of the request's model call (gateway.tracing)
             return await request.attempt(dep, self._deadline(dep, attempt))
         return await self._deadline(dep, attempt)
 

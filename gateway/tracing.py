@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from config import Settings
 from config.settings import parse_headers
 from gateway.genai import answer_attributes, call_attributes, content, usage_attributes
-from gateway.otlp import CLIENT, INTERNAL, SERVER, Exporter, Span, encode_attributes, span_id, tail, trace_id
+from gateway.otlp import CLIENT, INTERNAL, SERVER, Exporter, Record, Span, encode_attributes, span_id, tail, trace_id
 
 if TYPE_CHECKING:
     from config.deployments import Deployment
@@ -116,9 +116,11 @@ class Tracing:
         return self.sample_all or int(trace[16:], 16) < self.sample_bound
 
     def bind(self, ctx: "RequestContext") -> None:
-        """Attach a new request context to its request's trace (``ctx.trace``), if the request has one."""
+        """Attach a new request context to its request's trace (``ctx.trace``), if the request is recorded: for
+        one the sampler left out, ``ctx.trace`` stays None and the hooks cost one attribute check (its context
+        still travels upstream, from the context variable)."""
         request = self.request.get()
-        if request is not None:
+        if request is not None and request.recording:
             request.bind(ctx)
             ctx.trace = request
 
@@ -130,6 +132,7 @@ class Tracing:
         trace = trace_id()
         span = Span((trace, "", ""), name, INTERNAL, attributes) if self.sampled(trace) else None
         job = RequestTrace(self, span, (trace, span.span_id if span is not None else span_id(), ""), "JOB")
+        job.finished = _Late(self.exporter)  # long work: its spans go as they end
         token = self.request.set(job)
         try:
             yield job
@@ -141,7 +144,7 @@ class Tracing:
             self.request.reset(token)
             job.end_call()
             if span is not None:
-                self.exporter.add(span)
+                job.end(span)
 
     def current(self) -> "RequestTrace | None":
         """The trace of the request running here (the dispatcher has no request context of its own)."""
@@ -223,8 +226,11 @@ class TraceRequests:
 
 def _caller_context(scope: Scope) -> tuple[str, str, bool, str] | None:
     """The caller's (trace id, parent span id, sampled, trace state), when it sent a valid ``traceparent``."""
+    headers = scope["headers"]
+    if b"traceparent" not in dict(headers):  # most requests: one pass in C, not a loop over the headers
+        return None
     parent = state = None
-    for key, value in scope["headers"]:
+    for key, value in headers:
         if key == b"traceparent":
             if parent is not None:  # two of them: neither is to be trusted
                 return None
@@ -254,6 +260,7 @@ class RequestTrace:
         "call",
         "call_span",
         "call_error",
+        "finished",
     )
 
     def __init__(self, tracing: Tracing, span: Span | None, ids: tuple[str, str, str], method: str) -> None:
@@ -271,6 +278,8 @@ class RequestTrace:
         self.call: object = None  # the ModelCall that ``call_span`` stands for
         self.call_span: Span | None = None
         self.call_error: tuple[str, str] | None = None  # the error type and message of the call's last attempt
+        # the request's ended spans, handed to the exporter at once when it ends (``close``); after that, one by one
+        self.finished: list[Span | Record] | _Late = []
 
     @classmethod
     def start(cls, tracing: Tracing, scope: Scope) -> "RequestTrace":
@@ -279,7 +288,7 @@ class RequestTrace:
             trace, parent, sampled, state = caller
         else:
             trace, parent, state = trace_id(), "", ""
-            sampled = tracing.sampled(trace)
+            sampled = tracing.sample_all or tracing.sampled(trace)
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
         if not sampled:
             return cls(tracing, None, (trace, span_id(), state), method)
@@ -316,15 +325,24 @@ class RequestTrace:
                 attributes["gateway.model"] = ctx.model.alias
         if status >= 500:
             span.fail("", str(status))
-        self.tracing.exporter.add(span)
+        self.end(span)
+        self.close()
 
-    def step(self, hook: str, name: str, work: Awaitable[T]) -> Awaitable[T]:
+    def end(self, span: Span) -> None:
+        span.end = time.time_ns()
+        self.finished.append(span)
+
+    def close(self) -> None:
+        """The request is over: its ended spans go to the exporter in one go; spans of work that outlives it (a
+        background response) go one by one as they end."""
+        finished = self.finished
+        if isinstance(finished, list):
+            self.finished = _Late(self.tracing.exporter)
+            self.tracing.exporter.add_all(finished)
+
+    async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
-        as a span of its own (a ``Record``, but for one that raised); ``work`` as it is in a request the sampler
-        left out."""
-        return work if self.span is None else self._step(hook, name, work)
-
-    async def _step(self, hook: str, name: str, work: Awaitable[T]) -> T:
+        as a span of its own (a ``Record``, but for one that raised)."""
         tracing = self.tracing
         title, end_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
         start = time.time_ns()
@@ -335,18 +353,14 @@ class RequestTrace:
             span.start = start
             span.record_exception(exc)
             span.fail(str(exc))
-            tracing.exporter.add(span)
+            self.end(span)
             raise
-        tracing.exporter.add((self.ids, "", end_json, start, time.time_ns()))
+        self.finished.append((self.ids, "", end_json, start, time.time_ns()))
         return result
 
-    def attempt(self, dep: "Deployment", work: Awaitable[T]) -> Awaitable[T]:
-        """One deployment attempt of the model call in progress, inside that call's span (opened at its first
-        attempt); its context is the one sent upstream. A request left out by the sampler gets no span of it:
-        its server span's context travels instead (``work`` as it is)."""
-        return work if self.span is None else self._attempt(dep, work)
-
-    async def _attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
+    async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
+        """One deployment attempt of the model call in progress (of a recorded request), inside that call's
+        span (opened at its first attempt); its context is the one sent upstream."""
         tracing = self.tracing
         trace = (self.ids[0], self._call_span(dep).span_id, self.ids[2])
         own_id, start = span_id(), time.time_ns()
@@ -363,12 +377,12 @@ class RequestTrace:
             if isinstance(status, int):
                 span.own()["http.response.status_code"] = status
             self.call_error = (kind, message)
-            tracing.exporter.add(span)
+            self.end(span)
             raise
         finally:
             tracing.active.reset(token)
         # the attempt answered: a Record (its name and attributes the same every time)
-        tracing.exporter.add((trace, own_id, tracing.target_attributes(dep)[1], start, time.time_ns()))
+        self.finished.append((trace, own_id, tracing.target_attributes(dep)[1], start, time.time_ns()))
         self.call_error = None  # the call's status is its last attempt's
         return result
 
@@ -431,7 +445,7 @@ class RequestTrace:
         if self.call_error is not None:
             kind, message = self.call_error
             span.fail(message, kind)
-        self.tracing.exporter.add(span)
+        self.end(span)
 
     async def tool(self, item: dict[str, Any], work: Awaitable[None]) -> None:
         """One MCP call of the tool loop (an ``mcp_call`` item, updated by ``work`` with its output or error).
@@ -464,7 +478,16 @@ class RequestTrace:
             raise
         finally:
             otel_context.detach(token)
-            self.tracing.exporter.add(span)
+            self.end(span)
+
+
+class _Late:
+    """A closed request's ``finished``: what still ends goes to the exporter at once."""
+
+    __slots__ = ("append",)
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.append = exporter.add
 
 
 def inject_context(meta: dict[str, Any]) -> None:
