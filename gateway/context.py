@@ -119,7 +119,7 @@ class AnswerLog:
     follow: Callable[[str, int], Awaitable[AsyncIterator[bytes] | None]]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # weakly referred to by its trace (gateway.tracing): no cycle
 class RequestContext:
     """One request. Policies read and change it; the resolver sets ``alias`` and ``model`` before the policy
     chain runs (``gateway.targets``), the call fills ``usage`` and ``outcome``.

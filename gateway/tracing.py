@@ -22,7 +22,8 @@ sampler leaves out, but their trace context still travels upstream.
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -256,7 +257,7 @@ class RequestTrace:
         "recording",
         "trace_id",
         "status",
-        "ctx",
+        "_ctx",
         "call",
         "call_span",
         "call_error",
@@ -274,7 +275,9 @@ class RequestTrace:
         # the id callers see (x-trace-id, aimable.langfuse_trace_id): only of a trace that is exported
         self.trace_id = ids[0] if span is not None else None
         self.status: int | None = None
-        self.ctx: RequestContext | None = None
+        # the request's context, weakly: it refers to this trace (``ctx.trace``), and a cycle would leave both,
+        # and all the context holds, to the cyclic collector
+        self._ctx: Callable[[], RequestContext | None] = _nothing
         self.call: object = None  # the ModelCall that ``call_span`` stands for
         self.call_span: Span | None = None
         self.call_error: tuple[str, str] | None = None  # the error type and message of the call's last attempt
@@ -297,7 +300,7 @@ class RequestTrace:
         return cls(tracing, span, (trace, span.span_id, state), method)
 
     def bind(self, ctx: "RequestContext") -> None:
-        self.ctx = ctx
+        self._ctx = weakref.ref(ctx)
         if self.span is not None:
             principal, attributes = ctx.principal, self.span.attributes
             attributes["gateway.route"] = ctx.route
@@ -318,7 +321,7 @@ class RequestTrace:
         if isinstance(path, str):
             span.name = f"{self.method} {path}"
             attributes["http.route"] = path
-        ctx = self.ctx
+        ctx = self._ctx()
         if ctx is not None:
             attributes["gateway.outcome"] = ctx.outcome
             if ctx.model is not None:
@@ -387,7 +390,7 @@ class RequestTrace:
         return result
 
     def _call_span(self, dep: "Deployment") -> Span:
-        ctx = self.ctx
+        ctx = self._ctx()
         call = ctx.call if ctx is not None else None
         if self.call_span is None or call is not self.call:
             self.end_call()
@@ -406,8 +409,9 @@ class RequestTrace:
         if self.call_span is not None:
             attributes = answer_attributes(answer, self.tracing.content_chars)
             output = attributes.get("gen_ai.output.messages")
-            if output is not None and self.ctx is not None:  # masked as what the gateway keeps of the answer
-                for redact in self.ctx.redactors:
+            ctx = self._ctx()
+            if output is not None and ctx is not None:  # masked as what the gateway keeps of the answer
+                for redact in ctx.redactors:
                     output = redact(output)
                 attributes["gen_ai.output.messages"] = output
             self.call_span.attributes.update(attributes)
@@ -479,6 +483,10 @@ class RequestTrace:
         finally:
             otel_context.detach(token)
             self.end(span)
+
+
+def _nothing() -> None:
+    return None
 
 
 class _Late:
