@@ -7,7 +7,9 @@ A background response answers at once (``queued``) and then runs in the same tas
 """
 
 import asyncio
+import functools
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -67,13 +69,18 @@ class ResponsesService:
             await self.resolve(ctx)
         await self._executable_tools(ctx)
         ctx.stream = ctx.body.get("stream") is True
-        if ctx.stream:
-
-            async def follow(response_id: str, after: int) -> AsyncIterator[bytes] | None:
-                frames = await self.follow(ctx, response_id, after)
-                return None if frames is None else until_disconnect(frames, receive)
-
+        if ctx.stream:  # (the context weakly: it holds the log, and a cycle would wait for the cyclic collector)
+            follow = functools.partial(self._follow_live, weakref.ref(ctx), receive)
             ctx.answer_log = AnswerLog(new_response_id(), follow)
+
+    async def _follow_live(
+        self, ctx_ref: Callable[[], RequestContext | None], receive: Receive, response_id: str, after: int
+    ) -> AsyncIterator[bytes] | None:
+        ctx = ctx_ref()
+        if ctx is None:
+            return None
+        frames = await self.follow(ctx, response_id, after)
+        return None if frames is None else until_disconnect(frames, receive)
 
     async def _executable_tools(self, ctx: RequestContext) -> None:
         """The request's MCP servers and HTTP tools, checked (the space's allowed servers and addresses) before the
