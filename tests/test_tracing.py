@@ -2,6 +2,7 @@
 schema): the gateway's own spans, exporter, sampler and propagation, end to end."""
 
 import ast
+import gc
 import os
 import subprocess
 import sys
@@ -366,3 +367,28 @@ def test_a_callers_unsampled_flag_holds_at_full_sampling(start_gateway, upstream
     assert sent["traceparent"].startswith(f"00-{trace}-") and sent["traceparent"].endswith("-00")
     assert sent["traceparent"][36:52] != CALLER_SPAN  # the gateway's own (unrecorded) span is the parent
     assert otlp.trace(trace) == []
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_request_leaves_no_garbage_cycle(start_gateway, upstream, receiver, traced):
+    """Once answered, a request's context (and its trace) is freed by reference counting: a cycle through it
+    would wait for the cyclic collector, whose collections cost every request (a cancelled watcher task's
+    traceback, a trace and its context referring to each other, a closure held by what it closes over)."""
+    settings = {"traces": True, "traces_endpoint": receiver[1]} if traced else {}
+    base = start_gateway(catalogue(upstream[1]), **settings)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds is kept in gc.garbage instead of freed
+    try:
+        with httpx2.Client(base_url=base, headers=AUTH, timeout=30) as client:
+            chat = {"model": "up", "messages": [{"role": "user", "content": "hi"}]}
+            for body in (chat, {**chat, "stream": True}):
+                assert client.post("/v1/chat/completions", json=body).status_code == 200
+            for body in ({"model": "up", "input": "hi"}, {"model": "up", "input": "hi", "stream": True}):
+                assert client.post("/v1/responses", json=body).status_code == 200
+        base.idle()
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage if type(o).__module__.startswith("gateway")})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
