@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.otlp import CLIENT, INTERNAL, SERVER, Exporter, Span, span_id, tail, trace_id
-from gateway.tracing import parse_traceparent, parse_tracestate
+from gateway.tracecontext import parse_traceparent, parse_tracestate
 from tests.fakes.otlp import OtlpReceiver
 from tests.servers import serve, wait_for
 
