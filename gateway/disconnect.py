@@ -32,11 +32,10 @@ class cancel_on_disconnect:
         self.ctx = ctx
         self.finished = asyncio.Event()
         self.disconnected = False
-        self.active = False
 
     async def _watch(self, task: asyncio.Task[Any]) -> None:
         await _disconnected(self.receive)
-        if self.active and not self.finished.is_set():
+        if not self.finished.is_set():
             self.disconnected = True
             task.cancel()
 
@@ -44,14 +43,13 @@ class cancel_on_disconnect:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
-        self.active = True
         watcher = asyncio.ensure_future(self._watch(task))
         _WATCHERS.add(watcher)  # held until it ends (the loop keeps only weak references to tasks)
         watcher.add_done_callback(_WATCHERS.discard)
         return self.finished
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        self.active = False
+        self.finished.set()  # the block is left: a disconnect from now on is not this block's
         if self.disconnected and exc_type is asyncio.CancelledError:
             self._task.uncancel()
             if self.ctx.outcome == "pending":  # an answer a policy already ended (a guardrail) keeps its outcome

@@ -97,6 +97,14 @@ def event_data(event: bytes) -> bytes:
     return b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
 
 
+def event_name(event: bytes) -> bytes:
+    """The ``event`` field of one SSE event, ``message`` when it has none."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"event:"):
+            return line[6:].strip()
+    return b"message"
+
+
 def _event_json(event: bytes) -> dict[str, Any] | None:
     payload = event_data(event)
     try:

@@ -242,7 +242,7 @@ class RequestTrace:
             trace, parent, sampled, state = caller
         else:
             trace, parent, state = trace_id(), "", ""
-            sampled = tracing.sample_all or tracing.sampled(trace)
+            sampled = tracing.sampled(trace)
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
         if not sampled:
             return cls(tracing, None, (trace, span_id(), state), method)

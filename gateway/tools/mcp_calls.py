@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import httptools
 import orjson
 
+from gateway.sse import event_data, event_name
 from gateway.tools.ssrf import open_pinned
 from gateway.tracing import inject_context
 
@@ -55,6 +56,7 @@ _UNSUPPORTED = {  # what the SDK's client answers when it has no handler (its de
     "roots/list": (-32600, "List roots not supported"),
 }
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Reader = Callable[..., Awaitable[Any]]  # (connection, parser, reply, *args): reads one answer
 
 
 class SessionGone(Exception):
@@ -174,7 +176,7 @@ class McpCalls:
 
     async def _request(self, body: bytes, request_id: str) -> Any:
         try:
-            return await self._reusing(self._exchange, body, request_id)
+            return await self._reusing(self._exchange, body, self._answer, request_id)
         except _Stale:
             raise CallFailed("the MCP server closed the connection before answering") from None
 
@@ -201,7 +203,9 @@ class McpCalls:
         except (OSError, ssl.SSLError) as exc:
             raise Unreached(str(exc) or type(exc).__name__) from exc
 
-    async def _exchange(self, connection: Connection, body: bytes, request_id: str) -> Any:
+    async def _exchange(self, connection: Connection, body: bytes, read: Reader, *args: Any) -> Any:
+        """POST ``body`` on ``connection``; ``read(connection, parser, reply, *args)`` reads the answer once its
+        head is in. The connection is kept for the next request when the answer allows it, else closed."""
         reader, writer = connection
         reply = _Reply(self.max_answer)
         parser = httptools.HttpResponseParser(reply)
@@ -210,7 +214,7 @@ class McpCalls:
             writer.write(self.head + b"%d\r\n\r\n" % len(body) + body)
             while not reply.headed:
                 await self._feed(reader, parser, reply)
-            answer = await self._answer(connection, parser, reply, request_id)
+            answer = await read(connection, parser, reply, *args)
             kept = reply.reusable(parser) and not self.closed
             return answer
         finally:
@@ -243,14 +247,12 @@ class McpCalls:
         if 300 <= status < 400:
             raise NotLean
         if status >= 400:
-            while not reply.done:
-                await self._feed(connection[0], parser, reply)
+            await self._to_end(connection, parser, reply)
             raise self._refusal(status, kind, bytes(reply.body))
         if status == 202:
             raise CallFailed("the MCP server answered a request with 202 Accepted")
         if kind == b"application/json":
-            while not reply.done:
-                await self._feed(connection[0], parser, reply)
+            await self._to_end(connection, parser, reply)
             message = _json(bytes(reply.body))
             if not isinstance(message, dict) or message.get("id") != request_id:
                 raise CallFailed("the MCP server answered with a message that is not this call's response")
@@ -283,7 +285,7 @@ class McpCalls:
                 if "method" not in message:
                     if message.get("id") != request_id:
                         raise CallFailed("the MCP server answered with another request's response")
-                    await self._drain(connection[0], parser, reply)
+                    await self._drain(connection, parser, reply)
                     return _outcome(message)
                 if "id" in message:  # a request of the server's: answered as the SDK answers it without a handler
                     asked += 1
@@ -294,33 +296,21 @@ class McpCalls:
                 raise CallFailed("the MCP server's event stream ended without an answer")
             await self._feed(connection[0], parser, reply)
 
-    async def _drain(self, reader: asyncio.StreamReader, parser: Any, reply: _Reply) -> None:
+    async def _drain(self, connection: Connection, parser: Any, reply: _Reply) -> None:
         """Wait (briefly) for the end of the stream: the server SHOULD close it after the response, and then the
         connection can be kept."""
         with contextlib.suppress(TimeoutError, CallFailed, _Stale):
             async with asyncio.timeout(DRAIN_SECONDS):
-                while not reply.done:
-                    await self._feed(reader, parser, reply)
+                await self._to_end(connection, parser, reply)
 
     async def _post(self, message: dict[str, Any]) -> None:
         """A notification or a response to the server; its answer (202 expected) is read and dropped."""
         with contextlib.suppress(_Stale, CallFailed):
-            await self._reusing(self._deliver, orjson.dumps(message))
+            await self._reusing(self._exchange, orjson.dumps(message), self._to_end)
 
-    async def _deliver(self, connection: Connection, body: bytes) -> None:
-        reply = _Reply(self.max_answer)
-        parser = httptools.HttpResponseParser(reply)
-        keep = False
-        try:
-            connection[1].write(self.head + b"%d\r\n\r\n" % len(body) + body)
-            while not reply.done:
-                await self._feed(connection[0], parser, reply)
-            keep = reply.reusable(parser) and not self.closed
-        finally:
-            if keep:
-                self.idle.append(connection)
-            else:
-                connection[1].close()
+    async def _to_end(self, connection: Connection, parser: Any, reply: _Reply) -> None:
+        while not reply.done:
+            await self._feed(connection[0], parser, reply)
 
     def _cancel(self, request_id: str, reason: str) -> None:
         """``notifications/cancelled`` for the call, sent in the background (the call's answer does not wait)."""
@@ -363,19 +353,8 @@ class _Events:
             tail = b"\r" if buffer.endswith(b"\r") else b""
             buffer = buffer[: len(buffer) - len(tail)].replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
         *blocks, self.buffer = buffer.split(b"\n\n")
-        found: list[bytes] = []
-        for block in blocks:
-            event, data = b"message", []
-            for line in block.split(b"\n"):
-                field, _, value = line.partition(b":")
-                value = value[1:] if value.startswith(b" ") else value
-                if field == b"event":
-                    event = value
-                elif field == b"data":
-                    data.append(value)
-            if event == b"message" and any(data):  # an empty one primes a resumable stream
-                found.append(b"\n".join(data))
-        return found
+        # an event with no data (it primes a resumable stream) and events of other names are skipped
+        return [data for block in blocks if (data := event_data(block)) and event_name(block) == b"message"]
 
 
 def _json(data: bytes) -> Any:
