@@ -13,7 +13,7 @@ from gateway.store import Store
 
 if TYPE_CHECKING:
     from gateway.pricing import PriceBook
-    from gateway.tracing import RequestTrace
+    from gateway.request_trace import RequestTrace
 
 
 @dataclass(slots=True)

@@ -65,6 +65,7 @@ class Span:
         "status",
         "message",
         "events",
+        "extra",
     )
 
     def __init__(
@@ -85,8 +86,15 @@ class Span:
         self.status = UNSET
         self.message = ""
         self.events: list[str] | None = None
+        # the JSON of the attributes whose values differ from one span to the next (ids, token counts, content),
+        # kept apart: the rest is most often the same as another span's, and its JSON is found whole (``Encoder``)
+        self.extra = ""
         self.start = time.time_ns()
         self.end = 0
+
+    def add_extra(self, pairs: str) -> None:
+        """More volatile attributes, as JSON (``string_pair``, ``encode_attributes``)."""
+        self.extra = f"{self.extra},{pairs}" if self.extra else pairs
 
     def own(self) -> dict[str, Any]:
         """The span's attributes, to add to: a shared dict is copied first."""
@@ -151,6 +159,11 @@ def encode_attributes(attributes: Mapping[str, Any]) -> str:
     return ",".join([_pair(k, v) for k, v in attributes.items()])
 
 
+def string_pair(key: str, value: str) -> str:
+    """The JSON of one string attribute whose key is the gateway's own (plain ASCII)."""
+    return f'{{"key":"{key}","value":{{"stringValue":{json_string(value)}}}}}'
+
+
 def json_string(text: str) -> str:
     try:
         return orjson.dumps(text).decode()
@@ -166,6 +179,8 @@ class Encoder:
     KEEP = 4096
 
     def __init__(self, resource: Mapping[str, Any]) -> None:
+        # a span's attributes (but its volatile ones) as a whole: (their keys, their values) -> their JSON
+        self.whole: dict[tuple[tuple[str, ...], tuple[Any, ...]], str] = {}
         self.head = (
             f'{{"resourceSpans":[{{"resource":{{"attributes":[{encode_attributes(resource)}]}},'
             f'"scopeSpans":[{{"scope":{{"name":"gateway"}},"spans":['
@@ -174,8 +189,22 @@ class Encoder:
         self.names: dict[str, str] = {}
 
     def attributes(self, attributes: dict[str, Any]) -> str:
-        """The JSON of ``attributes``: the items seen before looked up at once (a number shares the encoding of an
-        equal one of the same key: 7.0 after 7 is written 7; the gateway's floats are never integers' keys)."""
+        """The JSON of ``attributes``: found whole when the same keys had the same values before, else made of
+        the items' JSON (a number shares the encoding of an equal one of the same key: 7.0 after 7 is written 7;
+        the gateway's floats are never integers' keys)."""
+        try:
+            key = (tuple(attributes), tuple(attributes.values()))
+            found = self.whole.get(key)
+        except TypeError:  # a list among the values
+            return self.items(attributes)
+        if found is None:
+            if len(self.whole) >= self.KEEP:
+                self.whole.clear()
+            found = self.whole[key] = self.items(attributes)
+        return found
+
+    def items(self, attributes: dict[str, Any]) -> str:
+        """The JSON of ``attributes``, item by item, those seen before looked up at once."""
         items = list(attributes.items())
         try:
             pairs = list(map(self.known.get, items))
@@ -226,6 +255,8 @@ class Encoder:
         if s.events:
             extra += f',"events":[{",".join(s.events)}]'
         attributes = s.encoded if s.encoded is not None else self.attributes(s.attributes)
+        if s.extra:
+            attributes = f"{attributes},{s.extra}" if attributes else s.extra
         return (
             f'{{"traceId":"{s.trace_id}","spanId":"{s.span_id}"{extra},"name":{self.name(s.name)},"kind":{s.kind},'
             f'"startTimeUnixNano":"{s.start}","endTimeUnixNano":"{s.end}","attributes":[{attributes}]}}'
@@ -243,10 +274,12 @@ class Encoder:
                 out.append(self.span(s))  # type: ignore[arg-type]
                 continue
             (trace, parent, state), sid, end_json, start, end = s
-            extra = f',"traceState":{json_string(state)}' if state else ""
+            extra = f',"parentSpanId":"{parent}"' if parent else ""  # a root: none
+            if state:
+                extra += f',"traceState":{json_string(state)}'
             out.append(
-                f'{{"traceId":"{trace}","spanId":"{sid or ids[16 * at : 16 * at + 16]}","parentSpanId":"{parent}"'
-                f'{extra},"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",{end_json}'
+                f'{{"traceId":"{trace}","spanId":"{sid or ids[16 * at : 16 * at + 16]}"{extra},'
+                f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",{end_json}'
             )
         return ",".join(out)
 

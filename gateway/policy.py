@@ -150,6 +150,10 @@ class PolicyChain:
             for p in self.policies
             if type(p).before_call is not Policy.before_call or type(p).after_call is not Policy.after_call
         )
+        # the after phase runs only the hooks a policy overrides: the base class's no-ops cost a coroutine (and,
+        # traced, a span) per request for nothing
+        self.after_hooks = frozenset(id(p) for p in self.policies if type(p).after is not Policy.after)
+        self.after_call_hooks = frozenset(id(p) for p in self.per_call if type(p).after_call is not Policy.after_call)
 
     async def run(self, ctx: RequestContext, send: Send, call: Callable[[Send], Awaitable[None]]) -> None:
         """Run ``before`` hooks (and their store steps), then ``call(send)`` (which answers the client), then
@@ -247,6 +251,8 @@ class PolicyChain:
         nothing raises."""
         steps: list[tuple[Policy, StoreStep]] = []
         for policy, per_call in reversed(ran):
+            if id(policy) not in (self.after_call_hooks if per_call else self.after_hooks):
+                continue
             hook = "after_call" if per_call else "after"
             try:
                 work = policy.after_call(ctx, _call_of(ctx)) if per_call else policy.after(ctx)
@@ -311,7 +317,7 @@ async def _before_steps(
     """Run the before phase's steps in one round trip and hand each result to its ``then`` in chain order."""
     try:
         batch = ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
-        results = await _traced(ctx, "store", "before", batch)
+        results = await _round_trip(ctx, "before", batch)
     except StoreUnavailable as exc:
         for index, step in steps:  # each decides: fail closed (raise) or go on without its check
             if step.unavailable is None or (step.follows_chain and not fails_open):
@@ -338,7 +344,7 @@ async def _after_steps(ctx: RequestContext, steps: list[tuple[Policy, StoreStep]
     """Run the after phase's steps in one round trip; log what fails."""
     try:
         batch = ctx.store.batch([(step.script, step.keys, step.args) for _, step in steps])
-        results = await _traced(ctx, "store", "after", batch)
+        results = await _round_trip(ctx, "after", batch)
     except StoreUnavailable as exc:
         results = []
         for policy, step in steps:
@@ -411,3 +417,9 @@ def load_policy(spec: PolicySpec) -> Policy:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
         raise PolicyConfigError(f"policy {spec.use!r}: invalid params: {problems}") from None
     return cls(params)
+
+
+def _round_trip(ctx: RequestContext, phase: str, batch: Awaitable[T]) -> Awaitable[T]:
+    """The store steps of a phase, as a span when the request is traced and the store is remote (the in-memory
+    store answers in microseconds: a span of it says nothing)."""
+    return batch if ctx.trace is None or not ctx.store.remote else ctx.trace.step("store", phase, batch)

@@ -53,10 +53,14 @@ def _policies(cat: dict[str, Any]) -> dict[str, Any]:
     return cat
 
 
-def test_a_chat_request_is_one_trace_under_the_callers_traceparent(start_gateway, upstream, receiver):
+def test_a_chat_request_is_one_trace_under_the_callers_traceparent(
+    start_gateway, upstream, receiver, redis_url, redis_prefix
+):
     fake, upstream_url = upstream
     otlp, endpoint = receiver
-    base = _traced(start_gateway, _policies(catalogue(upstream_url)), endpoint)
+    base = _traced(
+        start_gateway, _policies(catalogue(upstream_url)), endpoint, redis_url=redis_url, redis_prefix=redis_prefix
+    )
     traceparent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
     r = httpx2.post(
         base + "/v1/chat/completions",
@@ -69,17 +73,20 @@ def test_a_chat_request_is_one_trace_under_the_callers_traceparent(start_gateway
         json={"model": "up", "messages": [{"role": "user", "content": "a secret prompt"}], "max_tokens": 7},
     )
     assert r.status_code == 200 and r.headers["x-trace-id"] == CALLER_TRACE
-    spans = _trace(otlp, CALLER_TRACE, "POST /v1/chat/completions", "chat up", "POST", "after allow_list")
-    server, chat, attempt = spans["POST /v1/chat/completions"], spans["chat up"], spans["POST"]
+    spans = _trace(otlp, CALLER_TRACE, "POST /v1/chat/completions", "chat up", "store after")
+    server, chat = spans["POST /v1/chat/completions"], spans["chat up"]
     assert (server.kind, server.parent_id) == ("server", CALLER_SPAN)
     assert server.attributes["http.route"] == "/v1/chat/completions"
     assert server.attributes["http.request.method"] == "POST"
     assert server.attributes["http.response.status_code"] == 200
     assert server.attributes["gateway.space.id"] == SPACE and server.attributes["gateway.tenant.id"] == TENANT
     assert server.attributes["gateway.api_key.name"] == "admin" and server.attributes["gateway.outcome"] == "ok"
+    assert len(server.attributes["gateway.request.id"]) > 0
     assert server.resource["service.name"] == "llm-gateway"
-    # the chat span, GenAI conventions: a client span of the server span, the attempt inside it
-    assert (chat.kind, chat.parent_id, attempt.parent_id) == ("client", server.span_id, chat.span_id)
+    assert server.status == 0
+    # the chat span, GenAI conventions: a client span of the server span; it answered at its first attempt, so it
+    # is the attempt's span too (no span of its own)
+    assert (chat.kind, chat.parent_id) == ("client", server.span_id)
     assert {k: v for k, v in chat.attributes.items() if k.startswith("gen_ai.")} == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "openai",
@@ -94,8 +101,11 @@ def test_a_chat_request_is_one_trace_under_the_callers_traceparent(start_gateway
         "gen_ai.usage.cache_read.input_tokens": 0,
         "gen_ai.usage.reasoning.output_tokens": 0,
     }
-    assert attempt.attributes["gateway.deployment.model"] == "ok" and attempt.attributes["server.port"] > 0
-    # a span per policy hook and per store round trip, all children of the server span
+    assert chat.attributes["gateway.deployment.model"] == "ok" and chat.attributes["server.port"] > 0
+    assert chat.attributes["server.address"] == "127.0.0.1"
+    assert not any(s.kind == "client" and s is not chat for s in spans.values())
+    # a span per policy hook that ran (a policy's own: allow_list has no after) and per store round trip (on
+    # Redis), all children of the server span
     for name in (
         "before allow_list",
         "before idempotency",
@@ -104,19 +114,30 @@ def test_a_chat_request_is_one_trace_under_the_callers_traceparent(start_gateway
         "store before",
         "after_call budget",
         "after idempotency",
-        "after allow_list",
         "store after",
     ):
         assert spans[name].parent_id == server.span_id, name
+    assert "after allow_list" not in spans
     assert spans["before budget"].attributes == {"gateway.policy.name": "budget", "gateway.policy.hook": "before"}
-    # the upstream got the attempt's context: same trace, the attempt as parent
+    assert spans["store after"].attributes == {"gateway.store.phase": "after"}
+    # the upstream got the call's context: same trace, the chat span as parent
     sent = next(h for h in reversed(fake.headers) if CALLER_TRACE in h.get("traceparent", ""))
-    assert sent["traceparent"] == f"00-{CALLER_TRACE}-{attempt.span_id}-01"
+    assert sent["traceparent"] == f"00-{CALLER_TRACE}-{chat.span_id}-01"
     assert sent["tracestate"] == "congo=t61rcWkgMzE"
     # exported as OTLP/JSON (the receiver reads it through the protobuf schema)
     assert all(h["content-type"] == "application/json" for h in otlp.headers)
     # no content by default
     assert not any("a secret prompt" in str(s.attributes) for s in spans.values())
+
+
+def test_on_the_in_memory_store_the_round_trips_are_no_spans(start_gateway, upstream, receiver):
+    otlp, endpoint = receiver
+    base = _traced(start_gateway, _policies(catalogue(upstream[1])), endpoint)
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}]}
+    r = httpx2.post(base + "/v1/chat/completions", headers=AUTH, json=body)
+    assert r.status_code == 200
+    spans = _trace(otlp, r.headers["x-trace-id"], "POST /v1/chat/completions", "after idempotency", "before budget")
+    assert "before budget" in spans and not any(name.startswith("store ") for name in spans)
 
 
 def test_without_a_traceparent_the_gateway_starts_the_trace(start_gateway, upstream, receiver):
@@ -270,7 +291,7 @@ def test_bad_trace_settings_fail_the_start(settings):
         Settings(**settings)
 
 
-def test_only_the_tracing_module_imports_opentelemetry():
+def test_only_the_tracing_modules_import_opentelemetry():
     importers = []
     for path in sorted((ROOT / "gateway").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -279,7 +300,7 @@ def test_only_the_tracing_module_imports_opentelemetry():
                 names = [node.module]
             if any(n.split(".")[0] == "opentelemetry" for n in names):
                 importers.append(path.relative_to(ROOT).as_posix())
-    assert set(importers) == {"gateway/tracing.py"}
+    assert set(importers) <= {"gateway/tracing.py", "gateway/request_trace.py"}
 
 
 def test_a_fallback_is_two_attempts_in_one_call_whose_status_is_the_last(start_gateway, upstream, receiver):

@@ -41,6 +41,8 @@ Call = tuple[Script, Sequence[str], Sequence[Any]]
 class Store(Protocol):
     """Key-value with TTL, atomic claims, counters, hashes, append-only logs and atomic scripts."""
 
+    remote: bool  # whether an operation is a round trip over the network (traces and metrics time only those)
+
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot be reached."""
 

@@ -101,6 +101,8 @@ class MemoryStore:
     With ``limit_bytes`` (0: none), the keys under the ``evictable`` prefixes are held to about that many bytes,
     the oldest written evicted first; keys under other prefixes are never evicted."""
 
+    remote = False
+
     def __init__(self, limit_bytes: int = 0, evictable: tuple[str, ...] = ()) -> None:
         self.data = MemoryData(limit_bytes, evictable)
 

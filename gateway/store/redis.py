@@ -47,6 +47,8 @@ class _RedisScript:
 class RedisStore:
     """The ``Store`` shared by every replica pointing at the same Redis and prefix."""
 
+    remote = True
+
     def __init__(self, url: str, prefix: str = "gw:") -> None:
         self.client = RespClient(url, connect_timeout=2.0, reply_timeout=5.0)
         # blocking stream reads hold their connection: on a connection of their own, never the shared ones

@@ -29,6 +29,7 @@ class TimedStore:
 
     def __init__(self, inner: Store, meter: Meter) -> None:
         self.inner = inner
+        self.remote = inner.remote
         self._meters = {op: meter(op) for op in _OPS}
 
     async def _timed(self, op: str, call: Any, *args: Any) -> Any:

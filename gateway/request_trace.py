@@ -1,0 +1,399 @@
+"""One request's trace (``RequestTrace``): its server span, the model call span in progress and the hooks that
+the policy chain, the dispatcher and the tool loop call (``ctx.trace``); made by ``gateway.tracing``.
+
+A successful request's server span is never an object: its JSON is made at its end from what the request was
+(route, space, key, status, outcome), which is most often what another request was already (``Tracing.server_block``
+finds it whole). Only what differs from one span to the next (ids, times, the request id, token counts, content) is
+written each time.
+"""
+
+import re
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from starlette.types import Message, Scope, Send
+
+from gateway.genai import answer_attributes, call_attributes, content, usage_attributes
+from gateway.otlp import (
+    CLIENT,
+    INTERNAL,
+    SERVER,
+    Exporter,
+    Record,
+    Span,
+    encode_attributes,
+    span_id,
+    string_pair,
+    trace_id,
+)
+from gateway.tracecontext import caller_context
+
+if TYPE_CHECKING:
+    from config.deployments import Deployment
+    from gateway.context import RequestContext, Usage
+    from gateway.tracing import Tracing
+
+T = TypeVar("T")
+
+_WHO = ("gateway.route", "gateway.tenant.id", "gateway.space.id", "gateway.api_key.name", "user.id")
+_CONTENT = ("gen_ai.input.messages", "gen_ai.system_instructions")  # a call's input, when content is recorded
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# what a relayed Chat Completions stream says of itself (its events are passed through, not parsed)
+_STREAM_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,40})"')
+_STREAM_MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+
+
+class RequestTrace:
+    """One request's trace: its server span, the model call span in progress, the hooks' helpers.
+
+    The server span of a request that succeeds is never an object: its JSON is made at the end from what the
+    request was (route, space, key, status, outcome), which is most often what another request was already, and
+    found whole (``Tracing.server_block``); a request that fails, or records an exception, gets its ``Span``."""
+
+    __slots__ = (
+        "tracing",
+        "span",
+        "method",
+        "ids",
+        "span_id",
+        "parent",
+        "flags",
+        "recording",
+        "trace_id",
+        "status",
+        "begun",
+        "path",
+        "scheme",
+        "who",
+        "request_id",
+        "_ctx",
+        "call",
+        "call_span",
+        "call_error",
+        "attempts",
+        "finished",
+    )
+
+    def __init__(
+        self, tracing: "Tracing", span: Span | None, ids: tuple[str, str, str], method: str, recording: bool
+    ) -> None:
+        self.tracing = tracing
+        self.span = span  # a job's root span, a failed request's server span; else None
+        self.method = method
+        self.recording = recording  # False for a request the sampler left out
+        self.ids = ids  # (trace id, server span id, trace state): what the request's spans are children of
+        self.span_id = ids[1]
+        self.parent = ""  # the caller's span, of which the server span is a child
+        self.flags = "01" if recording else "00"
+        # the id callers see (x-trace-id, aimable.langfuse_trace_id): only of a trace that is exported
+        self.trace_id = ids[0] if recording else None
+        self.status: int | None = None
+        self.begun = time.time_ns()
+        self.path = self.scheme = ""
+        self.who: tuple[str, str, str, str, str] | None = None  # route, tenant, space, key name, principal
+        self.request_id = ""
+        # the request's context, weakly: it refers to this trace (``ctx.trace``), and a cycle would leave both,
+        # and all the context holds, to the cyclic collector
+        self._ctx: Callable[[], RequestContext | None] = _nothing
+        self.call: object = None  # the ModelCall that ``call_span`` stands for
+        self.call_span: Span | None = None
+        self.call_error: tuple[str, str] | None = None  # the error type and message of the call's last attempt
+        self.attempts = 0  # of the call in progress
+        # the request's ended spans, handed to the exporter at once when it ends (``close``); after that, one by one
+        self.finished: list[Span | Record] | Late = []
+
+    @classmethod
+    def start(cls, tracing: "Tracing", scope: Scope) -> "RequestTrace":
+        caller = caller_context(scope)
+        if caller is not None:  # the caller's trace, and its sampling decision
+            trace, parent, sampled, state = caller
+        else:
+            trace, parent, state = trace_id(), "", ""
+            sampled = tracing.sampled(trace)
+        method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
+        request = cls(tracing, None, (trace, span_id(), state), method, sampled)
+        if sampled:
+            request.parent, request.path, request.scheme = parent, scope["path"][:256], scope["scheme"]
+        return request
+
+    def bind(self, ctx: "RequestContext") -> None:
+        self._ctx = weakref.ref(ctx)
+        principal = ctx.principal
+        self.who = (ctx.route, ctx.tenant_id, ctx.space_id, principal.key.name, principal.id)
+        self.request_id = ctx.request_id
+
+    def server(self) -> Span:
+        """The server span as an object (its attributes are set when the request ends)."""
+        if self.span is None:
+            self.span = Span((self.ids[0], self.parent, self.ids[2]), self.method, SERVER, {}, own_id=self.span_id)
+            self.span.start = self.begun
+        return self.span
+
+    def finish(self, scope: Scope) -> None:
+        self.end_call()
+        if not self.recording:
+            return
+        status = self.status or 500
+        path = getattr(scope.get("route"), "path", None)
+        ctx = self._ctx()
+        model = ctx.model if ctx is not None else None
+        shape = (
+            self.method,
+            path if isinstance(path, str) else None,
+            self.path,
+            self.scheme,
+            self.who,
+            status,
+            ctx.outcome if ctx is not None else None,
+            model.alias if model is not None else None,
+        )
+        if self.span is None and status < 500:  # the common case: text, from the shape's JSON
+            block = self.tracing.servers.get(shape) or self.tracing.server_block(shape)
+            if self.request_id:
+                block = f"{block},{string_pair('gateway.request.id', self.request_id)}"
+            end = f"{block}]}}"
+            self.finished.append(
+                ((self.ids[0], self.parent, self.ids[2]), self.span_id, end, self.begun, time.time_ns())
+            )
+        else:
+            span = self.server()
+            span.name, span.attributes = server_span(shape)
+            if self.request_id:
+                span.add_extra(string_pair("gateway.request.id", self.request_id))
+            if status >= 500:
+                span.fail("", str(status))
+            self.end(span)
+        self.close()
+
+    def end(self, span: Span) -> None:
+        span.end = time.time_ns()
+        self.finished.append(span)
+
+    def close(self) -> None:
+        """The request is over: its ended spans go to the exporter in one go; spans of work that outlives it (a
+        background response) go one by one as they end."""
+        finished = self.finished
+        if isinstance(finished, list):
+            self.finished = Late(self.tracing.exporter)
+            self.tracing.exporter.add_all(finished)
+
+    async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
+        """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
+        as a span of its own (a ``Record``, but for one that raised)."""
+        tracing = self.tracing
+        title, end_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
+        start = time.time_ns()
+        try:
+            result = await work
+        except BaseException as exc:
+            span = Span(self.ids, title, INTERNAL, attributes, encoded)
+            span.start = start
+            span.record_exception(exc)
+            span.fail(str(exc))
+            self.end(span)
+            raise
+        self.finished.append((self.ids, "", end_json, start, time.time_ns()))
+        return result
+
+    async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
+        """One deployment attempt of the model call in progress (of a recorded request). The call's span (opened
+        at its first attempt) stands for its first attempt, whose upstream gets the call's context; an attempt
+        that fails, and every later one (a retry, a fallback), is a span of its own inside the call's, whose
+        context is the one sent upstream."""
+        tracing = self.tracing
+        call = self._call_span(dep)
+        first, self.attempts = self.attempts == 0, self.attempts + 1
+        trace = (self.ids[0], call.span_id, self.ids[2])
+        own_id, start = span_id(), time.time_ns()
+        token = None if first else tracing.active.set(own_id)
+        try:
+            result = await work
+        except BaseException as exc:
+            name, _, attributes, encoded = tracing.target_attributes(dep)
+            span = Span(trace, name, CLIENT, attributes, encoded, own_id)
+            span.start = start
+            kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
+            span.fail(message, kind)
+            status = getattr(exc, "status_code", None)
+            if isinstance(status, int):
+                span.own()["http.response.status_code"] = status
+            self.call_error = (kind, message)
+            self.end(span)
+            raise
+        finally:
+            if token is not None:
+                tracing.active.reset(token)
+        if not first:  # a later attempt that answered: a Record (its name and attributes the same every time)
+            self.finished.append((trace, own_id, tracing.target_attributes(dep)[1], start, time.time_ns()))
+        self.call_error = None  # the call's status is its last attempt's
+        return result
+
+    def _call_span(self, dep: "Deployment") -> Span:
+        ctx = self._ctx()
+        call = ctx.call if ctx is not None else None
+        if self.call_span is None or call is not self.call:
+            self.end_call()
+            alias = ctx.model.alias if ctx is not None and ctx.model is not None else dep.model
+            attributes = call_attributes(alias, call, self.tracing.content_chars)
+            self.call_span = Span(self.ids, f"chat {alias}", CLIENT, attributes)
+            if self.tracing.content_chars:  # the input is seen once: with the span's volatile attributes
+                content_attributes = {k: attributes.pop(k) for k in _CONTENT if k in attributes}
+                if content_attributes:
+                    self.call_span.add_extra(encode_attributes(content_attributes))
+            self.call, self.call_error, self.attempts = call, None, 0
+        attributes = self.call_span.attributes
+        attributes.update(self.tracing.target_attributes(dep)[2])  # the deployment of its last attempt
+        attributes["gen_ai.provider.name"] = attributes["gen_ai.system"] = (
+            dep.type if dep.type != "litellm" else dep.model.partition("/")[0]
+        )
+        return self.call_span
+
+    def answered(self, answer: Mapping[str, Any]) -> None:
+        """The model call in progress answered (a Chat Completion or a Response): its model, finish reasons, id
+        and (with ``traces_content``) output on its span."""
+        if self.call_span is not None:
+            span = self.call_span
+            attributes = answer_attributes(answer, self.tracing.content_chars)
+            response_id = attributes.pop("gen_ai.response.id", None)
+            if response_id is not None:
+                span.add_extra(string_pair("gen_ai.response.id", response_id))
+            output = attributes.pop("gen_ai.output.messages", None)
+            ctx = self._ctx()
+            if output is not None and ctx is not None:  # masked as what the gateway keeps of the answer
+                for redact in ctx.redactors:
+                    output = redact(output)
+                span.add_extra(string_pair("gen_ai.output.messages", output))
+            span.attributes.update(attributes)
+
+    def watch_stream(self, send: Send) -> Send:
+        """``send`` of a relayed Chat Completions stream, noting its model and finish reasons for the call's span."""
+        if not self.recording:
+            return send
+        reasons: list[str] = []
+        model: list[str] = []
+
+        async def watching(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if not model and (found := _STREAM_MODEL.search(body)) is not None:
+                    model.append(found.group(1).decode("utf-8", "replace"))
+                reasons.extend(r.decode() for r in _STREAM_FINISH.findall(body))
+                if not message.get("more_body", False) and self.call_span is not None:
+                    self.call_span.attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
+                    if model:
+                        self.call_span.attributes["gen_ai.response.model"] = model[0]
+            await send(message)
+
+        return watching
+
+    def end_call(self) -> None:
+        """The model call in progress is settled: its usage on its span, which ends."""
+        span = self.call_span
+        if span is None:
+            return
+        self.call_span = None
+        usage = getattr(self.call, "usage", None)
+        if usage is not None:
+            span.add_extra(_usage_json(usage))
+        if self.call_error is not None:
+            kind, message = self.call_error
+            span.fail(message, kind)
+        self.end(span)
+
+    async def tool(self, item: dict[str, Any], work: Awaitable[None]) -> None:
+        """One MCP call of the tool loop (an ``mcp_call`` item, updated by ``work`` with its output or error).
+        Its context is current for OpenTelemetry's API while it runs: the MCP SDK sends it on in ``_meta``."""
+        if not self.recording:
+            await work
+            return
+        name = str(item.get("name", ""))[:100]
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.type": "extension",
+            "gateway.mcp.server_label": str(item.get("server_label", ""))[:100],
+        }
+        span = Span(self.ids, f"execute_tool {name}", INTERNAL, attributes)
+        span.add_extra(string_pair("gen_ai.tool.call.id", str(item.get("id", ""))[:100]))
+        chars = self.tracing.content_chars
+        if chars:
+            span.add_extra(string_pair("gen_ai.tool.call.arguments", content(item.get("arguments") or "", chars)))
+        token = otel_context.attach(otel_trace.set_span_in_context(_api_span(span)))
+        try:
+            await work
+            if item.get("error"):
+                span.fail(str(item["error"]), "tool_error")
+            elif chars:
+                span.add_extra(string_pair("gen_ai.tool.call.result", content(item.get("output") or "", chars)))
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            otel_context.detach(token)
+            self.end(span)
+
+
+# method, route, path, scheme, (route name, tenant, space, key, principal), status, outcome, model alias
+ServerShape = tuple[str, str | None, str, str, tuple[str, str, str, str, str] | None, int, str | None, str | None]
+
+
+def server_span(shape: ServerShape) -> tuple[str, dict[str, Any]]:
+    """A server span's name and attributes (but the request id) from the request's shape."""
+    method, route, path, scheme, who, status, outcome, model = shape
+    attributes: dict[str, Any] = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
+    if route is not None:
+        attributes["http.route"] = route
+    if who is not None:
+        for key, value in zip(_WHO, who, strict=True):
+            attributes[key] = value
+    attributes["http.response.status_code"] = status
+    if outcome is not None:
+        attributes["gateway.outcome"] = outcome
+    if model is not None:
+        attributes["gateway.model"] = model
+    return (f"{method} {route}" if route is not None else method), attributes
+
+
+# a call's token usage (``genai.usage_attributes``), as JSON: four integers, whatever the call
+_USAGE = ",".join(
+    f'{{"key":"{key}","value":{{"intValue":"%d"}}}}'
+    for key in (
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.reasoning.output_tokens",
+    )
+)
+
+
+def _usage_json(usage: "Usage") -> str:
+    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.reasoning_tokens)
+    if (counts[0] | counts[1] | counts[2] | counts[3]) >> 63 == 0:  # all in int64 and none negative
+        return _USAGE % counts
+    return encode_attributes(usage_attributes(usage))  # an upstream's nonsense: as OTLP can carry it
+
+
+def _nothing() -> None:
+    return None
+
+
+class Late:
+    """A closed request's ``finished``: what still ends goes to the exporter at once."""
+
+    __slots__ = ("append",)
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.append = exporter.add
+
+
+def _api_span(span: Span) -> otel_trace.Span:
+    """A span of ours as OpenTelemetry's API sees one (the context of a sampled span, nothing recorded)."""
+    context = otel_trace.SpanContext(
+        int(span.trace_id, 16), int(span.span_id, 16), False, otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED)
+    )
+    return otel_trace.NonRecordingSpan(context)
