@@ -31,9 +31,10 @@ def content(value: Any, chars: int) -> str:
     return text if len(text) <= chars else text[:chars] + "…"
 
 
-def call_attributes(alias: str, call: ModelCall | None, chars: int) -> Attributes:
-    """A model call's span as it starts: the operation, the model asked for, its parameters, (its input)."""
-    attributes: Attributes = {"gen_ai.operation.name": "chat", "gen_ai.request.model": alias}
+def call_attributes(call: ModelCall | None, chars: int) -> Attributes:
+    """What a model call's span says of its body as it starts: its parameters, its round, (its input). Empty for
+    most calls: the operation and the model are the same for every call of a model (``gateway.tracing``)."""
+    attributes: Attributes = {}
     body = call.body if call is not None else {}
     if not _PARAM_KEYS.isdisjoint(body):  # most requests send none of them
         for key, name in _PARAMS:
@@ -52,29 +53,36 @@ def call_attributes(alias: str, call: ModelCall | None, chars: int) -> Attribute
     return attributes
 
 
-def answer_attributes(answer: Mapping[str, Any], chars: int) -> Attributes:
-    """A Chat Completion's or a Response's model, id, finish reasons and (with ``chars``) output."""
+def answer_attributes(answer: Mapping[str, Any]) -> Attributes:
+    """A Chat Completion's or a Response's model and finish reasons (its id and output: ``answer_output``)."""
     attributes: Attributes = {}
-    model, response_id = answer.get("model"), answer.get("id")
+    model = answer.get("model")
     if isinstance(model, str):
         attributes["gen_ai.response.model"] = model[:200]
-    if isinstance(response_id, str):
-        attributes["gen_ai.response.id"] = response_id[:200]
     choices = answer.get("choices")
     if isinstance(choices, list):  # Chat Completions
-        choices = [c for c in choices if isinstance(c, dict)]
-        attributes["gen_ai.response.finish_reasons"] = tuple(str(c.get("finish_reason"))[:40] for c in choices)
-        output: Any = [c.get("message") for c in choices]
+        if len(choices) == 1 and isinstance(choices[0], dict):  # most answers: one choice
+            reasons: tuple[str, ...] = (str(choices[0].get("finish_reason"))[:40],)
+        else:
+            reasons = tuple(str(c.get("finish_reason"))[:40] for c in choices if isinstance(c, dict))
+        attributes["gen_ai.response.finish_reasons"] = reasons
     else:  # Responses
         status = answer.get("status")
         details = answer.get("incomplete_details")
         reason = details.get("reason") if status == "incomplete" and isinstance(details, dict) else None
         if isinstance(status, str):
             attributes["gen_ai.response.finish_reasons"] = (str(reason or _FINISH.get(status, status))[:40],)
-        output = answer.get("output")
-    if chars and output:
-        attributes["gen_ai.output.messages"] = content(output, chars)
     return attributes
+
+
+def answer_output(answer: Mapping[str, Any], chars: int) -> str | None:
+    """What a Chat Completion's choices or a Response's output said, as recorded content (None when empty)."""
+    choices = answer.get("choices")
+    if isinstance(choices, list):
+        output: Any = [c.get("message") for c in choices if isinstance(c, dict)]
+    else:
+        output = answer.get("output")
+    return content(output, chars) if output else None
 
 
 def usage_attributes(usage: Usage) -> Attributes:

@@ -11,13 +11,14 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from starlette.types import Message, Scope, Send
 
-from gateway.genai import answer_attributes, call_attributes, content, usage_attributes
+from gateway.genai import answer_attributes, answer_output, call_attributes, content, usage_attributes
 from gateway.otlp import (
     CLIENT,
     INTERNAL,
@@ -26,6 +27,7 @@ from gateway.otlp import (
     Record,
     Span,
     encode_attributes,
+    json_string,
     span_id,
     string_pair,
     trace_id,
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_REQUEST_ID = '{"key":"gateway.request.id","value":{"stringValue":'  # and the id, as JSON, and two braces
 _WHO = ("gateway.route", "gateway.tenant.id", "gateway.space.id", "gateway.api_key.name", "user.id")
 _CONTENT = ("gen_ai.input.messages", "gen_ai.system_instructions")  # a call's input, when content is recorded
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -73,6 +76,7 @@ class RequestTrace:
         "_ctx",
         "call",
         "call_span",
+        "call_dep",
         "call_error",
         "attempts",
         "finished",
@@ -101,6 +105,7 @@ class RequestTrace:
         self._ctx: Callable[[], RequestContext | None] = _nothing
         self.call: object = None  # the ModelCall that ``call_span`` stands for
         self.call_span: Span | None = None
+        self.call_dep: object = None  # the deployment of the call's last attempt
         self.call_error: tuple[str, str] | None = None  # the error type and message of the call's last attempt
         self.attempts = 0  # of the call in progress
         # the request's ended spans, handed to the exporter at once when it ends (``close``); after that, one by one
@@ -113,9 +118,9 @@ class RequestTrace:
             trace, parent, sampled, state = caller
         else:
             trace, parent, state = trace_id(), "", ""
-            sampled = tracing.sampled(trace)
+            sampled = tracing.sample_all or tracing.sampled(trace)
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
-        request = cls(tracing, None, (trace, span_id(), state), method, sampled)
+        request = cls(tracing, None, (trace, "%016x" % (getrandbits(64) or 1), state), method, sampled)
         if sampled:
             request.parent, request.path, request.scheme = parent, scope["path"][:256], scope["scheme"]
         return request
@@ -153,9 +158,7 @@ class RequestTrace:
         )
         if self.span is None and status < 500:  # the common case: text, from the shape's JSON
             block = self.tracing.servers.get(shape) or self.tracing.server_block(shape)
-            if self.request_id:
-                block = f"{block},{string_pair('gateway.request.id', self.request_id)}"
-            end = f"{block}]}}"
+            end = f"{block},{_REQUEST_ID}{json_string(self.request_id)}}}}}]}}" if self.request_id else f"{block}]}}"
             self.finished.append(
                 ((self.ids[0], self.parent, self.ids[2]), self.span_id, end, self.begun, time.time_ns())
             )
@@ -177,8 +180,8 @@ class RequestTrace:
         """The request is over: its ended spans go to the exporter in one go; spans of work that outlives it (a
         background response) go one by one as they end."""
         finished = self.finished
-        if isinstance(finished, list):
-            self.finished = Late(self.tracing.exporter)
+        if type(finished) is list:
+            self.finished = self.tracing.late
             self.tracing.exporter.add_all(finished)
 
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
@@ -207,14 +210,13 @@ class RequestTrace:
         tracing = self.tracing
         call = self._call_span(dep)
         first, self.attempts = self.attempts == 0, self.attempts + 1
-        trace = (self.ids[0], call.span_id, self.ids[2])
-        own_id, start = span_id(), time.time_ns()
+        own_id, start = "" if first else span_id(), time.time_ns()
         token = None if first else tracing.active.set(own_id)
         try:
             result = await work
         except BaseException as exc:
             name, _, attributes, encoded = tracing.target_attributes(dep)
-            span = Span(trace, name, CLIENT, attributes, encoded, own_id)
+            span = Span((self.ids[0], call.span_id, self.ids[2]), name, CLIENT, attributes, encoded, own_id)
             span.start = start
             kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
             span.fail(message, kind)
@@ -228,6 +230,7 @@ class RequestTrace:
             if token is not None:
                 tracing.active.reset(token)
         if not first:  # a later attempt that answered: a Record (its name and attributes the same every time)
+            trace = (self.ids[0], call.span_id, self.ids[2])
             self.finished.append((trace, own_id, tracing.target_attributes(dep)[1], start, time.time_ns()))
         self.call_error = None  # the call's status is its last attempt's
         return result
@@ -235,39 +238,40 @@ class RequestTrace:
     def _call_span(self, dep: "Deployment") -> Span:
         ctx = self._ctx()
         call = ctx.call if ctx is not None else None
-        if self.call_span is None or call is not self.call:
+        span = self.call_span
+        if span is None or call is not self.call:
             self.end_call()
             alias = ctx.model.alias if ctx is not None and ctx.model is not None else dep.model
-            attributes = call_attributes(alias, call, self.tracing.content_chars)
-            self.call_span = Span(self.ids, f"chat {alias}", CLIENT, attributes)
-            if self.tracing.content_chars:  # the input is seen once: with the span's volatile attributes
-                content_attributes = {k: attributes.pop(k) for k in _CONTENT if k in attributes}
-                if content_attributes:
-                    self.call_span.add_extra(encode_attributes(content_attributes))
-            self.call, self.call_error, self.attempts = call, None, 0
-        attributes = self.call_span.attributes
-        attributes.update(self.tracing.target_attributes(dep)[2])  # the deployment of its last attempt
-        attributes["gen_ai.provider.name"] = attributes["gen_ai.system"] = (
-            dep.type if dep.type != "litellm" else dep.model.partition("/")[0]
-        )
-        return self.call_span
+            name, base = self.tracing.call_base(alias, dep)
+            span = self.call_span = Span(self.ids, name, CLIENT, dict(base))
+            extra = call_attributes(call, self.tracing.content_chars)
+            if extra:
+                content_attributes = {k: extra.pop(k) for k in _CONTENT if k in extra}
+                if content_attributes:  # the input is seen once: with the span's volatile attributes
+                    span.add_extra(encode_attributes(content_attributes))
+                span.attributes.update(extra)
+            self.call, self.call_dep, self.call_error, self.attempts = call, dep, None, 0
+        elif dep is not self.call_dep:  # a fallback: the span names the deployment of the call's last attempt
+            self.call_dep = dep
+            span.attributes.update(self.tracing.call_base(span.attributes["gen_ai.request.model"], dep)[1])
+        return span
 
     def answered(self, answer: Mapping[str, Any]) -> None:
         """The model call in progress answered (a Chat Completion or a Response): its model, finish reasons, id
         and (with ``traces_content``) output on its span."""
         if self.call_span is not None:
             span = self.call_span
-            attributes = answer_attributes(answer, self.tracing.content_chars)
-            response_id = attributes.pop("gen_ai.response.id", None)
-            if response_id is not None:
-                span.add_extra(string_pair("gen_ai.response.id", response_id))
-            output = attributes.pop("gen_ai.output.messages", None)
+            span.attributes.update(answer_attributes(answer))
+            response_id = answer.get("id")
+            if isinstance(response_id, str):
+                span.add_extra(string_pair("gen_ai.response.id", response_id[:200]))
+            chars = self.tracing.content_chars
+            output = answer_output(answer, chars) if chars else None
             ctx = self._ctx()
             if output is not None and ctx is not None:  # masked as what the gateway keeps of the answer
                 for redact in ctx.redactors:
                     output = redact(output)
                 span.add_extra(string_pair("gen_ai.output.messages", output))
-            span.attributes.update(attributes)
 
     def watch_stream(self, send: Send) -> Send:
         """``send`` of a relayed Chat Completions stream, noting its model and finish reasons for the call's span."""
@@ -298,11 +302,12 @@ class RequestTrace:
         self.call_span = None
         usage = getattr(self.call, "usage", None)
         if usage is not None:
-            span.add_extra(_usage_json(usage))
+            span.extra = f"{span.extra},{_usage_json(usage)}" if span.extra else _usage_json(usage)
         if self.call_error is not None:
             kind, message = self.call_error
             span.fail(message, kind)
-        self.end(span)
+        span.end = time.time_ns()
+        self.finished.append(span)
 
     async def tool(self, item: dict[str, Any], work: Awaitable[None]) -> None:
         """One MCP call of the tool loop (an ``mcp_call`` item, updated by ``work`` with its output or error).

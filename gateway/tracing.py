@@ -76,6 +76,8 @@ class Tracing:
         self.steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
         self._targets: dict[int, tuple[object, str, str, dict[str, Any], str]] = {}
         self.servers: dict[ServerShape, str] = {}
+        self.late = Late(self.exporter)  # the ``finished`` of every request that has ended
+        self._calls: dict[tuple[str, int], tuple[object, str, dict[str, Any]]] = {}
 
     def middleware(self, app: ASGIApp) -> "TraceRequests":
         return TraceRequests(app, self)
@@ -109,7 +111,7 @@ class Tracing:
         job = RequestTrace(
             self, span, (trace, span.span_id if span is not None else span_id(), ""), "JOB", span is not None
         )
-        job.finished = Late(self.exporter)  # long work: its spans go as they end
+        job.finished = self.late  # long work: its spans go as they end
         token = self.request.set(job)
         try:
             yield job
@@ -163,6 +165,25 @@ class Tracing:
         block = f'"name":{json_string(name)},"kind":{SERVER},"attributes":[{encode_attributes(attributes)}'
         self.servers[shape] = block
         return block
+
+    def call_base(self, alias: str, dep: "Deployment") -> tuple[str, dict[str, Any]]:
+        """A model call span's name and the attributes every call of ``alias`` on ``dep`` starts with (the
+        operation, the model, the deployment, the provider): made once per model and deployment object."""
+        key = (alias, id(dep))
+        found = self._calls.get(key)
+        if found is None or found[0] is not dep:
+            if len(self._calls) >= 1024:  # catalogue reloads: the old deployments go
+                self._calls.clear()
+            provider = dep.type if dep.type != "litellm" else dep.model.partition("/")[0]
+            attributes = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": alias,
+                **self.target_attributes(dep)[2],
+                "gen_ai.provider.name": provider,
+                "gen_ai.system": provider,
+            }
+            found = self._calls[key] = (dep, f"chat {alias}", attributes)
+        return found[1], found[2]
 
     def target_attributes(self, dep: "Deployment") -> tuple[str, str, dict[str, Any], str]:
         """An attempt span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), made
