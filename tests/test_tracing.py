@@ -326,6 +326,24 @@ def test_a_fallback_is_two_attempts_in_one_call_whose_status_is_the_last(start_g
     assert [a.attributes["gateway.deployment.model"] for a in attempts] == ["status-503", "ok"]
     assert attempts[0].status == 2 and attempts[0].attributes["http.response.status_code"] == 503
     assert chat.status == 0 and "error.type" not in chat.attributes
+    assert chat.attributes["gateway.deployment.model"] == "ok"  # the deployment of its last attempt
+    # the first attempt went with the call's context, the fallback with its own span's
+    trace = r.headers["x-trace-id"]
+    sent = [h["traceparent"] for h in upstream[0].headers if trace in h.get("traceparent", "")]
+    assert sent == [f"00-{trace}-{chat.span_id}-01", f"00-{trace}-{attempts[1].span_id}-01"]
+
+
+def test_token_counts_no_int64_holds_are_exported_as_strings(start_gateway, upstream, receiver):
+    otlp, endpoint = receiver
+    cat = catalogue(upstream[1])
+    cat["tenants"][0]["models"][0]["deployment"]["model"] = "absurd-usage"
+    base = _traced(start_gateway, cat, endpoint)
+    body = {"model": "up", "messages": [{"role": "user", "content": "x"}]}
+    r = httpx2.post(base + "/v1/chat/completions", headers=AUTH, json=body)
+    assert r.status_code == 200, r.text
+    chat = _trace(otlp, r.headers["x-trace-id"], "chat up", "POST /v1/chat/completions")["chat up"]
+    assert chat.attributes["gen_ai.usage.input_tokens"] == str(2**70)  # a collector would refuse the batch else
+    assert chat.attributes["gen_ai.usage.output_tokens"] == -3
 
 
 @pytest.mark.parametrize(

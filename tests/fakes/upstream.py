@@ -17,6 +17,7 @@
 ``flaky-<n>``     the first n requests for this model answer 503 (``Retry-After: 0``), the rest ``ok``
 ``malformed-sse`` streams an event that is not JSON, then ``[DONE]``
 ``length``        a completion cut by the output token limit (``finish_reason: length``)
+``absurd-usage``  a completion whose usage no int64 holds (and one negative count)
 ``pieces-<n>``    echoes the last user message; streamed in pieces of n characters (splits inside words)
 ``gate-<name>``   streams like ``ok``, but after its first chunk waits until the test opens the gate
                   (``close_gate(model)`` before the request, ``open_gate(model)`` to let it finish)
@@ -26,6 +27,7 @@
 """
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -186,6 +188,9 @@ class Upstream:
         elif model == "length":  # cut by the output token limit
             cut = {**COMPLETION, "choices": [{**COMPLETION["choices"][0], "finish_reason": "length"}]}
             await self._answer(send, 200, orjson.dumps(cut), json_h)
+        elif model == "absurd-usage":  # token counts no int64 holds, one negative
+            usage = {"prompt_tokens": 2**70, "completion_tokens": -3, "total_tokens": 1}
+            await self._answer(send, 200, json.dumps({**COMPLETION, "usage": usage}).encode(), json_h)
         elif model == "hang":
             await self._wait_gone(receive)
         elif model.startswith("pieces-"):
