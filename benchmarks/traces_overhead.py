@@ -21,13 +21,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as base  # noqa: E402
+from side_by_side import measure_together, start_gateway  # noqa: E402
 
 TARGET_RATIO = 0.90
 
@@ -66,26 +66,6 @@ def wait_sink(port: int, seconds: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def start_gateway(procs: base.Processes, workdir: Path, mock_port: int, env: dict[str, str]) -> tuple[base.Proc, int]:
-    port = base.free_port()
-    config = workdir / "gateway-bench.yaml"
-    config.write_text(base.GATEWAY_CATALOG.format(port=mock_port))
-    argv = [
-        str(base.GATEWAY_PYTHON),
-        "-m",
-        "gateway",
-        "--config",
-        str(config),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    proc = procs.start("gateway", argv, base.TARGET_CORE, env, cwd=base.REPO)
-    base.wait_first_answer(proc, port, True, 60)
-    return proc, port
-
-
 def measure(
     wrk: str, procs: base.Processes, workdir: Path, mock_port: int, env: dict[str, str], args: argparse.Namespace
 ) -> dict:
@@ -100,56 +80,6 @@ def measure(
         return res
     finally:
         procs.stop(proc)  # SIGTERM: the gateway exports its last spans before it exits
-
-
-def load_together(wrk: str, ports: dict[str, int], seconds: float, connections: int) -> dict[str, dict]:
-    """One wrk per gateway, all at once (in threads); the first failure is raised."""
-    results: dict[str, dict] = {}
-    failed: list[BaseException] = []
-
-    def load(name: str) -> None:
-        try:
-            results[name] = base.run_wrk(wrk, ports[name], base.CHAT_BODY, True, connections, seconds)
-        except BaseException as exc:  # re-raised by the main thread
-            failed.append(exc)
-
-    threads = [threading.Thread(target=load, args=(name,)) for name in ports]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failed:
-        raise failed[0]
-    return results
-
-
-def measure_together(
-    wrk: str,
-    procs: base.Processes,
-    workdir: Path,
-    mock_port: int,
-    envs: dict[str, dict[str, str]],
-    args: argparse.Namespace,
-) -> dict[str, dict]:
-    """Both gateways started, then loaded at the same time, each by its own wrk."""
-    started = {name: start_gateway(procs, workdir, mock_port, env) for name, env in envs.items()}
-    ports = {name: port for name, (_, port) in started.items()}
-    try:
-        for port in ports.values():
-            base.validate(port, True)
-        warm = load_together(wrk, ports, args.warmup, args.connections) if args.warmup > 0 else {}
-        cpu0 = {name: base.cpu_seconds(proc.pid) for name, (proc, _) in started.items()}
-        t0 = time.monotonic()
-        results = load_together(wrk, ports, args.duration, args.connections)
-        elapsed = time.monotonic() - t0
-        for name, (proc, _) in started.items():
-            res = results[name]
-            res["cpu_pct"] = 100.0 * (base.cpu_seconds(proc.pid) - cpu0[name]) / elapsed
-            res["all_requests"] = res["requests"] + warm.get(name, {}).get("requests", 0) + 3
-        return results
-    finally:
-        for proc, _ in started.values():
-            procs.stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

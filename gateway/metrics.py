@@ -190,6 +190,7 @@ class Metrics:
         self._models: dict[tuple[str, str, str], _ModelMeters] = {}
         self._refused: dict[tuple[str, int], Value] = {}
         self._decisions: dict[tuple[str, str, str], Value] = {}
+        self._allowed: dict[tuple[str, ...], tuple[Value, ...]] = {}  # (space, *policies that ran) -> their "allowed"
         self._deployments: dict[str, DeploymentMeter] = {}
         self._store_ops: dict[str, tuple[Buckets, Value]] = {}
         self._tool_names: dict[str, set[str]] = {}
@@ -261,8 +262,23 @@ class Metrics:
         """Policy decisions, idempotency results and rate-limit refusals, read from what the chain left on the
         context: ``governance_applied`` holds the policies that ran and let the request through (a replaying one
         last), so on a refusal the policy after them in the chain is the one that said no."""
-        space, applied = ctx.space_id, ctx.governance_applied
-        decisions = self._decision
+        space, applied, outcome = ctx.space_id, ctx.governance_applied, ctx.outcome
+        denier = ""
+        if outcome != "replayed" and outcome != "rejected":  # most requests: every policy that ran let it through
+            for child in self._allowed.get((space, *applied)) or self._bind_allowed(space, applied):
+                child.inc()
+        else:
+            denier = self._verdicts(ctx, chain, status)
+        if b"idempotency-key" in ctx.headers and ("idempotency" in applied or denier == "idempotency"):
+            self.idempotency.labels(space, _idempotency_result(ctx, denier, status)).inc()
+
+    def _bind_allowed(self, space: str, applied: list[str]) -> tuple[Value, ...]:
+        allowed = self._allowed[(space, *applied)] = tuple(self._decision(space, n, "allowed") for n in applied)
+        return allowed
+
+    def _verdicts(self, ctx: RequestContext, chain: "PolicyChain", status: int | None) -> str:
+        """The decisions of a replayed or rejected request; returns the policy that refused it ("" for none)."""
+        space, applied, decisions = ctx.space_id, ctx.governance_applied, self._decision
         answered = ctx.outcome == "replayed" and bool(applied)
         for name in applied[:-1] if answered else applied:
             decisions(space, name, "allowed").inc()
@@ -275,8 +291,7 @@ class Metrics:
             decisions(space, denier, verdict).inc()
             if denier == "rate_limit" and verdict == "denied":
                 self.rate_limit_refusals.labels(space).inc()
-        if b"idempotency-key" in ctx.headers and ("idempotency" in applied or denier == "idempotency"):
-            self.idempotency.labels(space, _idempotency_result(ctx, denier, status)).inc()
+        return denier
 
     def _decision(self, space: str, policy: str, verdict: str) -> Value:
         key = (space, policy, verdict)
