@@ -53,26 +53,24 @@ def call_attributes(call: ModelCall | None, chars: int) -> Attributes:
     return attributes
 
 
-def answer_attributes(answer: Mapping[str, Any]) -> Attributes:
-    """A Chat Completion's or a Response's model and finish reasons (its id and output: ``answer_output``)."""
-    attributes: Attributes = {}
+def answer_model(answer: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...] | None]:
+    """A Chat Completion's or a Response's model and finish reasons (its id and output: ``answer_output``), for
+    ``gen_ai.response.model`` and ``gen_ai.response.finish_reasons``."""
     model = answer.get("model")
-    if isinstance(model, str):
-        attributes["gen_ai.response.model"] = model[:200]
     choices = answer.get("choices")
+    reasons: tuple[str, ...] | None = None
     if isinstance(choices, list):  # Chat Completions
         if len(choices) == 1 and isinstance(choices[0], dict):  # most answers: one choice
-            reasons: tuple[str, ...] = (str(choices[0].get("finish_reason"))[:40],)
+            reasons = (str(choices[0].get("finish_reason"))[:40],)
         else:
             reasons = tuple(str(c.get("finish_reason"))[:40] for c in choices if isinstance(c, dict))
-        attributes["gen_ai.response.finish_reasons"] = reasons
     else:  # Responses
         status = answer.get("status")
         details = answer.get("incomplete_details")
         reason = details.get("reason") if status == "incomplete" and isinstance(details, dict) else None
         if isinstance(status, str):
-            attributes["gen_ai.response.finish_reasons"] = (str(reason or _FINISH.get(status, status))[:40],)
-    return attributes
+            reasons = (str(reason or _FINISH.get(status, status))[:40],)
+    return (model[:200] if isinstance(model, str) else None), reasons
 
 
 def answer_output(answer: Mapping[str, Any], chars: int) -> str | None:

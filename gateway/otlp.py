@@ -117,14 +117,9 @@ class Span:
         self.events = [*(self.events or ()), event]
 
 
-# A span whose name, kind and attributes are the same every time (a policy step's, a deployment attempt that
-# answered): no object of its own. (trace id, parent span id, trace state), its span id ("" for one drawn when it
-# is encoded), the JSON that follows its times (``tail``), start and end.
-Record = tuple[tuple[str, str, str], str, str, int, int]
-
-
 def tail(name: str, kind: int, attributes: str) -> str:
-    """A ``Record``'s constant JSON: its name, kind and attributes (already JSON) and the span's closing brace."""
+    """The JSON that ends a span whose name, kind and attributes are the same every time (a policy step's, an
+    attempt's that answered): its name, kind and attributes (already JSON) and the span's closing brace."""
     return f'"name":{json_string(name)},"kind":{kind},"attributes":[{attributes}]}}'
 
 
@@ -262,27 +257,6 @@ class Encoder:
             f'"startTimeUnixNano":"{s.start}","endTimeUnixNano":"{s.end}","attributes":[{attributes}]}}'
         )
 
-    def spans(self, batch: list["Span | Record"]) -> list[str]:
-        """Ended spans (a request's) as OTLP/JSON span objects. They are encoded as they end, so
-        that what waits for the export is text: the span objects die young, and the cyclic collector never walks
-        a queue of them (measured: that queue made generation-0 collections more frequent and slower)."""
-        n = len(batch)
-        ids = f"{random.getrandbits(64 * n):0{16 * n}x}"  # the records' span ids, drawn at once
-        out = []
-        for at, s in enumerate(batch):
-            if type(s) is not tuple:
-                out.append(self.span(s))  # type: ignore[arg-type]
-                continue
-            (trace, parent, state), sid, end_json, start, end = s
-            extra = f',"parentSpanId":"{parent}"' if parent else ""  # a root: none
-            if state:
-                extra += f',"traceState":{json_string(state)}'
-            out.append(
-                f'{{"traceId":"{trace}","spanId":"{sid or ids[16 * at : 16 * at + 16]}"{extra},'
-                f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",{end_json}'
-            )
-        return out
-
     def request(self, encoded: list[str]) -> bytes:
         """An export: spans encoded by ``spans`` (joined once, here: the text is copied as few times as it can be)."""
         return f"{self.head}{','.join(encoded)}]}}]}}]}}".encode()
@@ -316,28 +290,22 @@ class Exporter:
         self._warned = -_LOG_EVERY
         self._closing = False
 
-    def add(self, span: "Span | Record") -> None:
-        """A finished span, exported with the next batch: a ``Span`` ends now, a ``Record`` has its end already."""
-        if type(span) is Span:
-            span.end = time.time_ns()
+    def add(self, span: str) -> None:
+        """A span that ended, as JSON (``Encoder.span``), exported with the next batch."""
         self.add_all([span])
 
-    def add_all(self, finished: list["Span | Record"]) -> None:
-        """Ended spans (their ends set), a request's, encoded now and exported with the next batch; dropped (and
-        counted) when the queue has no room for them all."""
+    def add_all(self, finished: list[str]) -> None:
+        """Ended spans as JSON, a request's, exported with the next batch; dropped (and counted) when the queue
+        has no room for them all. They are encoded as they end, so that what waits for the export is text: span
+        objects die young, and the cyclic collector never walks a queue of them (measured: that queue made
+        generation-0 collections more frequent and slower)."""
         n = len(finished)
         if not n:
             return
         if self.queued + n > self.max_queue:
             self.dropped += n
             return
-        try:
-            encoded = self.encoder.spans(finished)
-        except (ValueError, TypeError) as exc:  # not JSON: lost, counted, never the request's failure
-            self.failed += n
-            self._warn(exc)
-            return
-        self.encoded += encoded
+        self.encoded += finished
         self.counts.append(n)
         self.queued += n
         if self.queued >= MAX_BATCH:
@@ -389,6 +357,11 @@ class Exporter:
             self._warn(exc)
             return
         self.exported += spans
+
+    def lost(self, exc: Exception) -> None:
+        """A span that could not be encoded: lost, counted, warned of (never the request's failure)."""
+        self.failed += 1
+        self._warn(exc)
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -18,13 +18,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from starlette.types import Message, Scope, Send
 
-from gateway.genai import answer_attributes, answer_output, call_attributes, content, usage_attributes
+from gateway.genai import answer_model, answer_output, call_attributes, content, usage_attributes
 from gateway.otlp import (
     CLIENT,
     INTERNAL,
     SERVER,
     Exporter,
-    Record,
     Span,
     encode_attributes,
     json_string,
@@ -74,11 +73,8 @@ class RequestTrace:
         "who",
         "request_id",
         "_ctx",
+        "head",
         "call",
-        "call_span",
-        "call_dep",
-        "call_error",
-        "attempts",
         "finished",
     )
 
@@ -103,13 +99,12 @@ class RequestTrace:
         # the request's context, weakly: it refers to this trace (``ctx.trace``), and a cycle would leave both,
         # and all the context holds, to the cyclic collector
         self._ctx: Callable[[], RequestContext | None] = _nothing
-        self.call: object = None  # the ModelCall that ``call_span`` stands for
-        self.call_span: Span | None = None
-        self.call_dep: object = None  # the deployment of the call's last attempt
-        self.call_error: tuple[str, str] | None = None  # the error type and message of the call's last attempt
-        self.attempts = 0  # of the call in progress
-        # the request's ended spans, handed to the exporter at once when it ends (``close``); after that, one by one
-        self.finished: list[Span | Record] | Late = []
+        # the JSON that opens every span that is a child of the server span (its trace, its parent, the state)
+        self.head = _head(ids[0], ids[1], ids[2]) if recording else ""
+        self.call: _Call | None = None  # the model call in progress
+        # the request's ended spans as JSON, handed to the exporter at once when it ends (``close``); after that,
+        # one by one
+        self.finished: list[str] | Late = []
 
     @classmethod
     def start(cls, tracing: "Tracing", scope: Scope) -> "RequestTrace":
@@ -159,8 +154,11 @@ class RequestTrace:
         if self.span is None and status < 500:  # the common case: text, from the shape's JSON
             block = self.tracing.servers.get(shape) or self.tracing.server_block(shape)
             end = f"{block},{_REQUEST_ID}{json_string(self.request_id)}}}}}]}}" if self.request_id else f"{block}]}}"
+            parent = f',"parentSpanId":"{self.parent}"' if self.parent else ""
+            state = f',"traceState":{json_string(self.ids[2])}' if self.ids[2] else ""
             self.finished.append(
-                ((self.ids[0], self.parent, self.ids[2]), self.span_id, end, self.begun, time.time_ns())
+                f'{{"traceId":"{self.ids[0]}","spanId":"{self.span_id}"{parent}{state},'
+                f'"startTimeUnixNano":"{self.begun}","endTimeUnixNano":"{time.time_ns()}",{end}'
             )
         else:
             span = self.server()
@@ -173,8 +171,12 @@ class RequestTrace:
         self.close()
 
     def end(self, span: Span) -> None:
+        """``span`` ends now: its JSON joins the request's (never the request's failure when it cannot be made)."""
         span.end = time.time_ns()
-        self.finished.append(span)
+        try:
+            self.finished.append(self.tracing.exporter.encoder.span(span))
+        except (ValueError, TypeError) as exc:
+            self.tracing.exporter.lost(exc)
 
     def close(self) -> None:
         """The request is over: its ended spans go to the exporter in one go; spans of work that outlives it (a
@@ -186,7 +188,7 @@ class RequestTrace:
 
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
-        as a span of its own (a ``Record``, but for one that raised)."""
+        as a span of its own (its JSON made at once, but for one that raised: a ``Span``)."""
         tracing = self.tracing
         title, end_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
         start = time.time_ns()
@@ -199,7 +201,10 @@ class RequestTrace:
             span.fail(str(exc))
             self.end(span)
             raise
-        self.finished.append((self.ids, "", end_json, start, time.time_ns()))
+        self.finished.append(
+            f'{self.head}"spanId":"{"%016x" % (getrandbits(64) or 1)}","startTimeUnixNano":"{start}",'
+            f'"endTimeUnixNano":"{time.time_ns()}",{end_json}'
+        )
         return result
 
     async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
@@ -208,8 +213,8 @@ class RequestTrace:
         that fails, and every later one (a retry, a fallback), is a span of its own inside the call's, whose
         context is the one sent upstream."""
         tracing = self.tracing
-        call = self._call_span(dep)
-        first, self.attempts = self.attempts == 0, self.attempts + 1
+        call = self._call(dep)
+        first, call.attempts = call.attempts == 0, call.attempts + 1
         own_id, start = "" if first else span_id(), time.time_ns()
         token = None if first else tracing.active.set(own_id)
         try:
@@ -223,55 +228,55 @@ class RequestTrace:
             status = getattr(exc, "status_code", None)
             if isinstance(status, int):
                 span.own()["http.response.status_code"] = status
-            self.call_error = (kind, message)
+            call.error = (kind, message)
             self.end(span)
             raise
         finally:
             if token is not None:
                 tracing.active.reset(token)
-        if not first:  # a later attempt that answered: a Record (its name and attributes the same every time)
-            trace = (self.ids[0], call.span_id, self.ids[2])
-            self.finished.append((trace, own_id, tracing.target_attributes(dep)[1], start, time.time_ns()))
-        self.call_error = None  # the call's status is its last attempt's
+        if not first:  # a later attempt that answered: its name and attributes are the same every time
+            self.finished.append(
+                f'{_head(self.ids[0], call.span_id, self.ids[2])}"spanId":"{own_id}","startTimeUnixNano":"{start}",'
+                f'"endTimeUnixNano":"{time.time_ns()}",{tracing.target_attributes(dep)[1]}'
+            )
+        call.error = None  # the call's status is its last attempt's
         return result
 
-    def _call_span(self, dep: "Deployment") -> Span:
+    def _call(self, dep: "Deployment") -> "_Call":
+        """The model call in progress (made at its first attempt, ``ctx.call`` telling one call from the next)."""
         ctx = self._ctx()
-        call = ctx.call if ctx is not None else None
-        span = self.call_span
-        if span is None or call is not self.call:
+        model_call = ctx.call if ctx is not None else None
+        call = self.call
+        if call is None or model_call is not call.ref:
             self.end_call()
             alias = ctx.model.alias if ctx is not None and ctx.model is not None else dep.model
-            name, base = self.tracing.call_base(alias, dep)
-            span = self.call_span = Span(self.ids, name, CLIENT, dict(base))
-            extra = call_attributes(call, self.tracing.content_chars)
+            call = self.call = _Call(model_call, alias, dep, time.time_ns())
+            extra = call_attributes(model_call, self.tracing.content_chars)
             if extra:
                 content_attributes = {k: extra.pop(k) for k in _CONTENT if k in extra}
                 if content_attributes:  # the input is seen once: with the span's volatile attributes
-                    span.add_extra(encode_attributes(content_attributes))
-                span.attributes.update(extra)
-            self.call, self.call_dep, self.call_error, self.attempts = call, dep, None, 0
-        elif dep is not self.call_dep:  # a fallback: the span names the deployment of the call's last attempt
-            self.call_dep = dep
-            span.attributes.update(self.tracing.call_base(span.attributes["gen_ai.request.model"], dep)[1])
-        return span
+                    call.volatile = f",{encode_attributes(content_attributes)}"
+                call.extra = tuple(extra.items()) or None
+        elif dep is not call.dep:  # a fallback: the span names the deployment of the call's last attempt
+            call.dep = dep
+        return call
 
     def answered(self, answer: Mapping[str, Any]) -> None:
         """The model call in progress answered (a Chat Completion or a Response): its model, finish reasons, id
         and (with ``traces_content``) output on its span."""
-        if self.call_span is not None:
-            span = self.call_span
-            span.attributes.update(answer_attributes(answer))
+        call = self.call
+        if call is not None:
+            call.model, call.reasons = answer_model(answer)
             response_id = answer.get("id")
             if isinstance(response_id, str):
-                span.add_extra(string_pair("gen_ai.response.id", response_id[:200]))
+                call.volatile += f",{string_pair('gen_ai.response.id', response_id[:200])}"
             chars = self.tracing.content_chars
             output = answer_output(answer, chars) if chars else None
             ctx = self._ctx()
             if output is not None and ctx is not None:  # masked as what the gateway keeps of the answer
                 for redact in ctx.redactors:
                     output = redact(output)
-                span.add_extra(string_pair("gen_ai.output.messages", output))
+                call.volatile += f",{string_pair('gen_ai.output.messages', output)}"
 
     def watch_stream(self, send: Send) -> Send:
         """``send`` of a relayed Chat Completions stream, noting its model and finish reasons for the call's span."""
@@ -286,28 +291,37 @@ class RequestTrace:
                 if not model and (found := _STREAM_MODEL.search(body)) is not None:
                     model.append(found.group(1).decode("utf-8", "replace"))
                 reasons.extend(r.decode() for r in _STREAM_FINISH.findall(body))
-                if not message.get("more_body", False) and self.call_span is not None:
-                    self.call_span.attributes["gen_ai.response.finish_reasons"] = tuple(reasons)
+                if not message.get("more_body", False) and self.call is not None:
+                    self.call.reasons = tuple(reasons)
                     if model:
-                        self.call_span.attributes["gen_ai.response.model"] = model[0]
+                        self.call.model = model[0]
             await send(message)
 
         return watching
 
     def end_call(self) -> None:
-        """The model call in progress is settled: its usage on its span, which ends."""
-        span = self.call_span
-        if span is None:
+        """The model call in progress is settled: its usage on its span, which ends. The span of a call that
+        succeeded is written from its shape's JSON (``Tracing.call_block``); a failed one's is a ``Span``."""
+        call = self.call
+        if call is None:
             return
-        self.call_span = None
-        usage = getattr(self.call, "usage", None)
-        if usage is not None:
-            span.extra = f"{span.extra},{_usage_json(usage)}" if span.extra else _usage_json(usage)
-        if self.call_error is not None:
-            kind, message = self.call_error
-            span.fail(message, kind)
-        span.end = time.time_ns()
-        self.finished.append(span)
+        self.call = None
+        usage = getattr(call.ref, "usage", None)
+        volatile = f"{call.volatile},{_usage_json(usage)}" if usage is not None else call.volatile
+        tracing = self.tracing
+        name, base, token = tracing.call_base(call.alias, call.dep)
+        if call.error is None:
+            shape = (token, call.extra, call.model, call.reasons)
+            block = tracing.calls.get(shape) or tracing.call_block(shape, name, base)
+            self.finished.append(
+                f'{self.head}"spanId":"{call.span_id}","startTimeUnixNano":"{call.start}",'
+                f'"endTimeUnixNano":"{time.time_ns()}",{block}{volatile}]}}'
+            )
+            return
+        span = Span(self.ids, name, CLIENT, call_span_attributes(base, call.extra, call.model, call.reasons))
+        span.span_id, span.start, span.extra = call.span_id, call.start, volatile[1:]
+        span.fail(call.error[1], call.error[0])
+        self.end(span)
 
     async def tool(self, item: dict[str, Any], work: Awaitable[None]) -> None:
         """One MCP call of the tool loop (an ``mcp_call`` item, updated by ``work`` with its output or error).
@@ -343,6 +357,8 @@ class RequestTrace:
             self.end(span)
 
 
+# a model call's base (``Tracing.call_base``'s number), its body's parameters, its answer's model and reasons
+CallShape = tuple[int, tuple[tuple[str, Any], ...] | None, str | None, tuple[str, ...] | None]
 # method, route, path, scheme, (route name, tenant, space, key, principal), status, outcome, model alias
 ServerShape = tuple[str, str | None, str, str, tuple[str, str, str, str, str] | None, int, str | None, str | None]
 
@@ -381,6 +397,55 @@ def _usage_json(usage: "Usage") -> str:
     if (counts[0] | counts[1] | counts[2] | counts[3]) >> 63 == 0:  # all in int64 and none negative
         return _USAGE % counts
     return encode_attributes(usage_attributes(usage))  # an upstream's nonsense: as OTLP can carry it
+
+
+class _Call:
+    """The model call in progress: what its span will say, as plain fields until it ends."""
+
+    __slots__ = (
+        "ref",
+        "alias",
+        "dep",
+        "start",
+        "span_id",
+        "attempts",
+        "error",
+        "extra",
+        "model",
+        "reasons",
+        "volatile",
+    )
+
+    def __init__(self, ref: object, alias: str, dep: "Deployment", start: int) -> None:
+        self.ref = ref  # the ModelCall
+        self.alias, self.dep, self.start = alias, dep, start  # dep: the deployment of its last attempt
+        self.span_id = "%016x" % (getrandbits(64) or 1)
+        self.attempts = 0
+        self.error: tuple[str, str] | None = None  # the error type and message of its last attempt
+        self.extra: tuple[tuple[str, Any], ...] | None = None  # its body's parameters, its round
+        self.model: str | None = None  # what the upstream answered
+        self.reasons: tuple[str, ...] | None = None
+        self.volatile = ""  # JSON of the attributes seen once (its id, content), each after a comma
+
+
+def call_span_attributes(
+    base: dict[str, Any], extra: tuple[tuple[str, Any], ...] | None, model: str | None, reasons: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """A model call span's attributes but the volatile ones: its model's and deployment's, its body's, its answer's."""
+    attributes = dict(base)
+    if extra:
+        attributes.update(extra)
+    if model is not None:
+        attributes["gen_ai.response.model"] = model
+    if reasons is not None:
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    return attributes
+
+
+def _head(trace: str, parent: str, state: str) -> str:
+    """The JSON that opens a span of ``trace`` whose parent is ``parent`` (up to its span id)."""
+    extra = f',"traceState":{json_string(state)}' if state else ""
+    return f'{{"traceId":"{trace}","parentSpanId":"{parent}"{extra},'
 
 
 def _nothing() -> None:

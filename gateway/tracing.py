@@ -44,7 +44,7 @@ from gateway.otlp import (
     tail,
     trace_id,
 )
-from gateway.request_trace import Late, RequestTrace, ServerShape, server_span
+from gateway.request_trace import CallShape, Late, RequestTrace, ServerShape, call_span_attributes, server_span
 
 if TYPE_CHECKING:
     from config.deployments import Deployment
@@ -77,7 +77,9 @@ class Tracing:
         self._targets: dict[int, tuple[object, str, str, dict[str, Any], str]] = {}
         self.servers: dict[ServerShape, str] = {}
         self.late = Late(self.exporter)  # the ``finished`` of every request that has ended
-        self._calls: dict[tuple[str, int], tuple[object, str, dict[str, Any]]] = {}
+        self._calls: dict[tuple[str, int], tuple[object, str, dict[str, Any], int]] = {}
+        self._bases = 0
+        self.calls: dict[CallShape, str] = {}
 
     def middleware(self, app: ASGIApp) -> "TraceRequests":
         return TraceRequests(app, self)
@@ -135,7 +137,7 @@ class Tracing:
         request = self.request.get()
         if request is None:
             return headers
-        call = request.call_span
+        call = request.call
         parent = self.active.get() or (call.span_id if call is not None else request.span_id)
         carrier = {**headers, "traceparent": f"00-{request.ids[0]}-{parent}-{request.flags}"}
         if request.ids[2]:
@@ -166,9 +168,10 @@ class Tracing:
         self.servers[shape] = block
         return block
 
-    def call_base(self, alias: str, dep: "Deployment") -> tuple[str, dict[str, Any]]:
-        """A model call span's name and the attributes every call of ``alias`` on ``dep`` starts with (the
-        operation, the model, the deployment, the provider): made once per model and deployment object."""
+    def call_base(self, alias: str, dep: "Deployment") -> tuple[str, dict[str, Any], int]:
+        """A model call span's name, the attributes every call of ``alias`` on ``dep`` has (the operation, the
+        model, the deployment, the provider) and a number of their own (``call_block``'s key): made once per model
+        and deployment object."""
         key = (alias, id(dep))
         found = self._calls.get(key)
         if found is None or found[0] is not dep:
@@ -182,8 +185,19 @@ class Tracing:
                 "gen_ai.provider.name": provider,
                 "gen_ai.system": provider,
             }
-            found = self._calls[key] = (dep, f"chat {alias}", attributes)
-        return found[1], found[2]
+            self._bases += 1  # never reused: a block made for another model and deployment is never found
+            found = self._calls[key] = (dep, f"chat {alias}", attributes, self._bases)
+        return found[1], found[2], found[3]
+
+    def call_block(self, shape: "CallShape", name: str, base: dict[str, Any]) -> str:
+        """The JSON of a successful model call's span but its ids, times and volatile attributes (and the closing
+        of its attributes), the same for every call of that shape: made once (up to 4096 shapes)."""
+        if len(self.calls) >= 4096:
+            self.calls.clear()
+        _, extra, model, reasons = shape
+        encoded = encode_attributes(call_span_attributes(base, extra, model, reasons))
+        block = self.calls[shape] = f'"name":{json_string(name)},"kind":{CLIENT},"attributes":[{encoded}'
+        return block
 
     def target_attributes(self, dep: "Deployment") -> tuple[str, str, dict[str, Any], str]:
         """An attempt span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), made

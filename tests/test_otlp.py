@@ -4,6 +4,7 @@ opentelemetry-proto's schema is what a collector would read."""
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -91,10 +92,16 @@ async def test_spans_of_every_kind_reach_the_collector_as_valid_otlp_json(receiv
     chat = Span((trace, server.span_id, ""), "chat \udcff model", CLIENT, attributes)
     chat.fail("upstream said no", "upstream_error")
     chat.record_exception(ValueError("bad \ud800 thing"))
-    exporter.add(chat)
+    chat.end = server.end = time.time_ns()
+    encode = exporter.encoder.span  # spans are encoded as they end: the exporter takes their JSON
+    exporter.add(encode(chat))
+    # a span whose name, kind and attributes are the same every time: its JSON written at once, its tail made once
     step = tail("before allow_list", INTERNAL, '{"key":"k","value":{"stringValue":"v"}}')
-    exporter.add(((trace, server.span_id, ""), "", step, 1, 2))  # a Record, its id drawn when it is encoded
-    exporter.add(server)
+    exporter.add(
+        f'{{"traceId":"{trace}","parentSpanId":"{server.span_id}","spanId":"{span_id()}",'
+        f'"startTimeUnixNano":"1","endTimeUnixNano":"2",{step}'
+    )
+    exporter.add(encode(server))
     await exporter.stop()
     spans = {s.name: s for s in wait_for(lambda: otlp.trace(trace), lambda got: len(got) == 3)}
     assert set(spans) == {"POST /v1/chat/completions", "chat ? model", "before allow_list"}
@@ -128,7 +135,8 @@ async def test_a_full_queue_drops_and_counts_and_a_shared_attribute_dict_is_copi
     spans[0].fail("boom", "policy_error")  # its own copy, with error.type; the others keep the shared encoding
     assert shared == {"gateway.policy.name": "budget"} and spans[0].attributes["error.type"] == "policy_error"
     for span in spans:
-        exporter.add(span)
+        span.end = time.time_ns()
+        exporter.add(exporter.encoder.span(span))
     assert (exporter.queued, exporter.dropped) == (3, 2)
     await exporter.start()
     await exporter.stop()
@@ -144,7 +152,7 @@ async def test_a_collector_that_is_away_costs_failed_exports_only():
     exporter = _exporter(f"http://127.0.0.1:{port}/v1/traces")
     await exporter.start()
     for n in range(5):
-        exporter.add(Span((trace_id(), "", ""), f"s{n}", INTERNAL, {}))
+        exporter.add(exporter.encoder.span(Span((trace_id(), "", ""), f"s{n}", INTERNAL, {})))
     await asyncio.sleep(0.1)  # a batch or two tried meanwhile
     await exporter.stop()
     assert exporter.failed == 5 and exporter.exported == 0 and exporter.queued == 0
