@@ -88,18 +88,46 @@ def checks_for(suite: str, data: dict) -> list[dict]:
         allow64 = summary(data["targets"]["allow-mem"]["chat c64"]).get("rps")
         ratio = _ratio(all64, allow64)
         same_store = _ratio(all64, summary(data["targets"]["allow-redis"]["chat c64"]).get("rps"))
+        how = ""
+        if data.get("together"):  # measured at the same time on the same core: the host's drift cancels out
+            ratio, same_store = together_ratio(data, "allow-mem"), together_ratio(data, "allow-redis")
+            how = ", both at once on one core"
         return [
             _check("Redis round trips added per non-streaming request (all five − allow_list only, both on Redis)",
                    added, "{:.2f}", f"≤ {TARGET_ADDED_ROUND_TRIPS:g}",
                    added is not None and added <= TARGET_ADDED_ROUND_TRIPS, "governance-c64"),
-            _check("chat c64 req/s: all five policies on Redis ÷ allow_list only (in-memory)", ratio, "{:.2f}",
+            _check(f"chat c64 req/s: all five policies on Redis ÷ allow_list only (in-memory){how}", ratio, "{:.2f}",
                    f"≥ {TARGET_GOVERNANCE_RATIO:.2f}", ratio is not None and ratio >= TARGET_GOVERNANCE_RATIO,
                    "governance-c64"),
-            _check("chat c64 req/s: all five policies on Redis ÷ allow_list only on Redis (same store)", same_store,
-                   "{:.2f}", f"≥ {TARGET_GOVERNANCE_RATIO:.2f}",
+            _check(f"chat c64 req/s: all five policies on Redis ÷ allow_list only on Redis (same store){how}",
+                   same_store, "{:.2f}", f"≥ {TARGET_GOVERNANCE_RATIO:.2f}",
                    same_store is not None and same_store >= TARGET_GOVERNANCE_RATIO, "governance-c64"),
         ]
     return []
+
+
+def together_ratio(data: dict, pair: str) -> float | None:
+    """The median of the rounds' ratios of all five on Redis to ``pair``, measured at the same time."""
+    ratios = [r["ratio"] for r in data.get("together", {}).get(pair, []) if r.get("ratio") and not r["errors"]]
+    return statistics.median(ratios) if ratios else None
+
+
+def _together_note(data: dict) -> str:
+    together = data.get("together")
+    if not together:
+        return ""
+    parts = []
+    for pair, rounds in together.items():
+        shown = ", ".join(f"{r['ratio']:.2f}" for r in rounds if r.get("ratio"))
+        rps = "; ".join(f"{r['rps']['all-redis']:,.0f} and {r['rps'][pair]:,.0f}" for r in rounds)
+        parts.append(f"against {GOV_LABELS[pair]}: rounds {shown} (req/s {rps})")
+    return (
+        "**Side by side** (what the targets below are judged on): all five policies on Redis and each allow_list-only "
+        "gateway started at once on core 1, each loaded at c64 by its own wrk for the same seconds "
+        "(`benchmarks/side_by_side.py`). Each gets about half the core, so the ratio of their throughputs is that "
+        "of their CPU per request, and a host whose speed drifts between the runs above slows both alike: "
+        + "; ".join(parts) + "."
+    )
 
 
 def store_delta(res: dict) -> float | None:
@@ -326,6 +354,8 @@ in % of one core.
 {scenario_table(rows)}
 
 {_gov_note(sm)}
+
+{_together_note(data)}
 
 **Redis round trips per request**, counted in separate short runs ({data.get("count_seconds", 3)} s per concurrency
 after 1 s of warm-up, so that the relay's own latency does not touch the throughput above): the gateway's

@@ -16,6 +16,7 @@ import engine_report as report
 import run as base
 from engine_redis import relay_stats
 from run import BenchError, log
+from side_by_side import load_together
 
 if TYPE_CHECKING:
     from run_engine import Bench
@@ -232,6 +233,46 @@ def count_round_trips(b: Bench, mock_port: int, name: str) -> dict:
     return out
 
 
+# all five on Redis against each allow_list-only gateway, measured at the same time on the same core
+TOGETHER = {"allow-mem": ("all-redis", "allow-mem"), "allow-redis": ("all-redis", "allow-redis")}
+
+
+def governance_together(b: Bench, mock_port: int, url: str) -> dict:
+    """Chat c64 through all five policies on Redis and through allow_list only, both gateways started at once
+    on core 1 and loaded at the same time, each by its own wrk (benchmarks/side_by_side.py): each gets about
+    half the core, so the ratio of their throughputs is that of their CPU per request, whatever the host's speed
+    does meanwhile. Per repeat and pair: both throughputs and their ratio."""
+    out: dict = {pair: [] for pair in TOGETHER}
+    for rep in range(1, b.args.repeats + 1):
+        for pair, names in TOGETHER.items():
+            log(f"[governance together {rep}/{b.args.repeats}] {report.GOV_LABELS[names[0]]} and "
+                f"{report.GOV_LABELS[names[1]]}, at once")
+            started: dict[str, tuple] = {}
+            try:
+                for name in names:
+                    policies, redis = GOV_TARGETS[name]
+                    started[name] = b.start_gateway(mock_port, policies, url if redis else None, name=f"{name}-both")
+                ports = {name: port for name, (_, port) in started.items()}
+                check_governance(ports["all-redis"], True)
+
+                load_together(b.wrk, ports, max(1, b.args.warmup), 64, IDEM_SCRIPT, _key_prefixes(b, names))
+                res = load_together(b.wrk, ports, b.args.duration, 64, IDEM_SCRIPT, _key_prefixes(b, names))
+                errors = sum(res[n]["error_count"] for n in names)
+                ratio = res[names[0]]["rps"] / res[names[1]]["rps"] if res[names[1]]["rps"] else None
+                out[pair].append({"rps": {n: res[n]["rps"] for n in names}, "errors": errors, "ratio": ratio})
+                log(f"    {res[names[0]]['rps']:.0f} and {res[names[1]]['rps']:.0f} req/s: ratio "
+                    f"{ratio if ratio is None else round(ratio, 3)}, errors {errors}")
+            finally:
+                for name, (proc, _) in started.items():
+                    b.stop(proc, redis=GOV_TARGETS[name][1])
+    return out
+
+
+def _key_prefixes(b: Bench, names: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """Each gateway's wrk its own Idempotency-Key prefix: every request a key of its own."""
+    return {n: {"BENCH_KEY_PREFIX": f"{b.prefix}t{secrets.token_hex(4)}"} for n in names}
+
+
 def suite_governance(b: Bench) -> dict:
     out: dict = {"targets": {t: {"chat c1": [], "chat c64": []} for t in GOV_TARGETS}, "round_trips": {},
                  "count_seconds": b.args.count_seconds}
@@ -249,6 +290,7 @@ def suite_governance(b: Bench) -> dict:
                                   f"{name} chat c{conc}", script=IDEM_SCRIPT, redis=redis))
             finally:
                 b.stop(proc, redis=redis)
+    out["together"] = governance_together(b, mock_port, url)
     log("[governance] Redis round trips, through the counting relay")
     for name in ("allow-redis", "all-redis"):
         out["round_trips"][name] = count_round_trips(b, mock_port, name)

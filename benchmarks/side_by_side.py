@@ -35,14 +35,25 @@ def start_gateway(procs: base.Processes, workdir: Path, mock_port: int, env: dic
     return proc, port
 
 
-def load_together(wrk: str, ports: dict[str, int], seconds: float, connections: int) -> dict[str, dict]:
-    """One wrk per gateway, all at once (in threads); the first failure is raised."""
+def load_together(
+    wrk: str,
+    ports: dict[str, int],
+    seconds: float,
+    connections: int,
+    script: Path = base.WRK_SCRIPT,
+    envs: dict[str, dict[str, str]] | None = None,
+) -> dict[str, dict]:
+    """One wrk per gateway (chat, with ``script`` and its gateway's ``envs``), all at once (in threads); the first
+    failure is raised."""
     results: dict[str, dict] = {}
     failed: list[BaseException] = []
 
     def load(name: str) -> None:
         try:
-            results[name] = base.run_wrk(wrk, ports[name], base.CHAT_BODY, True, connections, seconds)
+            extra = (envs or {}).get(name)
+            results[name] = base.run_wrk(
+                wrk, ports[name], base.CHAT_BODY, True, connections, seconds, script=script, extra_env=extra
+            )
         except BaseException as exc:  # re-raised by the main thread
             failed.append(exc)
 

@@ -181,9 +181,8 @@ class RequestTrace:
     def close(self) -> None:
         """The request is over: its ended spans go to the exporter in one go; spans of work that outlives it (a
         background response) go one by one as they end."""
-        finished = self.finished
-        if type(finished) is list:
-            self.finished = self.tracing.late
+        finished, self.finished = self.finished, self.tracing.late
+        if type(finished) is list and finished:
             self.tracing.exporter.add_all(finished)
 
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
@@ -272,8 +271,8 @@ class RequestTrace:
                 call.volatile += f",{string_pair('gen_ai.response.id', response_id[:200])}"
             chars = self.tracing.content_chars
             output = answer_output(answer, chars) if chars else None
-            ctx = self._ctx()
-            if output is not None and ctx is not None:  # masked as what the gateway keeps of the answer
+            ctx = self._ctx() if output is not None else None
+            if ctx is not None and output is not None:  # masked as what the gateway keeps of the answer
                 for redact in ctx.redactors:
                     output = redact(output)
                 call.volatile += f",{string_pair('gen_ai.output.messages', output)}"
