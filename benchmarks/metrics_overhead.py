@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as base  # noqa: E402
+import side_by_side  # noqa: E402
 from run import BenchError, Processes, log  # noqa: E402
 from side_by_side import measure_together  # noqa: E402
 
@@ -44,15 +45,7 @@ def gateway_env(metrics: bool) -> dict[str, str]:
 
 
 def start_gateway(procs: Processes, workdir: Path, mock_port: int, metrics: bool) -> tuple[base.Proc, int]:
-    config = workdir / "gateway-metrics-bench.yaml"
-    config.write_text(base.GATEWAY_CATALOG.format(port=mock_port))
-    env = gateway_env(metrics)
-    port = base.free_port()
-    argv = [str(base.GATEWAY_PYTHON), "-m", "gateway", "--config", str(config), "--host", "127.0.0.1",
-            "--port", str(port)]
-    proc = procs.start("gateway-metrics-" + ("on" if metrics else "off"), argv, base.TARGET_CORE, env, cwd=base.REPO)
-    base.wait_first_answer(proc, port, True, 60)
-    return proc, port
+    return side_by_side.start_gateway(procs, workdir, mock_port, gateway_env(metrics))
 
 
 def counted_requests(port: int) -> float:

@@ -117,10 +117,28 @@ class Span:
         self.events = [*(self.events or ()), event]
 
 
+def opening(name: str, kind: int, attributes: str) -> str:
+    """A span's name, kind and attributes (already JSON), the attributes' array left open for more."""
+    return f'"name":{json_string(name)},"kind":{kind},"attributes":[{attributes}'
+
+
 def tail(name: str, kind: int, attributes: str) -> str:
     """The JSON that ends a span whose name, kind and attributes are the same every time (a policy step's, an
     attempt's that answered): its name, kind and attributes (already JSON) and the span's closing brace."""
-    return f'"name":{json_string(name)},"kind":{kind},"attributes":[{attributes}]}}'
+    return f"{opening(name, kind, attributes)}]}}"
+
+
+def head(trace: str, parent: str, state: str) -> str:
+    """The JSON that opens a span of ``trace`` (a child of ``parent``, a root when it is "") up to its span id."""
+    parent_json = f',"parentSpanId":"{parent}"' if parent else ""
+    state_json = f',"traceState":{json_string(state)}' if state else ""
+    return f'{{"traceId":"{trace}"{parent_json}{state_json},'
+
+
+def record(opened: str, span: str, start: int, end: int, rest: str) -> str:
+    """A whole span's JSON written at once: its ``head``, its id and times, and the rest (``tail``, or an
+    ``opening`` and more attributes and the closing)."""
+    return f'{opened}"spanId":"{span}","startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",{rest}'
 
 
 def _value(value: Any) -> dict[str, Any]:
@@ -258,7 +276,7 @@ class Encoder:
         )
 
     def request(self, encoded: list[str]) -> bytes:
-        """An export: spans encoded by ``spans`` (joined once, here: the text is copied as few times as it can be)."""
+        """An export of spans as JSON (joined once, here: the text is copied as few times as it can be)."""
         return f"{self.head}{','.join(encoded)}]}}]}}]}}".encode()
 
 
@@ -278,7 +296,7 @@ class Exporter:
         self.encoder = Encoder(resource)
         self.delay = delay
         self.max_queue = max_queue
-        self.encoded: list[str] = []  # ended spans as JSON text (Encoder.spans) ...
+        self.encoded: list[str] = []  # ended spans as JSON text (``Encoder.span``, ``record``) ...
         self.counts: list[int] = []  # ... and how many each request that ended had
         self.queued = 0  # spans waiting for export
         self.dropped = 0  # spans that found the queue full

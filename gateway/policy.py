@@ -422,4 +422,4 @@ def load_policy(spec: PolicySpec) -> Policy:
 def _round_trip(ctx: RequestContext, phase: str, batch: Awaitable[T]) -> Awaitable[T]:
     """The store steps of a phase, as a span when the request is traced and the store is remote (the in-memory
     store answers in microseconds: a span of it says nothing)."""
-    return batch if ctx.trace is None or not ctx.store.remote else ctx.trace.step("store", phase, batch)
+    return _traced(ctx, "store", phase, batch) if ctx.store.remote else batch

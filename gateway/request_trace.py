@@ -11,7 +11,6 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from random import getrandbits
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -26,7 +25,9 @@ from gateway.otlp import (
     Exporter,
     Span,
     encode_attributes,
+    head,
     json_string,
+    record,
     span_id,
     string_pair,
     trace_id,
@@ -100,7 +101,7 @@ class RequestTrace:
         # and all the context holds, to the cyclic collector
         self._ctx: Callable[[], RequestContext | None] = _nothing
         # the JSON that opens every span that is a child of the server span (its trace, its parent, the state)
-        self.head = _head(ids[0], ids[1], ids[2]) if recording else ""
+        self.head = head(ids[0], ids[1], ids[2]) if recording else ""
         self.call: _Call | None = None  # the model call in progress
         # the request's ended spans as JSON, handed to the exporter at once when it ends (``close``); after that,
         # one by one
@@ -113,9 +114,9 @@ class RequestTrace:
             trace, parent, sampled, state = caller
         else:
             trace, parent, state = trace_id(), "", ""
-            sampled = tracing.sample_all or tracing.sampled(trace)
+            sampled = tracing.sampled(trace)
         method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
-        request = cls(tracing, None, (trace, "%016x" % (getrandbits(64) or 1), state), method, sampled)
+        request = cls(tracing, None, (trace, span_id(), state), method, sampled)
         if sampled:
             request.parent, request.path, request.scheme = parent, scope["path"][:256], scope["scheme"]
         return request
@@ -154,12 +155,8 @@ class RequestTrace:
         if self.span is None and status < 500:  # the common case: text, from the shape's JSON
             block = self.tracing.servers.get(shape) or self.tracing.server_block(shape)
             end = f"{block},{_REQUEST_ID}{json_string(self.request_id)}}}}}]}}" if self.request_id else f"{block}]}}"
-            parent = f',"parentSpanId":"{self.parent}"' if self.parent else ""
-            state = f',"traceState":{json_string(self.ids[2])}' if self.ids[2] else ""
-            self.finished.append(
-                f'{{"traceId":"{self.ids[0]}","spanId":"{self.span_id}"{parent}{state},'
-                f'"startTimeUnixNano":"{self.begun}","endTimeUnixNano":"{time.time_ns()}",{end}'
-            )
+            opened = head(self.ids[0], self.parent, self.ids[2])
+            self.finished.append(record(opened, self.span_id, self.begun, time.time_ns(), end))
         else:
             span = self.server()
             span.name, span.attributes = server_span(shape)
@@ -200,10 +197,7 @@ class RequestTrace:
             span.fail(str(exc))
             self.end(span)
             raise
-        self.finished.append(
-            f'{self.head}"spanId":"{"%016x" % (getrandbits(64) or 1)}","startTimeUnixNano":"{start}",'
-            f'"endTimeUnixNano":"{time.time_ns()}",{end_json}'
-        )
+        self.finished.append(record(self.head, span_id(), start, time.time_ns(), end_json))
         return result
 
     async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
@@ -234,10 +228,8 @@ class RequestTrace:
             if token is not None:
                 tracing.active.reset(token)
         if not first:  # a later attempt that answered: its name and attributes are the same every time
-            self.finished.append(
-                f'{_head(self.ids[0], call.span_id, self.ids[2])}"spanId":"{own_id}","startTimeUnixNano":"{start}",'
-                f'"endTimeUnixNano":"{time.time_ns()}",{tracing.target_attributes(dep)[1]}'
-            )
+            opened = head(self.ids[0], call.span_id, self.ids[2])
+            self.finished.append(record(opened, own_id, start, time.time_ns(), tracing.target_attributes(dep)[1]))
         call.error = None  # the call's status is its last attempt's
         return result
 
@@ -270,12 +262,12 @@ class RequestTrace:
             if isinstance(response_id, str):
                 call.volatile += f",{string_pair('gen_ai.response.id', response_id[:200])}"
             chars = self.tracing.content_chars
-            output = answer_output(answer, chars) if chars else None
-            ctx = self._ctx() if output is not None else None
-            if ctx is not None and output is not None:  # masked as what the gateway keeps of the answer
-                for redact in ctx.redactors:
-                    output = redact(output)
-                call.volatile += f",{string_pair('gen_ai.output.messages', output)}"
+            if chars:
+                output, ctx = answer_output(answer, chars), self._ctx()
+                if output is not None and ctx is not None:  # masked as what the gateway keeps of the answer
+                    for redact in ctx.redactors:
+                        output = redact(output)
+                    call.volatile += f",{string_pair('gen_ai.output.messages', output)}"
 
     def watch_stream(self, send: Send) -> Send:
         """``send`` of a relayed Chat Completions stream, noting its model and finish reasons for the call's span."""
@@ -312,10 +304,7 @@ class RequestTrace:
         if call.error is None:
             shape = (token, call.extra, call.model, call.reasons)
             block = tracing.calls.get(shape) or tracing.call_block(shape, name, base)
-            self.finished.append(
-                f'{self.head}"spanId":"{call.span_id}","startTimeUnixNano":"{call.start}",'
-                f'"endTimeUnixNano":"{time.time_ns()}",{block}{volatile}]}}'
-            )
+            self.finished.append(record(self.head, call.span_id, call.start, time.time_ns(), f"{block}{volatile}]}}"))
             return
         span = Span(self.ids, name, CLIENT, call_span_attributes(base, call.extra, call.model, call.reasons))
         span.span_id, span.start, span.extra = call.span_id, call.start, volatile[1:]
@@ -418,7 +407,7 @@ class _Call:
     def __init__(self, ref: object, alias: str, dep: "Deployment", start: int) -> None:
         self.ref = ref  # the ModelCall
         self.alias, self.dep, self.start = alias, dep, start  # dep: the deployment of its last attempt
-        self.span_id = "%016x" % (getrandbits(64) or 1)
+        self.span_id = span_id()
         self.attempts = 0
         self.error: tuple[str, str] | None = None  # the error type and message of its last attempt
         self.extra: tuple[tuple[str, Any], ...] | None = None  # its body's parameters, its round
@@ -439,12 +428,6 @@ def call_span_attributes(
     if reasons is not None:
         attributes["gen_ai.response.finish_reasons"] = reasons
     return attributes
-
-
-def _head(trace: str, parent: str, state: str) -> str:
-    """The JSON that opens a span of ``trace`` whose parent is ``parent`` (up to its span id)."""
-    extra = f',"traceState":{json_string(state)}' if state else ""
-    return f'{{"traceId":"{trace}","parentSpanId":"{parent}"{extra},'
 
 
 def _nothing() -> None:

@@ -63,7 +63,7 @@ class Gateway:
         self.metrics = Metrics() if settings.metrics_enabled else None
         evictable = EVICTABLE + EXECUTIONS_EVICTABLE
         self.store = open_store(redis_url, settings.redis_prefix, settings.memory_store_max_bytes, evictable)
-        if self.metrics is not None and redis_url:  # the in-memory store answers in microseconds, never fails
+        if self.metrics is not None and self.store.remote:  # the in-memory store answers in microseconds, never fails
             self.store = TimedStore(self.store, self.metrics.store_op)
         self.catalog = Catalog(catalogue, self.store)
         self.prices = PriceBook(catalogue)

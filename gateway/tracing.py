@@ -39,7 +39,7 @@ from gateway.otlp import (
     Exporter,
     Span,
     encode_attributes,
-    json_string,
+    opening,
     span_id,
     tail,
     trace_id,
@@ -145,7 +145,7 @@ class Tracing:
         return carrier
 
     def step_attributes(self, hook: str, name: str) -> tuple[str, str, dict[str, Any], str]:
-        """A policy step span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), the
+        """A policy step span's name, the JSON that ends it (``tail``) and its attributes (and their JSON), the
         same for every request: made once."""
         key = (hook, name)
         found = self.steps.get(key)
@@ -164,8 +164,7 @@ class Tracing:
         if len(self.servers) >= 4096:  # paths with ids in them (a response's): the old ones go
             self.servers.clear()
         name, attributes = server_span(shape)
-        block = f'"name":{json_string(name)},"kind":{SERVER},"attributes":[{encode_attributes(attributes)}'
-        self.servers[shape] = block
+        block = self.servers[shape] = opening(name, SERVER, encode_attributes(attributes))
         return block
 
     def call_base(self, alias: str, dep: "Deployment") -> tuple[str, dict[str, Any], int]:
@@ -196,11 +195,11 @@ class Tracing:
             self.calls.clear()
         _, extra, model, reasons = shape
         encoded = encode_attributes(call_span_attributes(base, extra, model, reasons))
-        block = self.calls[shape] = f'"name":{json_string(name)},"kind":{CLIENT},"attributes":[{encoded}'
+        block = self.calls[shape] = opening(name, CLIENT, encoded)
         return block
 
     def target_attributes(self, dep: "Deployment") -> tuple[str, str, dict[str, Any], str]:
-        """An attempt span's name, the JSON that ends its ``Record`` and its attributes (and their JSON), made
+        """An attempt span's name, the JSON that ends it (``tail``) and its attributes (and their JSON), made
         once per deployment object."""
         found = self._targets.get(id(dep))
         if found is None or found[0] is not dep:
