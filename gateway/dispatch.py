@@ -7,8 +7,8 @@ arrived, and only then are headers sent to the caller.
 
 import asyncio
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from config.catalog import TenantModel
@@ -109,13 +109,13 @@ class Dispatcher:
     ) -> T:
         if meter is None:
             return await self._traced(dep, attempt)
-        start = time.perf_counter()
+        start = perf_counter()
         try:
             result = await self._traced(dep, attempt)
         except UpstreamError as exc:
-            meter.failed(exc.status_code, time.perf_counter() - start)
+            meter.failed(exc.status_code, perf_counter() - start)
             raise
-        meter.duration.observe(time.perf_counter() - start)
+        meter.duration.observe(perf_counter() - start)
         return result
 
     async def run(self, model: TenantModel, attempt: Callable[[Deployment], Awaitable[T]]) -> T:
@@ -125,7 +125,9 @@ class Dispatcher:
             key = self._key(model, index)
             if not (breakers.known_closed(key) or await breakers.allow(key, model.routing.breaker)):
                 continue
-            meter = None if metrics is None else metrics.deployment(key, model.alias, fallback=position > 0)
+            meter = None if metrics is None else (metrics.deployments.get(key) or metrics.deployment(key, model.alias))
+            if position and metrics is not None:
+                metrics.fallback(model.alias)
             for n in range(model.routing.retries + 1):
                 try:
                     result = await self._attempt(dep, attempt, meter)
@@ -144,13 +146,7 @@ class Dispatcher:
                     break
                 _retrying(meter)
                 await asyncio.sleep(delay)
-        if last is None:
-            raise UpstreamUnavailable(
-                f"Every deployment of model '{model.alias}' is temporarily ejected after repeated failures.",
-                status_code=503,
-                headers={"Retry-After": str(int(model.routing.breaker.cooldown))},
-            )
-        raise last
+        raise last or _ejected(model)
 
     async def chat(self, model: TenantModel, body: dict[str, Any]) -> tuple[Deployment, bytes]:
         """A whole completion from the first deployment that gives one (and that deployment)."""
@@ -186,6 +182,14 @@ class Dispatcher:
             return dep, (stream, chunks, first)
 
         return await self.run(model, attempt)
+
+
+def _ejected(model: TenantModel) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"Every deployment of model '{model.alias}' is temporarily ejected after repeated failures.",
+        status_code=503,
+        headers={"Retry-After": str(int(model.routing.breaker.cooldown))},
+    )
 
 
 def _retrying(meter: "DeploymentMeter | None") -> None:

@@ -169,6 +169,25 @@ def test_policy_decisions_and_rate_limit_refusals(start_gateway, upstream):
     assert value(text, "gateway_requests_total", model="up", status="429", outcome="rejected") == 1
 
 
+def test_every_request_of_one_kind_counts_its_verdicts(start_gateway, upstream):
+    # the first request of a kind binds its children; the ones after it take the short way: they count alike
+    base = start_gateway(with_model(upstream[1], [{"model": "ok"}], [{"use": "idempotency"}, {"use": "allow_list"}]))
+    sdk = client(base)
+    for _ in range(3):
+        sdk.chat.completions.create(model="up", messages=MESSAGES)
+    for _ in range(2):  # through idempotency, each new key is counted as new
+        sdk.chat.completions.create(model="up", messages=MESSAGES, extra_headers={"Idempotency-Key": uuid.uuid4().hex})
+    base.idle()
+    text = scrape(base)
+    decisions = "gateway_policy_decisions_total"
+    assert value(text, decisions, space=SPACE, policy="idempotency", decision="allowed") == 5
+    assert value(text, decisions, space=SPACE, policy="allow_list", decision="allowed") == 5
+    assert value(text, "gateway_idempotency_total", space=SPACE, result="new") == 2
+    assert value(text, "gateway_requests_total", model="up", status="200", outcome="ok") == 5
+    assert value(text, "gen_ai_server_request_duration_count", model="up", status="200") == 5
+    assert value(text, "gen_ai_client_token_usage_count", model="up", token_type="input") == 5
+
+
 def test_idempotency_replays_are_counted(start_gateway, upstream):
     base = start_gateway(with_model(upstream[1], [{"model": "ok"}], [{"use": "idempotency"}, {"use": "allow_list"}]))
     sdk = client(base)
