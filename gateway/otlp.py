@@ -31,7 +31,7 @@ log = logging.getLogger("gateway.tracing")
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # Span.SpanKind
 UNSET, ERROR = 0, 2  # Status.StatusCode (the gateway never sets OK: unset is what a success is)
-MAX_QUEUE = 8192  # finished spans waiting for export: beyond, a span is dropped (and counted)
+MAX_QUEUE = 8192  # finished spans waiting for export: beyond, no new request is recorded (and it is counted)
 MAX_BATCH = 1024  # spans per export
 TIMEOUT = 5.0  # seconds an export may take: a collector that is away costs a failed export, never a request
 _LOG_EVERY = 60.0  # seconds between two warnings of failed exports
@@ -296,10 +296,11 @@ class Exporter:
         self.encoder = Encoder(resource)
         self.delay = delay
         self.max_queue = max_queue
-        self.encoded: list[str] = []  # ended spans as JSON text (``Encoder.span``, ``record``) ...
-        self.counts: list[int] = []  # ... and how many each request that ended had
-        self.queued = 0  # spans waiting for export
-        self.dropped = 0  # spans that found the queue full
+        # ended spans as JSON text (``Encoder.span``, ``record``), oldest first: a recorded request's spans are
+        # appended here as they end (``RequestTrace.finished`` is this list), so it is only ever changed in place
+        self.encoded: list[str] = []
+        self.dropped = 0  # spans that found the queue full (``add``)
+        self.unrecorded = 0  # requests left unrecorded because the queue was full (``room``)
         self.failed = 0  # spans of exports that failed
         self.exported = 0
         self._wake = asyncio.Event()
@@ -308,25 +309,32 @@ class Exporter:
         self._warned = -_LOG_EVERY
         self._closing = False
 
-    def add(self, span: str) -> None:
-        """A span that ended, as JSON (``Encoder.span``), exported with the next batch."""
-        self.add_all([span])
+    @property
+    def queued(self) -> int:
+        """Spans waiting for export."""
+        return len(self.encoded)
 
-    def add_all(self, finished: list[str]) -> None:
-        """Ended spans as JSON, a request's, exported with the next batch; dropped (and counted) when the queue
-        has no room for them all. They are encoded as they end, so that what waits for the export is text: span
-        objects die young, and the cyclic collector never walks a queue of them (measured: that queue made
-        generation-0 collections more frequent and slower)."""
-        n = len(finished)
-        if not n:
+    def room(self) -> bool:
+        """Whether a new request may be recorded: its spans go straight into the queue as they end, so the bound
+        is kept per request (a request started under it records all its spans); with a full batch waiting, the
+        export starts. Spans are queued as JSON text: span objects die young, and the cyclic collector never
+        walks a queue of them (measured: that queue made generation-0 collections more frequent and slower)."""
+        queued = len(self.encoded)
+        if queued >= MAX_BATCH:
+            self._wake.set()
+            if queued >= self.max_queue:
+                self.unrecorded += 1
+                return False
+        return True
+
+    def add(self, span: str) -> None:
+        """A span that ended, as JSON (``Encoder.span``) of work that is no request's, exported with the next
+        batch; dropped (and counted) when the queue is full."""
+        if len(self.encoded) >= self.max_queue:
+            self.dropped += 1
             return
-        if self.queued + n > self.max_queue:
-            self.dropped += n
-            return
-        self.encoded += finished
-        self.counts.append(n)
-        self.queued += n
-        if self.queued >= MAX_BATCH:
+        self.encoded.append(span)
+        if len(self.encoded) >= MAX_BATCH:
             self._wake.set()
 
     async def start(self) -> None:
@@ -346,21 +354,16 @@ class Exporter:
                 self._wake.clear()
             while self.encoded:  # a full batch left: at once; at the stop, everything
                 await self.flush_batch()
-                if self.queued < MAX_BATCH and not self._closing:
+                if len(self.encoded) < MAX_BATCH and not self._closing:
                     break
             if self._closing:
                 return
 
     async def flush_batch(self) -> None:
-        """Post the oldest batch of finished spans (whole requests' of them, up to ``MAX_BATCH`` but for one
-        request that has more)."""
-        counts, taken, spans = self.counts, 0, 0
-        while taken < len(counts) and (taken == 0 or spans + counts[taken] <= MAX_BATCH):
-            spans += counts[taken]
-            taken += 1
-        batch = self.encoded[:spans]
-        del self.encoded[:spans], counts[:taken]
-        self.queued -= spans
+        """Post the oldest batch of finished spans (up to ``MAX_BATCH``)."""
+        batch = self.encoded[:MAX_BATCH]
+        del self.encoded[: len(batch)]
+        spans = len(batch)
         if not batch or self._session is None:
             self.failed += spans
             return
@@ -398,10 +401,15 @@ class Exporter:
                 async with asyncio.timeout(TIMEOUT):
                     await task
             except TimeoutError:
-                self.failed += self.queued
-                self.encoded, self.counts, self.queued = [], [], 0
+                self.failed += len(self.encoded)
+                self.encoded.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self.dropped or self.failed:
-            log.warning("traces: %d spans dropped (queue full), %d lost in failed exports", self.dropped, self.failed)
+        if self.dropped or self.unrecorded or self.failed:
+            log.warning(
+                "traces: %d spans dropped, %d requests left unrecorded (queue full); %d spans lost in failed exports",
+                self.dropped,
+                self.unrecorded,
+                self.failed,
+            )

@@ -9,7 +9,6 @@ written each time.
 
 import re
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,7 +21,6 @@ from gateway.otlp import (
     CLIENT,
     INTERNAL,
     SERVER,
-    Exporter,
     Span,
     encode_attributes,
     head,
@@ -60,7 +58,6 @@ class RequestTrace:
     __slots__ = (
         "tracing",
         "span",
-        "method",
         "ids",
         "span_id",
         "parent",
@@ -69,103 +66,102 @@ class RequestTrace:
         "trace_id",
         "status",
         "begun",
-        "path",
-        "scheme",
-        "who",
-        "request_id",
-        "_ctx",
+        "ctx",
         "head",
         "call",
         "finished",
     )
 
     def __init__(
-        self, tracing: "Tracing", span: Span | None, ids: tuple[str, str, str], method: str, recording: bool
+        self,
+        tracing: "Tracing",
+        span: Span | None,
+        ids: tuple[str, str, str],
+        sampled: bool,
+        recording: bool,
+        parent: str = "",
     ) -> None:
         self.tracing = tracing
         self.span = span  # a job's root span, a failed request's server span; else None
-        self.method = method
-        self.recording = recording  # False for a request the sampler left out
         self.ids = ids  # (trace id, server span id, trace state): what the request's spans are children of
         self.span_id = ids[1]
-        self.parent = ""  # the caller's span, of which the server span is a child
-        self.flags = "01" if recording else "00"
+        self.parent = parent  # the caller's span, of which the server span is a child
+        self.flags = "01" if sampled else "00"  # what travels upstream
+        # False for a request the sampler left out, or that found the export queue full (``Exporter.room``)
+        self.recording = recording
         # the id callers see (x-trace-id, aimable.langfuse_trace_id): only of a trace that is exported
         self.trace_id = ids[0] if recording else None
         self.status: int | None = None
         self.begun = time.time_ns()
-        self.path = self.scheme = ""
-        self.who: tuple[str, str, str, str, str] | None = None  # route, tenant, space, key name, principal
-        self.request_id = ""
-        # the request's context, weakly: it refers to this trace (``ctx.trace``), and a cycle would leave both,
-        # and all the context holds, to the cyclic collector
-        self._ctx: Callable[[], RequestContext | None] = _nothing
-        # the JSON that opens every span that is a child of the server span (its trace, its parent, the state)
-        self.head = head(ids[0], ids[1], ids[2]) if recording else ""
+        # the request's context, weakly (``Tracing.bind``): it refers to this trace (``ctx.trace``), and a cycle
+        # would leave both, and all the context holds, to the cyclic collector
+        self.ctx: Callable[[], RequestContext | None] = _nothing
         self.call: _Call | None = None  # the model call in progress
-        # the request's ended spans as JSON, handed to the exporter at once when it ends (``close``); after that,
-        # one by one
-        self.finished: list[str] | Late = []
+        if recording:
+            # the JSON that opens every span that is a child of the server span (its trace, its parent, the state)
+            self.head = head(ids[0], ids[1], ids[2])
+            # where the request's spans go as they end, as JSON: the export queue itself
+            self.finished = tracing.exporter.encoded
+        else:
+            self.head, self.finished = "", []
 
     @classmethod
     def start(cls, tracing: "Tracing", scope: Scope) -> "RequestTrace":
         caller = caller_context(scope)
-        if caller is not None:  # the caller's trace, and its sampling decision
-            trace, parent, sampled, state = caller
-        else:
-            trace, parent, state = trace_id(), "", ""
+        if caller is None:
+            trace = trace_id()
             sampled = tracing.sampled(trace)
-        method = scope["method"] if scope["method"] in _METHODS else "_OTHER"
-        request = cls(tracing, None, (trace, span_id(), state), method, sampled)
-        if sampled:
-            request.parent, request.path, request.scheme = parent, scope["path"][:256], scope["scheme"]
-        return request
-
-    def bind(self, ctx: "RequestContext") -> None:
-        self._ctx = weakref.ref(ctx)
-        principal = ctx.principal
-        self.who = (ctx.route, ctx.tenant_id, ctx.space_id, principal.key.name, principal.id)
-        self.request_id = ctx.request_id
+            return cls(tracing, None, (trace, span_id(), ""), sampled, sampled and tracing.exporter.room())
+        trace, parent, sampled, state = caller  # the caller's trace, and its sampling decision
+        return cls(tracing, None, (trace, span_id(), state), sampled, sampled and tracing.exporter.room(), parent)
 
     def server(self) -> Span:
         """The server span as an object (its attributes are set when the request ends)."""
         if self.span is None:
-            self.span = Span((self.ids[0], self.parent, self.ids[2]), self.method, SERVER, {}, own_id=self.span_id)
+            self.span = Span((self.ids[0], self.parent, self.ids[2]), "", SERVER, {}, own_id=self.span_id)
             self.span.start = self.begun
         return self.span
 
     def finish(self, scope: Scope) -> None:
-        self.end_call()
+        if self.call is not None:
+            self.end_call()
         if not self.recording:
             return
         status = self.status or 500
         path = getattr(scope.get("route"), "path", None)
-        ctx = self._ctx()
-        model = ctx.model if ctx is not None else None
+        ctx = self.ctx()
+        who: tuple[str, str, str, str, str] | None
+        request_id: str | None
+        outcome: str | None
+        if ctx is not None:
+            principal, model = ctx.principal, ctx.model
+            who = (ctx.route, ctx.tenant_id, ctx.space_id, principal.key.name, principal.id)
+            request_id, outcome, alias = ctx.request_id, ctx.outcome, model.alias if model is not None else None
+        else:
+            who = request_id = outcome = alias = None
         shape = (
-            self.method,
+            scope["method"],
             path if isinstance(path, str) else None,
-            self.path,
-            self.scheme,
-            self.who,
+            scope["path"][:256],
+            scope["scheme"],
+            who,
             status,
-            ctx.outcome if ctx is not None else None,
-            model.alias if model is not None else None,
+            outcome,
+            alias,
         )
         if self.span is None and status < 500:  # the common case: text, from the shape's JSON
             block = self.tracing.servers.get(shape) or self.tracing.server_block(shape)
-            end = f"{block},{_REQUEST_ID}{json_string(self.request_id)}}}}}]}}" if self.request_id else f"{block}]}}"
+            end = f"{block},{_REQUEST_ID}{json_string(request_id)}}}}}]}}" if request_id else f"{block}]}}"
             opened = head(self.ids[0], self.parent, self.ids[2])
             self.finished.append(record(opened, self.span_id, self.begun, time.time_ns(), end))
-        else:
-            span = self.server()
-            span.name, span.attributes = server_span(shape)
-            if self.request_id:
-                span.add_extra(string_pair("gateway.request.id", self.request_id))
-            if status >= 500:
-                span.fail("", str(status))
-            self.end(span)
-        self.close()
+            return
+        span = self.server()
+        span.name, span.attributes = server_span(shape)
+        if request_id:
+            span.add_extra(string_pair("gateway.request.id", request_id))
+        if status >= 500:
+            span.fail("", str(status))
+        self.end(span)
 
     def end(self, span: Span) -> None:
         """``span`` ends now: its JSON joins the request's (never the request's failure when it cannot be made)."""
@@ -174,13 +170,6 @@ class RequestTrace:
             self.finished.append(self.tracing.exporter.encoder.span(span))
         except (ValueError, TypeError) as exc:
             self.tracing.exporter.lost(exc)
-
-    def close(self) -> None:
-        """The request is over: its ended spans go to the exporter in one go; spans of work that outlives it (a
-        background response) go one by one as they end."""
-        finished, self.finished = self.finished, self.tracing.late
-        if type(finished) is list and finished:
-            self.tracing.exporter.add_all(finished)
 
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
@@ -235,7 +224,7 @@ class RequestTrace:
 
     def _call(self, dep: "Deployment") -> "_Call":
         """The model call in progress (made at its first attempt, ``ctx.call`` telling one call from the next)."""
-        ctx = self._ctx()
+        ctx = self.ctx()
         model_call = ctx.call if ctx is not None else None
         call = self.call
         if call is None or model_call is not call.ref:
@@ -263,7 +252,7 @@ class RequestTrace:
                 call.volatile += f",{string_pair('gen_ai.response.id', response_id[:200])}"
             chars = self.tracing.content_chars
             if chars:
-                output, ctx = answer_output(answer, chars), self._ctx()
+                output, ctx = answer_output(answer, chars), self.ctx()
                 if output is not None and ctx is not None:  # masked as what the gateway keeps of the answer
                     for redact in ctx.redactors:
                         output = redact(output)
@@ -354,6 +343,7 @@ ServerShape = tuple[str, str | None, str, str, tuple[str, str, str, str, str] | 
 def server_span(shape: ServerShape) -> tuple[str, dict[str, Any]]:
     """A server span's name and attributes (but the request id) from the request's shape."""
     method, route, path, scheme, who, status, outcome, model = shape
+    method = method if method in _METHODS else "_OTHER"
     attributes: dict[str, Any] = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
     if route is not None:
         attributes["http.route"] = route
@@ -432,15 +422,6 @@ def call_span_attributes(
 
 def _nothing() -> None:
     return None
-
-
-class Late:
-    """A closed request's ``finished``: what still ends goes to the exporter at once."""
-
-    __slots__ = ("append",)
-
-    def __init__(self, exporter: Exporter) -> None:
-        self.append = exporter.add
 
 
 def _api_span(span: Span) -> otel_trace.Span:

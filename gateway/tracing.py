@@ -22,6 +22,7 @@ sampler leaves out, but their trace context still travels upstream.
 """
 
 import contextlib
+import weakref
 from collections.abc import Awaitable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,7 +45,7 @@ from gateway.otlp import (
     tail,
     trace_id,
 )
-from gateway.request_trace import CallShape, Late, RequestTrace, ServerShape, call_span_attributes, server_span
+from gateway.request_trace import CallShape, RequestTrace, ServerShape, call_span_attributes, server_span
 
 if TYPE_CHECKING:
     from config.deployments import Deployment
@@ -76,7 +77,6 @@ class Tracing:
         self.steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
         self._targets: dict[int, tuple[object, str, str, dict[str, Any], str]] = {}
         self.servers: dict[ServerShape, str] = {}
-        self.late = Late(self.exporter)  # the ``finished`` of every request that has ended
         self._calls: dict[tuple[str, int], tuple[object, str, dict[str, Any], int]] = {}
         self._bases = 0
         self.calls: dict[CallShape, str] = {}
@@ -100,7 +100,7 @@ class Tracing:
         still travels upstream, from the context variable)."""
         request = self.request.get()
         if request is not None and request.recording:
-            request.bind(ctx)
+            request.ctx = weakref.ref(ctx)
             ctx.trace = request
 
     @contextlib.contextmanager
@@ -109,11 +109,11 @@ class Tracing:
         INTERNAL span ``name`` whose children are the work's spans (its model turns' steps, calls and tools),
         sampled like a new request's trace."""
         trace = trace_id()
-        span = Span((trace, "", ""), name, INTERNAL, attributes) if self.sampled(trace) else None
-        job = RequestTrace(
-            self, span, (trace, span.span_id if span is not None else span_id(), ""), "JOB", span is not None
-        )
-        job.finished = self.late  # long work: its spans go as they end
+        sampled = self.sampled(trace)
+        recording = sampled and self.exporter.room()
+        span = Span((trace, "", ""), name, INTERNAL, attributes) if recording else None
+        ids = (trace, span.span_id if span is not None else span_id(), "")
+        job = RequestTrace(self, span, ids, sampled, recording)  # its spans go to the export queue as they end
         token = self.request.set(job)
         try:
             yield job
@@ -123,7 +123,8 @@ class Tracing:
             raise
         finally:
             self.request.reset(token)
-            job.end_call()
+            if job.call is not None:
+                job.end_call()
             if span is not None:
                 job.end(span)
 
@@ -223,11 +224,12 @@ class TraceRequests:
         if scope["type"] != "http" or scope["path"] in _UNTRACED:
             await self.app(scope, receive, send)
             return
-        request = RequestTrace.start(self.tracing, scope)
-        token = self.tracing.request.set(request)
+        tracing = self.tracing
+        request = RequestTrace.start(tracing, scope)
+        token = tracing.request.set(request)
 
         def traced_send(message: Message) -> Awaitable[None]:  # no coroutine of its own: send's, passed on
-            if message["type"] == "http.response.start":
+            if request.status is None and message["type"] == "http.response.start":
                 request.status = message["status"]
                 if request.trace_id is not None:
                     extra = (b"x-trace-id", request.trace_id.encode())
@@ -243,7 +245,7 @@ class TraceRequests:
             raise
         finally:
             request.finish(scope)
-            self.tracing.request.reset(token)
+            tracing.request.reset(token)
 
 
 def inject_context(meta: dict[str, Any]) -> None:

@@ -145,6 +145,16 @@ async def test_a_full_queue_drops_and_counts_and_a_shared_attribute_dict_is_copi
     assert got["s1"].attributes == {"x": "y"}
 
 
+def test_a_full_queue_leaves_new_requests_unrecorded():
+    # a request's spans go straight into the queue as they end, so the bound is kept when a request starts
+    exporter = _exporter("http://127.0.0.1:9/v1/traces", max_queue=2048)
+    assert exporter.room() and exporter.unrecorded == 0
+    exporter.encoded.extend(["{}"] * 2048)
+    assert not exporter.room() and not exporter.room() and exporter.unrecorded == 2
+    del exporter.encoded[:1]
+    assert exporter.room() and exporter.unrecorded == 2
+
+
 async def test_a_collector_that_is_away_costs_failed_exports_only():
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
