@@ -10,6 +10,7 @@ written each time.
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -40,7 +41,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _REQUEST_ID = '{"key":"gateway.request.id","value":{"stringValue":'  # and the id, as JSON, and two braces
-_WHO = ("gateway.route", "gateway.tenant.id", "gateway.space.id", "gateway.api_key.name", "user.id")
+_RESPONSE_ID = ',{"key":"gen_ai.response.id","value":{"stringValue":'
+_WHO_KEYS = ("gateway.route", "gateway.tenant.id", "gateway.space.id", "gateway.api_key.name", "user.id")
+# what the server span says of who asked, and how it ended: read from the request's context in one call
+_WHO = attrgetter("route", "tenant_id", "space_id", "principal.key.name", "principal.id", "outcome")
 _CONTENT = ("gen_ai.input.messages", "gen_ai.system_instructions")  # a call's input, when content is recorded
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 # what a relayed Chat Completions stream says of itself (its events are passed through, not parsed)
@@ -59,7 +63,6 @@ class RequestTrace:
         "tracing",
         "span",
         "ids",
-        "span_id",
         "parent",
         "flags",
         "recording",
@@ -84,7 +87,6 @@ class RequestTrace:
         self.tracing = tracing
         self.span = span  # a job's root span, a failed request's server span; else None
         self.ids = ids  # (trace id, server span id, trace state): what the request's spans are children of
-        self.span_id = ids[1]
         self.parent = parent  # the caller's span, of which the server span is a child
         self.flags = "01" if sampled else "00"  # what travels upstream
         # False for a request the sampler left out, or that found the export queue full (``Exporter.room``)
@@ -99,7 +101,8 @@ class RequestTrace:
         self.call: _Call | None = None  # the model call in progress
         if recording:
             # the JSON that opens every span that is a child of the server span (its trace, its parent, the state)
-            self.head = head(ids[0], ids[1], ids[2])
+            trace, server, state = ids
+            self.head = f'{{"traceId":"{trace}","parentSpanId":"{server}",' if not state else head(trace, server, state)
             # where the request's spans go as they end, as JSON: the export queue itself
             self.finished = tracing.exporter.encoded
         else:
@@ -118,7 +121,7 @@ class RequestTrace:
     def server(self) -> Span:
         """The server span as an object (its attributes are set when the request ends)."""
         if self.span is None:
-            self.span = Span((self.ids[0], self.parent, self.ids[2]), "", SERVER, {}, own_id=self.span_id)
+            self.span = Span((self.ids[0], self.parent, self.ids[2]), "", SERVER, {}, own_id=self.ids[1])
             self.span.start = self.begun
         return self.span
 
@@ -128,35 +131,30 @@ class RequestTrace:
         if not self.recording:
             return
         status = self.status or 500
-        path = getattr(scope.get("route"), "path", None)
         ctx = self.ctx()
-        who: tuple[str, str, str, str, str] | None
+        who: tuple[str, str, str, str, str, str] | None
         request_id: str | None
-        outcome: str | None
         if ctx is not None:
-            principal, model = ctx.principal, ctx.model
-            who = (ctx.route, ctx.tenant_id, ctx.space_id, principal.key.name, principal.id)
-            request_id, outcome, alias = ctx.request_id, ctx.outcome, model.alias if model is not None else None
+            model = ctx.model
+            who, request_id, alias = _WHO(ctx), ctx.request_id, model.alias if model is not None else None
         else:
-            who = request_id = outcome = alias = None
-        shape = (
-            scope["method"],
-            path if isinstance(path, str) else None,
-            scope["path"][:256],
-            scope["scheme"],
-            who,
-            status,
-            outcome,
-            alias,
-        )
+            who = request_id = alias = None
+        # the route by its object's id (one of the app's, found by the router, as long-lived as the app), not its
+        # path: the same for every request of it
+        route = scope.get("route")
+        shape = (scope["method"], id(route), scope["path"][:256], scope["scheme"], who, status, alias)
         if self.span is None and status < 500:  # the common case: text, from the shape's JSON
-            block = self.tracing.servers.get(shape) or self.tracing.server_block(shape)
+            block = self.tracing.servers.get(shape) or self.tracing.server_block(shape, route)
             end = f"{block},{_REQUEST_ID}{json_string(request_id)}}}}}]}}" if request_id else f"{block}]}}"
-            opened = head(self.ids[0], self.parent, self.ids[2])
-            self.finished.append(record(opened, self.span_id, self.begun, time.time_ns(), end))
+            trace, server, state = self.ids
+            opened = f'{{"traceId":"{trace}",' if not self.parent and not state else head(trace, self.parent, state)
+            self.finished.append(
+                f'{opened}"spanId":"{server}","startTimeUnixNano":"{self.begun}","endTimeUnixNano":"{time.time_ns()}",'
+                f"{end}"
+            )  # (``otlp.record``, written out: once per request)
             return
         span = self.server()
-        span.name, span.attributes = server_span(shape)
+        span.name, span.attributes = server_span(shape, route)
         if request_id:
             span.add_extra(string_pair("gateway.request.id", request_id))
         if status >= 500:
@@ -194,33 +192,40 @@ class RequestTrace:
         at its first attempt) stands for its first attempt, whose upstream gets the call's context; an attempt
         that fails, and every later one (a retry, a fallback), is a span of its own inside the call's, whose
         context is the one sent upstream."""
-        tracing = self.tracing
         call = self._call(dep)
-        first, call.attempts = call.attempts == 0, call.attempts + 1
-        own_id, start = "" if first else span_id(), time.time_ns()
-        token = None if first else tracing.active.set(own_id)
+        call.attempts += 1
+        if call.attempts == 1:
+            try:
+                return await work
+            except BaseException as exc:
+                self._attempt_failed(dep, call, "", call.start, exc)
+                raise
+        tracing, own_id, start = self.tracing, span_id(), time.time_ns()
+        token = tracing.active.set(own_id)
         try:
             result = await work
         except BaseException as exc:
-            name, _, attributes, encoded = tracing.target_attributes(dep)
-            span = Span((self.ids[0], call.span_id, self.ids[2]), name, CLIENT, attributes, encoded, own_id)
-            span.start = start
-            kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
-            span.fail(message, kind)
-            status = getattr(exc, "status_code", None)
-            if isinstance(status, int):
-                span.own()["http.response.status_code"] = status
-            call.error = (kind, message)
-            self.end(span)
+            self._attempt_failed(dep, call, own_id, start, exc)
             raise
         finally:
-            if token is not None:
-                tracing.active.reset(token)
-        if not first:  # a later attempt that answered: its name and attributes are the same every time
-            opened = head(self.ids[0], call.span_id, self.ids[2])
-            self.finished.append(record(opened, own_id, start, time.time_ns(), tracing.target_attributes(dep)[1]))
+            tracing.active.reset(token)
+        # a later attempt that answered: its name and attributes are the same every time
+        opened = head(self.ids[0], call.span_id, self.ids[2])
+        self.finished.append(record(opened, own_id, start, time.time_ns(), tracing.target_attributes(dep)[1]))
         call.error = None  # the call's status is its last attempt's
         return result
+
+    def _attempt_failed(self, dep: "Deployment", call: "_Call", own_id: str, start: int, exc: BaseException) -> None:
+        name, _, attributes, encoded = self.tracing.target_attributes(dep)
+        span = Span((self.ids[0], call.span_id, self.ids[2]), name, CLIENT, attributes, encoded, own_id)
+        span.start = start
+        kind, message = str(getattr(exc, "code", None) or type(exc).__name__)[:100], str(exc)[:300]
+        span.fail(message, kind)
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int):
+            span.own()["http.response.status_code"] = status
+        call.error = (kind, message)
+        self.end(span)
 
     def _call(self, dep: "Deployment") -> "_Call":
         """The model call in progress (made at its first attempt, ``ctx.call`` telling one call from the next)."""
@@ -228,7 +233,8 @@ class RequestTrace:
         model_call = ctx.call if ctx is not None else None
         call = self.call
         if call is None or model_call is not call.ref:
-            self.end_call()
+            if call is not None:
+                self.end_call()
             alias = ctx.model.alias if ctx is not None and ctx.model is not None else dep.model
             call = self.call = _Call(model_call, alias, dep, time.time_ns())
             extra = call_attributes(model_call, self.tracing.content_chars)
@@ -249,7 +255,7 @@ class RequestTrace:
             call.model, call.reasons = answer_model(answer)
             response_id = answer.get("id")
             if isinstance(response_id, str):
-                call.volatile += f",{string_pair('gen_ai.response.id', response_id[:200])}"
+                call.response_id = response_id[:200]
             chars = self.tracing.content_chars
             if chars:
                 output, ctx = answer_output(answer, chars), self.ctx()
@@ -287,13 +293,20 @@ class RequestTrace:
             return
         self.call = None
         usage = getattr(call.ref, "usage", None)
-        volatile = f"{call.volatile},{_usage_json(usage)}" if usage is not None else call.volatile
+        volatile = call.volatile
+        if call.response_id is not None:
+            volatile = f"{volatile}{_RESPONSE_ID}{json_string(call.response_id)}}}}}"
+        if usage is not None:
+            volatile = f"{volatile},{_usage_json(usage)}"
         tracing = self.tracing
-        name, base, token = tracing.call_base(call.alias, call.dep)
+        _, name, base, token = tracing.call_base(call.alias, call.dep)
         if call.error is None:
             shape = (token, call.extra, call.model, call.reasons)
             block = tracing.calls.get(shape) or tracing.call_block(shape, name, base)
-            self.finished.append(record(self.head, call.span_id, call.start, time.time_ns(), f"{block}{volatile}]}}"))
+            self.finished.append(
+                f'{self.head}"spanId":"{call.span_id}","startTimeUnixNano":"{call.start}",'
+                f'"endTimeUnixNano":"{time.time_ns()}",{block}{volatile}]}}'
+            )  # (``otlp.record``, written out: once per call)
             return
         span = Span(self.ids, name, CLIENT, call_span_attributes(base, call.extra, call.model, call.reasons))
         span.span_id, span.start, span.extra = call.span_id, call.start, volatile[1:]
@@ -336,26 +349,28 @@ class RequestTrace:
 
 # a model call's base (``Tracing.call_base``'s number), its body's parameters, its answer's model and reasons
 CallShape = tuple[int, tuple[tuple[str, Any], ...] | None, str | None, tuple[str, ...] | None]
-# method, route, path, scheme, (route name, tenant, space, key, principal), status, outcome, model alias
-ServerShape = tuple[str, str | None, str, str, tuple[str, str, str, str, str] | None, int, str | None, str | None]
+# method, the route's id, path, scheme, (route name, tenant, space, key, principal, outcome), status, model alias
+ServerShape = tuple[str, int, str, str, tuple[str, str, str, str, str, str] | None, int, str | None]
 
 
-def server_span(shape: ServerShape) -> tuple[str, dict[str, Any]]:
-    """A server span's name and attributes (but the request id) from the request's shape."""
-    method, route, path, scheme, who, status, outcome, model = shape
+def server_span(shape: ServerShape, route: object) -> tuple[str, dict[str, Any]]:
+    """A server span's name and attributes (but the request id) from the request's shape and route (the router's
+    object, or None)."""
+    method, _, path, scheme, who, status, model = shape
     method = method if method in _METHODS else "_OTHER"
+    template = getattr(route, "path", None)
     attributes: dict[str, Any] = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
-    if route is not None:
-        attributes["http.route"] = route
+    if isinstance(template, str):
+        attributes["http.route"] = template
     if who is not None:
-        for key, value in zip(_WHO, who, strict=True):
+        for key, value in zip(_WHO_KEYS, who[:5], strict=True):
             attributes[key] = value
     attributes["http.response.status_code"] = status
-    if outcome is not None:
-        attributes["gateway.outcome"] = outcome
+    if who is not None:
+        attributes["gateway.outcome"] = who[5]
     if model is not None:
         attributes["gateway.model"] = model
-    return (f"{method} {route}" if route is not None else method), attributes
+    return (f"{method} {template}" if isinstance(template, str) else method), attributes
 
 
 # a call's token usage (``genai.usage_attributes``), as JSON: four integers, whatever the call
@@ -378,32 +393,21 @@ def _usage_json(usage: "Usage") -> str:
 
 
 class _Call:
-    """The model call in progress: what its span will say, as plain fields until it ends."""
+    """The model call in progress: what its span will say, as plain fields until it ends. (No ``__slots__``: the
+    fields most calls leave alone are class attributes, which a call sets only when it has its own.)"""
 
-    __slots__ = (
-        "ref",
-        "alias",
-        "dep",
-        "start",
-        "span_id",
-        "attempts",
-        "error",
-        "extra",
-        "model",
-        "reasons",
-        "volatile",
-    )
+    attempts = 0
+    error: tuple[str, str] | None = None  # the error type and message of its last attempt
+    extra: tuple[tuple[str, Any], ...] | None = None  # its body's parameters, its round
+    model: str | None = None  # what the upstream answered
+    reasons: tuple[str, ...] | None = None
+    response_id: str | None = None
+    volatile = ""  # JSON of the attributes seen once (its input, its output), each after a comma
 
     def __init__(self, ref: object, alias: str, dep: "Deployment", start: int) -> None:
         self.ref = ref  # the ModelCall
         self.alias, self.dep, self.start = alias, dep, start  # dep: the deployment of its last attempt
         self.span_id = span_id()
-        self.attempts = 0
-        self.error: tuple[str, str] | None = None  # the error type and message of its last attempt
-        self.extra: tuple[tuple[str, Any], ...] | None = None  # its body's parameters, its round
-        self.model: str | None = None  # what the upstream answered
-        self.reasons: tuple[str, ...] | None = None
-        self.volatile = ""  # JSON of the attributes seen once (its id, content), each after a comma
 
 
 def call_span_attributes(

@@ -139,7 +139,7 @@ class Tracing:
         if request is None:
             return headers
         call = request.call
-        parent = self.active.get() or (call.span_id if call is not None else request.span_id)
+        parent = self.active.get() or (call.span_id if call is not None else request.ids[1])
         carrier = {**headers, "traceparent": f"00-{request.ids[0]}-{parent}-{request.flags}"}
         if request.ids[2]:
             carrier["tracestate"] = request.ids[2]
@@ -159,19 +159,19 @@ class Tracing:
             found = self.steps[key] = (title, tail(title, INTERNAL, encoded), attributes, encoded)
         return found
 
-    def server_block(self, shape: "ServerShape") -> str:
+    def server_block(self, shape: "ServerShape", route: object) -> str:
         """The JSON of a successful request's server span but its ids, times and request id (and the closing
         of its attributes), the same for every request of that shape: made once (up to 4096 shapes)."""
         if len(self.servers) >= 4096:  # paths with ids in them (a response's): the old ones go
             self.servers.clear()
-        name, attributes = server_span(shape)
+        name, attributes = server_span(shape, route)
         block = self.servers[shape] = opening(name, SERVER, encode_attributes(attributes))
         return block
 
-    def call_base(self, alias: str, dep: "Deployment") -> tuple[str, dict[str, Any], int]:
-        """A model call span's name, the attributes every call of ``alias`` on ``dep`` has (the operation, the
-        model, the deployment, the provider) and a number of their own (``call_block``'s key): made once per model
-        and deployment object."""
+    def call_base(self, alias: str, dep: "Deployment") -> tuple[object, str, dict[str, Any], int]:
+        """``dep``, a model call span's name, the attributes every call of ``alias`` on ``dep`` has (the operation,
+        the model, the deployment, the provider) and a number of their own (``call_block``'s key): made once per
+        model and deployment object."""
         key = (alias, id(dep))
         found = self._calls.get(key)
         if found is None or found[0] is not dep:
@@ -187,7 +187,7 @@ class Tracing:
             }
             self._bases += 1  # never reused: a block made for another model and deployment is never found
             found = self._calls[key] = (dep, f"chat {alias}", attributes, self._bases)
-        return found[1], found[2], found[3]
+        return found
 
     def call_block(self, shape: "CallShape", name: str, base: dict[str, Any]) -> str:
         """The JSON of a successful model call's span but its ids, times and volatile attributes (and the closing
