@@ -73,7 +73,9 @@ class RequestTrace:
         "head",
         "call",
         "finished",
+        "send",
     )
+    send: Send  # the request's own ASGI send (set by ``TraceRequests``; ``traced_send`` wraps it)
 
     def __init__(
         self,
@@ -117,6 +119,16 @@ class RequestTrace:
             return cls(tracing, None, (trace, span_id(), ""), sampled, sampled and tracing.exporter.room())
         trace, parent, sampled, state = caller  # the caller's trace, and its sampling decision
         return cls(tracing, None, (trace, span_id(), state), sampled, sampled and tracing.exporter.room(), parent)
+
+    def traced_send(self, message: Message) -> Awaitable[None]:
+        """The ASGI ``send`` of a traced request (``TraceRequests``, which sets ``send``): notes the answer's status
+        and adds ``x-trace-id``. No coroutine of its own: ``send``'s, passed on."""
+        if self.status is None and message["type"] == "http.response.start":
+            self.status = message["status"]
+            if self.trace_id is not None:
+                extra = (b"x-trace-id", self.trace_id.encode())
+                message = {**message, "headers": [*message.get("headers", ()), extra]}
+        return self.send(message)
 
     def server(self) -> Span:
         """The server span as an object (its attributes are set when the request ends)."""
@@ -172,19 +184,22 @@ class RequestTrace:
     async def step(self, hook: str, name: str, work: Awaitable[T]) -> T:
         """A policy's hook (``before budget``), or the chain's store round trip of a phase (``store before``),
         as a span of its own (its JSON made at once, but for one that raised: a ``Span``)."""
-        tracing = self.tracing
-        title, end_json, attributes, encoded = tracing.steps.get((hook, name)) or tracing.step_attributes(hook, name)
-        start = time.time_ns()
+        key, start = (hook, name), time.time_ns()
         try:
             result = await work
         except BaseException as exc:
+            title, _, attributes, encoded = self.tracing.step_attributes(hook, name)
             span = Span(self.ids, title, INTERNAL, attributes, encoded)
             span.start = start
             span.record_exception(exc)
             span.fail(str(exc))
             self.end(span)
             raise
-        self.finished.append(record(self.head, span_id(), start, time.time_ns(), end_json))
+        end_json = self.tracing.step_ends.get(key) or self.tracing.step_attributes(hook, name)[1]
+        self.finished.append(
+            f'{self.head}"spanId":"{span_id()}","startTimeUnixNano":"{start}","endTimeUnixNano":"{time.time_ns()}",'
+            f"{end_json}"
+        )  # (``otlp.record``, written out: once per step)
         return result
 
     async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
@@ -386,9 +401,9 @@ _USAGE = ",".join(
 
 
 def _usage_json(usage: "Usage") -> str:
-    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.reasoning_tokens)
-    if (counts[0] | counts[1] | counts[2] | counts[3]) >> 63 == 0:  # all in int64 and none negative
-        return _USAGE % counts
+    a, b, c, d = usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.reasoning_tokens
+    if (a | b | c | d) >> 63 == 0:  # all in int64 and none negative
+        return _USAGE % (a, b, c, d)
     return encode_attributes(usage_attributes(usage))  # an upstream's nonsense: as OTLP can carry it
 
 

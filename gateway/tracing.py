@@ -23,13 +23,13 @@ sampler leaves out, but their trace context still travels upstream.
 
 import contextlib
 import weakref
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from opentelemetry import propagate as otel_propagate
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import Settings
 from config.settings import parse_headers
@@ -75,6 +75,7 @@ class Tracing:
         self.request: ContextVar[RequestTrace | None] = ContextVar("gateway.request_trace", default=None)
         self.active: ContextVar[str | None] = ContextVar("gateway.active_span", default=None)  # sent upstream
         self.steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
+        self.step_ends: dict[tuple[str, str], str] = {}  # (hook, name) -> the JSON that ends a step that succeeded
         self._targets: dict[int, tuple[object, str, str, dict[str, Any], str]] = {}
         self.servers: dict[ServerShape, str] = {}
         self._calls: dict[tuple[str, int], tuple[object, str, dict[str, Any], int]] = {}
@@ -157,6 +158,7 @@ class Tracing:
                 attributes = {"gateway.policy.name": name, "gateway.policy.hook": hook}
             title, encoded = f"{hook} {name}", encode_attributes(attributes)
             found = self.steps[key] = (title, tail(title, INTERNAL, encoded), attributes, encoded)
+            self.step_ends[key] = found[1]
         return found
 
     def server_block(self, shape: "ServerShape", route: object) -> str:
@@ -227,17 +229,9 @@ class TraceRequests:
         tracing = self.tracing
         request = RequestTrace.start(tracing, scope)
         token = tracing.request.set(request)
-
-        def traced_send(message: Message) -> Awaitable[None]:  # no coroutine of its own: send's, passed on
-            if request.status is None and message["type"] == "http.response.start":
-                request.status = message["status"]
-                if request.trace_id is not None:
-                    extra = (b"x-trace-id", request.trace_id.encode())
-                    message = {**message, "headers": [*message.get("headers", ()), extra]}
-            return send(message)
-
+        request.send = send
         try:
-            await self.app(scope, receive, traced_send)
+            await self.app(scope, receive, request.traced_send)
         except BaseException as exc:
             if request.recording:
                 request.server().record_exception(exc)
