@@ -122,7 +122,7 @@ class _RequestMeters:
     """The children one kind of request moves, for (route, space, model, status, outcome): pre-bound, so that a
     request looks up one dict entry and moves plain numbers (``finish``)."""
 
-    __slots__ = ("requests", "duration", "tokens", "cost", "ttft", "tpot", "applied", "allowed")
+    __slots__ = ("requests", "duration", "tokens", "cost", "ttft", "tpot", "applied", "allowed", "new")
 
     def __init__(self, m: "Metrics", route: str, space: str, model: str, status: int | None, outcome: str) -> None:
         code = status_label(status)
@@ -132,10 +132,12 @@ class _RequestMeters:
         self.cost: Value = m.cost.labels(space, model)
         self.ttft: Buckets = m.time_to_first_token.labels(route, space, model)
         self.tpot: Buckets = m.time_per_output_token.labels(route, space, model)
-        # the policies that let the last such request through, and their "allowed" children (never set for a
-        # replayed or rejected request, whose verdicts differ, nor through idempotency: see ``Metrics._governance``)
+        # the policies that let the last such request through, their "allowed" children and, when idempotency is
+        # one of them, its "new" child (never set for a replayed or rejected request, whose verdicts differ: see
+        # ``Metrics._governance``)
         self.applied: list[str] | None = None
         self.allowed: tuple[Value, ...] = ()
+        self.new: Value | None = None
 
 
 @dataclass(slots=True)
@@ -239,12 +241,12 @@ class Metrics:
         if ctx.cost_micros:
             meters.cost.value += ctx.cost_micros / 1_000_000
         if ctx.first_token_at:  # a stream's
-            meters.ttft.observe(ctx.first_token_at - ctx.started_at)
-            if usage is not None and usage.output_tokens > 1:
-                meters.tpot.observe((now - ctx.first_token_at) / (usage.output_tokens - 1))
+            _streamed(meters, ctx, now)
         if meters.applied == ctx.governance_applied:  # most requests: the policies of the last one of their kind
             for child in meters.allowed:
                 child.value += 1
+            if meters.new is not None and b"idempotency-key" in ctx.headers:  # through idempotency: a new key
+                meters.new.value += 1
         else:
             self._governance(ctx, chain, status, meters)
 
@@ -275,10 +277,10 @@ class Metrics:
         space, applied, outcome = ctx.space_id, ctx.governance_applied, ctx.outcome
         denier = ""
         if outcome != "replayed" and outcome != "rejected":  # every policy that ran let it through
-            allowed = tuple(self._decision(space, name, "allowed") for name in applied)
-            if "idempotency" not in applied:  # (through that one, a request also counts as new: never the fast path)
-                meters.applied, meters.allowed = list(applied), allowed
-            for child in allowed:
+            meters.applied = list(applied)
+            meters.allowed = tuple(self._decision(space, name, "allowed") for name in applied)
+            meters.new = self.idempotency.labels(space, "new") if "idempotency" in applied else None
+            for child in meters.allowed:
                 child.value += 1
         else:
             denier = self._verdicts(ctx, chain, status)
@@ -409,6 +411,14 @@ class Metrics:
             kinds = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
             out += [family.name + suffix for suffix in kinds.get(family.type, ("",))]
         return out
+
+
+def _streamed(meters: _RequestMeters, ctx: RequestContext, now: float) -> None:
+    """A stream's time to its first token, and per output token after it."""
+    meters.ttft.observe(ctx.first_token_at - ctx.started_at)
+    usage = ctx.usage
+    if usage is not None and usage.output_tokens > 1:
+        meters.tpot.observe((now - ctx.first_token_at) / (usage.output_tokens - 1))
 
 
 def answered_status(ctx: RequestContext, error: BaseException | None) -> int | None:
