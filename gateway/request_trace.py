@@ -103,8 +103,7 @@ class RequestTrace:
         self.call: _Call | None = None  # the model call in progress
         if recording:
             # the JSON that opens every span that is a child of the server span (its trace, its parent, the state)
-            trace, server, state = ids
-            self.head = f'{{"traceId":"{trace}","parentSpanId":"{server}",' if not state else head(trace, server, state)
+            self.head = head(ids[0], ids[1], ids[2])
             # where the request's spans go as they end, as JSON: the export queue itself
             self.finished = tracing.exporter.encoded
         else:
@@ -158,12 +157,8 @@ class RequestTrace:
         if self.span is None and status < 500:  # the common case: text, from the shape's JSON
             block = self.tracing.servers.get(shape) or self.tracing.server_block(shape, route)
             end = f"{block},{_REQUEST_ID}{json_string(request_id)}}}}}]}}" if request_id else f"{block}]}}"
-            trace, server, state = self.ids
-            opened = f'{{"traceId":"{trace}",' if not self.parent and not state else head(trace, self.parent, state)
-            self.finished.append(
-                f'{opened}"spanId":"{server}","startTimeUnixNano":"{self.begun}","endTimeUnixNano":"{time.time_ns()}",'
-                f"{end}"
-            )  # (``otlp.record``, written out: once per request)
+            opened = head(self.ids[0], self.parent, self.ids[2])
+            self.finished.append(record(opened, self.ids[1], self.begun, time.time_ns(), end))
             return
         span = self.server()
         span.name, span.attributes = server_span(shape, route)
@@ -196,10 +191,7 @@ class RequestTrace:
             self.end(span)
             raise
         end_json = self.tracing.step_ends.get(key) or self.tracing.step_attributes(hook, name)[1]
-        self.finished.append(
-            f'{self.head}"spanId":"{span_id()}","startTimeUnixNano":"{start}","endTimeUnixNano":"{time.time_ns()}",'
-            f"{end_json}"
-        )  # (``otlp.record``, written out: once per step)
+        self.finished.append(record(self.head, span_id(), start, time.time_ns(), end_json))
         return result
 
     async def attempt(self, dep: "Deployment", work: Awaitable[T]) -> T:
@@ -318,10 +310,7 @@ class RequestTrace:
         if call.error is None:
             shape = (token, call.extra, call.model, call.reasons)
             block = tracing.calls.get(shape) or tracing.call_block(shape, name, base)
-            self.finished.append(
-                f'{self.head}"spanId":"{call.span_id}","startTimeUnixNano":"{call.start}",'
-                f'"endTimeUnixNano":"{time.time_ns()}",{block}{volatile}]}}'
-            )  # (``otlp.record``, written out: once per call)
+            self.finished.append(record(self.head, call.span_id, call.start, time.time_ns(), f"{block}{volatile}]}}"))
             return
         span = Span(self.ids, name, CLIENT, call_span_attributes(base, call.extra, call.model, call.reasons))
         span.span_id, span.start, span.extra = call.span_id, call.start, volatile[1:]
