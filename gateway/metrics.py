@@ -24,7 +24,6 @@ take the maximum (breaker state) over live processes.
 import asyncio
 import contextlib
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -214,30 +213,24 @@ class Metrics:
             self.streams_now.inc()
 
     def finish(self, ctx: RequestContext, chain: "PolicyChain", status: int | None) -> None:
-        """A request's chain ended (``status``: its HTTP status). Moves every metric its context speaks for. (The
-        hottest lines of the metrics: the children's numbers are moved here rather than through their methods,
-        each a call saved per request.)"""
+        """A request's chain ended (``status``: its HTTP status). Moves every metric its context speaks for (the
+        hottest lines of the metrics: one lookup, then the children's numbers)."""
         now = perf_counter()
         if ctx.stream:
             self.streams_now.value -= 1
         key = (ctx.route, ctx.space_id, ctx.alias if ctx.model is not None else OTHER, status, ctx.outcome)
         meters = self._requests.get(key) or self._bind(key)
         meters.requests.value += 1
-        elapsed, buckets = now - ctx.started_at, meters.duration
-        buckets.counts[bisect_left(buckets.bounds, elapsed)] += 1
-        buckets.sum += elapsed
+        meters.duration.observe(now - ctx.started_at)
         usage = ctx.usage
         if usage is not None:
-            buckets, tokens = meters.tokens[0], usage.input_tokens
-            buckets.counts[bisect_left(buckets.bounds, tokens)] += 1
-            buckets.sum += tokens
-            buckets, tokens = meters.tokens[1], usage.output_tokens
-            buckets.counts[bisect_left(buckets.bounds, tokens)] += 1
-            buckets.sum += tokens
+            tokens = meters.tokens
+            tokens[0].observe(usage.input_tokens)
+            tokens[1].observe(usage.output_tokens)
             if usage.cached_input_tokens:
-                meters.tokens[2].observe(usage.cached_input_tokens)
+                tokens[2].observe(usage.cached_input_tokens)
             if usage.reasoning_tokens:
-                meters.tokens[3].observe(usage.reasoning_tokens)
+                tokens[3].observe(usage.reasoning_tokens)
         if ctx.cost_micros:
             meters.cost.value += ctx.cost_micros / 1_000_000
         if ctx.first_token_at:  # a stream's
