@@ -69,7 +69,9 @@ def refuses_connections(base: str) -> bool:
     url = urlsplit(base)
     try:
         socket.create_connection((url.hostname, url.port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # reset: the handshake landed in the backlog of a listener that closed before accepting it (the kernel
+        # answers that connection with a reset); the server accepts nothing either way
         return True
     return False
 
