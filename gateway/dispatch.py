@@ -125,7 +125,7 @@ class Dispatcher:
             key = self._key(model, index)
             if not (breakers.known_closed(key) or await breakers.allow(key, model.routing.breaker)):
                 continue
-            meter = None if metrics is None else (metrics.deployments.get(key) or metrics.deployment(key, model.alias))
+            meter = None if metrics is None else metrics.deployment(key, model.alias)
             if position and metrics is not None:
                 metrics.fallback(model.alias)
             for n in range(model.routing.retries + 1):

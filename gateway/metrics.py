@@ -198,7 +198,7 @@ class Metrics:
         self._requests: dict[tuple[str, str, str, int | None, str], _RequestMeters] = {}
         self._refused: dict[tuple[str, int], Value] = {}
         self._decisions: dict[tuple[str, str, str], Value] = {}
-        self.deployments: dict[str, DeploymentMeter] = {}
+        self._deployments: dict[str, DeploymentMeter] = {}
         self._store_ops: dict[str, tuple[Buckets, Value]] = {}
         self._tool_names: dict[str, set[str]] = {}
         self.streams_now = self.open_streams.labels()
@@ -308,10 +308,10 @@ class Metrics:
 
     def deployment(self, key: str, model: str) -> DeploymentMeter:
         """The pre-bound upstream children of deployment ``key`` (``<tenant model id>:<index>``) of tenant model
-        ``model`` (found first in ``deployments``, by the dispatcher)."""
-        meter = self.deployments.get(key)
+        ``model`` (bound on first use)."""
+        meter = self._deployments.get(key)
         if meter is None:
-            meter = self.deployments[key] = DeploymentMeter(
+            meter = self._deployments[key] = DeploymentMeter(
                 self.upstream_duration.labels(key, model),
                 self.upstream_retries.labels(key, model),
                 self.upstream_errors,

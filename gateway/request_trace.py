@@ -113,10 +113,10 @@ class RequestTrace:
     def start(cls, tracing: "Tracing", scope: Scope) -> "RequestTrace":
         caller = caller_context(scope)
         if caller is None:
-            trace = trace_id()
+            trace, parent, state = trace_id(), "", ""
             sampled = tracing.sampled(trace)
-            return cls(tracing, None, (trace, span_id(), ""), sampled, sampled and tracing.exporter.room())
-        trace, parent, sampled, state = caller  # the caller's trace, and its sampling decision
+        else:  # the caller's trace, and its sampling decision
+            trace, parent, sampled, state = caller
         return cls(tracing, None, (trace, span_id(), state), sampled, sampled and tracing.exporter.room(), parent)
 
     def traced_send(self, message: Message) -> Awaitable[None]:
@@ -190,7 +190,7 @@ class RequestTrace:
             span.fail(str(exc))
             self.end(span)
             raise
-        end_json = self.tracing.step_ends.get(key) or self.tracing.step_attributes(hook, name)[1]
+        end_json = (self.tracing.steps.get(key) or self.tracing.step_attributes(hook, name))[1]
         self.finished.append(record(self.head, span_id(), start, time.time_ns(), end_json))
         return result
 
@@ -306,7 +306,7 @@ class RequestTrace:
         if usage is not None:
             volatile = f"{volatile},{_usage_json(usage)}"
         tracing = self.tracing
-        _, name, base, token = tracing.call_base(call.alias, call.dep)
+        name, base, token = tracing.call_base(call.alias, call.dep)
         if call.error is None:
             shape = (token, call.extra, call.model, call.reasons)
             block = tracing.calls.get(shape) or tracing.call_block(shape, name, base)

@@ -244,7 +244,7 @@ class Gateway:
             raise
         finally:
             if metrics is not None and chain is not None:
-                metrics.finish(ctx, chain, ctx.status_code if error is None else answered_status(ctx, error))
+                metrics.finish(ctx, chain, answered_status(ctx, error))
             log_request(ctx, ctx.started_at, error)
 
     async def resolve(self, ctx: RequestContext) -> None:

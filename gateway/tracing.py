@@ -75,7 +75,6 @@ class Tracing:
         self.request: ContextVar[RequestTrace | None] = ContextVar("gateway.request_trace", default=None)
         self.active: ContextVar[str | None] = ContextVar("gateway.active_span", default=None)  # sent upstream
         self.steps: dict[tuple[str, str], tuple[str, str, dict[str, Any], str]] = {}
-        self.step_ends: dict[tuple[str, str], str] = {}  # (hook, name) -> the JSON that ends a step that succeeded
         self._targets: dict[int, tuple[object, str, str, dict[str, Any], str]] = {}
         self.servers: dict[ServerShape, str] = {}
         self._calls: dict[tuple[str, int], tuple[object, str, dict[str, Any], int]] = {}
@@ -124,8 +123,7 @@ class Tracing:
             raise
         finally:
             self.request.reset(token)
-            if job.call is not None:
-                job.end_call()
+            job.end_call()
             if span is not None:
                 job.end(span)
 
@@ -158,7 +156,6 @@ class Tracing:
                 attributes = {"gateway.policy.name": name, "gateway.policy.hook": hook}
             title, encoded = f"{hook} {name}", encode_attributes(attributes)
             found = self.steps[key] = (title, tail(title, INTERNAL, encoded), attributes, encoded)
-            self.step_ends[key] = found[1]
         return found
 
     def server_block(self, shape: "ServerShape", route: object) -> str:
@@ -170,10 +167,10 @@ class Tracing:
         block = self.servers[shape] = opening(name, SERVER, encode_attributes(attributes))
         return block
 
-    def call_base(self, alias: str, dep: "Deployment") -> tuple[object, str, dict[str, Any], int]:
-        """``dep``, a model call span's name, the attributes every call of ``alias`` on ``dep`` has (the operation,
-        the model, the deployment, the provider) and a number of their own (``call_block``'s key): made once per
-        model and deployment object."""
+    def call_base(self, alias: str, dep: "Deployment") -> tuple[str, dict[str, Any], int]:
+        """A model call span's name, the attributes every call of ``alias`` on ``dep`` has (the operation, the
+        model, the deployment, the provider) and a number of their own (``call_block``'s key): made once per model
+        and deployment object."""
         key = (alias, id(dep))
         found = self._calls.get(key)
         if found is None or found[0] is not dep:
@@ -189,7 +186,7 @@ class Tracing:
             }
             self._bases += 1  # never reused: a block made for another model and deployment is never found
             found = self._calls[key] = (dep, f"chat {alias}", attributes, self._bases)
-        return found
+        return found[1], found[2], found[3]
 
     def call_block(self, shape: "CallShape", name: str, base: dict[str, Any]) -> str:
         """The JSON of a successful model call's span but its ids, times and volatile attributes (and the closing
