@@ -79,16 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes(workdir)
     rounds: list[dict[str, dict]] = []
     try:
-        if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-            raise BenchError("needs taskset and at least 2 cores")
-        if not base.GATEWAY_PYTHON.exists():
-            raise BenchError("the repository's .venv is missing (make install)")
-        wrk = base.ensure_wrk()
-        python = base.ensure_venv(base.BENCH_VENV, base.BENCH_DIR / "requirements.txt")
-        mock_port = base.free_port()
-        mock = procs.start("mock", [str(python), str(base.BENCH_DIR / "mock_upstream.py"), "--port", str(mock_port),
-                                    "--chunks", str(base.CHUNKS)], base.LOAD_CORE)
-        base.wait_first_answer(mock, mock_port, False, 30)
+        wrk, python = side_by_side.prepare()
+        mock, mock_port = side_by_side.start_mock(procs, python)
         for n in range(1, args.rounds + 1):
             res = one_round(args, procs, workdir, wrk, python, mock_port)
             rounds.append(res)

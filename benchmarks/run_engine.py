@@ -39,6 +39,7 @@ import engine_memory  # noqa: E402
 import engine_report as report  # noqa: E402
 import engine_suites as suites  # noqa: E402
 import run as base  # noqa: E402
+import side_by_side  # noqa: E402
 from engine_redis import delete_keys, setup_redis  # noqa: E402
 from engine_suites import ALLOW_ONLY, CATALOG  # noqa: E402
 from run import BenchError, Proc, Processes, log  # noqa: E402
@@ -59,12 +60,7 @@ class Bench:
         self.prefix = f"gwbench-{secrets.token_hex(4)}:"
 
     def start_mock(self, delay_ms: float = 0.0) -> tuple[Proc, int]:
-        port = base.free_port()
-        mock = self.procs.start("mock", [str(self.pythons["bench"]), str(base.BENCH_DIR / "mock_upstream.py"),
-                                         "--port", str(port), "--chunks", str(base.CHUNKS),
-                                         "--chunk-delay-ms", str(delay_ms)], base.LOAD_CORE)
-        base.wait_first_answer(mock, port, False, 30)
-        return mock, port
+        return side_by_side.start_mock(self.procs, self.pythons["bench"], delay_ms)
 
     def redis_url(self) -> str:
         if self.redis is None:
@@ -246,13 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return report.publish(results, args.docs != "no")
     signal.signal(signal.SIGTERM, base._raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-        raise BenchError("needs taskset and at least 2 cores (gateway on core 1; load and upstream on core 0)")
-    if not base.GATEWAY_PYTHON.exists():
-        raise BenchError("the repository's .venv is missing: make install")
-    wrk = base.ensure_wrk()
-    pythons = {"bench": base.ensure_venv(base.BENCH_VENV, base.BENCH_DIR / "requirements.txt"),
-               "gateway": base.GATEWAY_PYTHON}
+    wrk, bench_python = side_by_side.prepare()
+    pythons = {"bench": bench_python, "gateway": base.GATEWAY_PYTHON}
     if "streams" in args.suites:
         raise_nofile(args.streams)
     b = Bench(args, wrk, pythons)

@@ -6,6 +6,8 @@ Stdlib only (run.py's helpers)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +15,27 @@ from pathlib import Path
 from typing import Any
 
 import run as base
+
+
+def prepare() -> tuple[str, Path]:
+    """What these benchmarks need, checked and made once: taskset and two cores (the gateways on core 1, the load
+    and the upstream on core 0), the repository's .venv, wrk, and the benchmarks' own venv, whose Python runs
+    the mock upstream and the passthrough. Returns (wrk, that Python)."""
+    if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        raise base.BenchError("needs taskset and at least 2 cores (gateway on core 1; load and upstream on core 0)")
+    if not base.GATEWAY_PYTHON.exists():
+        raise base.BenchError("the repository's .venv is missing (make install)")
+    return base.ensure_wrk(), base.ensure_venv(base.BENCH_VENV, base.BENCH_DIR / "requirements.txt")
+
+
+def start_mock(procs: base.Processes, python: Path, delay_ms: float = 0.0) -> tuple[base.Proc, int]:
+    """The mock upstream on core 0 (``python``: the benchmarks' venv's), once it answers."""
+    port = base.free_port()
+    argv = [str(python), str(base.BENCH_DIR / "mock_upstream.py"), "--port", str(port), "--chunks", str(base.CHUNKS),
+            "--chunk-delay-ms", str(delay_ms)]
+    mock = procs.start("mock", argv, base.LOAD_CORE)
+    base.wait_first_answer(mock, port, False, 30)
+    return mock, port
 
 
 def start_gateway(procs: base.Processes, workdir: Path, mock_port: int, env: dict[str, str]) -> tuple[base.Proc, int]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as base  # noqa: E402
+import side_by_side  # noqa: E402
 from side_by_side import measure_together, start_gateway  # noqa: E402
 
 TARGET_RATIO = 0.90
@@ -85,26 +86,13 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wrk = base.ensure_wrk()
-    bench_python = base.ensure_venv(base.BENCH_VENV, base.BENCH_DIR / "requirements.txt")
+    wrk, bench_python = side_by_side.prepare()
     workdir = Path(tempfile.mkdtemp(prefix="gateway-traces-"))
     procs = base.Processes(workdir)
     results: dict[str, list[dict]] = {"off": [], "on": []}
     try:
-        mock_port, sink_port = base.free_port(), base.free_port()
-        mock = procs.start(
-            "mock",
-            [
-                str(bench_python),
-                str(base.BENCH_DIR / "mock_upstream.py"),
-                "--port",
-                str(mock_port),
-                "--chunks",
-                str(base.CHUNKS),
-            ],
-            base.LOAD_CORE,
-        )
-        base.wait_first_answer(mock, mock_port, False, 30)
+        sink_port = base.free_port()
+        mock, mock_port = side_by_side.start_mock(procs, bench_python)
         procs.start(
             "otlp-sink",
             [str(base.GATEWAY_PYTHON), str(base.BENCH_DIR / "otlp_sink.py"), "--port", str(sink_port)],

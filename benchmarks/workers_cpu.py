@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as base  # noqa: E402
+import side_by_side  # noqa: E402
 from run import BenchError, Processes, log  # noqa: E402
 
 TARGET_RATIO = 1.1
@@ -95,10 +96,7 @@ def run_pairs(args: argparse.Namespace, wrk: str, python: Path) -> dict[str, lis
     procs = Processes(workdir)
     prefix = f"bench-workers:{uuid.uuid4().hex[:12]}:"
     try:
-        mock_port = base.free_port()
-        mock = procs.start("mock", [str(python), str(base.BENCH_DIR / "mock_upstream.py"), "--port", str(mock_port),
-                                    "--chunks", str(base.CHUNKS)], base.LOAD_CORE)
-        base.wait_first_answer(mock, mock_port, False, 30)
+        mock, mock_port = side_by_side.start_mock(procs, python)
         for rep in range(args.repeats):
             order = (1, 2) if rep % 2 == 0 else (2, 1)
             log(f"[{rep + 1}/{args.repeats}] chat, {args.connections} paced connections, {args.delay_ms} ms apart")
@@ -129,12 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, base._raise_interrupt)
     try:
-        if not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-            raise BenchError("needs taskset and at least 2 cores")
-        if not base.GATEWAY_PYTHON.exists():
-            raise BenchError("the repository's .venv is missing (make install)")
-        wrk = base.ensure_wrk()
-        python = base.ensure_venv(base.BENCH_VENV, base.BENCH_DIR / "requirements.txt")
+        wrk, python = side_by_side.prepare()
         results = run_pairs(args, wrk, python)
     except BenchError as exc:
         log(f"FAILED: {exc}")
