@@ -38,9 +38,10 @@ if _OUT:
 
     def _stop(signum, frame):  # type: ignore[no-untyped-def]
         sys.settrace(None)
-        with open(_OUT, "w") as out:
+        with open(_OUT + ".part", "w") as out:
             for (path, line, name), n in _counts.most_common():
                 out.write(f"{n}\t{name}\t{path}:{line}\n")
+        os.replace(_OUT + ".part", _OUT)  # whole or not there: the driver waits for the file
 
     signal.signal(signal.SIGUSR1, _start)
     signal.signal(signal.SIGUSR2, _stop)
