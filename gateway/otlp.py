@@ -1,10 +1,10 @@
 """The gateway's own spans and their export over OTLP/HTTP (JSON), from the event loop.
 
 A ``Span`` is a plain record (ids as lowercase hex, times in Unix nanoseconds, a dict of attributes): what a
-trace view needs and nothing else. ``Exporter`` keeps the finished spans in a bounded list (a span that finds it
-full is dropped and counted), posts them in batches to the collector with the app's own aiohttp client every
-``traces_export_delay_seconds`` or as soon as a batch is full, one export at a time, each bounded by a timeout,
-and posts what is left when the app stops.
+trace view needs and nothing else. ``Exporter`` keeps the finished spans as JSON in a bounded list (a request
+that finds it full is not recorded, and is counted: ``room``), posts them in batches to the collector with the
+app's own aiohttp client every ``traces_export_delay_seconds`` or as soon as a batch is full, one export at a
+time, each bounded by a timeout, and posts what is left when the app stops.
 
 Why not the OpenTelemetry SDK: its spans (locks, attribute validation, context objects) and its protobuf
 encoding in the batch processor's thread (which takes the interpreter from the event loop) left chat c64 with
@@ -48,8 +48,8 @@ def span_id() -> str:
 
 
 class Span:
-    """One span, open until it is handed to ``Exporter.add``. ``encoded``, when set, is the JSON of
-    ``attributes``, which other spans share (``own`` copies them before a change)."""
+    """One span, open until its JSON joins the export queue (``RequestTrace.end``). ``encoded``, when set, is the
+    JSON of ``attributes``, which other spans share (``own`` copies them before a change)."""
 
     __slots__ = (
         "trace_id",
@@ -299,7 +299,6 @@ class Exporter:
         # ended spans as JSON text (``Encoder.span``, ``record``), oldest first: a recorded request's spans are
         # appended here as they end (``RequestTrace.finished`` is this list), so it is only ever changed in place
         self.encoded: list[str] = []
-        self.dropped = 0  # spans that found the queue full (``add``)
         self.unrecorded = 0  # requests left unrecorded because the queue was full (``room``)
         self.failed = 0  # spans of exports that failed
         self.exported = 0
@@ -326,16 +325,6 @@ class Exporter:
                 self.unrecorded += 1
                 return False
         return True
-
-    def add(self, span: str) -> None:
-        """A span that ended, as JSON (``Encoder.span``) of work that is no request's, exported with the next
-        batch; dropped (and counted) when the queue is full."""
-        if len(self.encoded) >= self.max_queue:
-            self.dropped += 1
-            return
-        self.encoded.append(span)
-        if len(self.encoded) >= MAX_BATCH:
-            self._wake.set()
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=TIMEOUT)
@@ -406,10 +395,9 @@ class Exporter:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self.dropped or self.unrecorded or self.failed:
+        if self.unrecorded or self.failed:
             log.warning(
-                "traces: %d spans dropped, %d requests left unrecorded (queue full); %d spans lost in failed exports",
-                self.dropped,
+                "traces: %d requests left unrecorded (queue full), %d spans lost in failed exports",
                 self.unrecorded,
                 self.failed,
             )
