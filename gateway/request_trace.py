@@ -42,9 +42,16 @@ T = TypeVar("T")
 
 _REQUEST_ID = '{"key":"gateway.request.id","value":{"stringValue":'  # and the id, as JSON, and two braces
 _RESPONSE_ID = ',{"key":"gen_ai.response.id","value":{"stringValue":'
-_WHO_KEYS = ("gateway.route", "gateway.tenant.id", "gateway.space.id", "gateway.api_key.name", "user.id")
 # what the server span says of who asked, and how it ended: read from the request's context in one call
 _WHO = attrgetter("route", "tenant_id", "space_id", "principal.key.name", "principal.id", "outcome")
+_WHO_KEYS = (
+    "gateway.route",
+    "gateway.tenant.id",
+    "gateway.space.id",
+    "gateway.api_key.name",
+    "user.id",
+    "gateway.outcome",
+)
 _CONTENT = ("gen_ai.input.messages", "gen_ai.system_instructions")  # a call's input, when content is recorded
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 # what a relayed Chat Completions stream says of itself (its events are passed through, not parsed)
@@ -367,11 +374,8 @@ def server_span(shape: ServerShape, route: object) -> tuple[str, dict[str, Any]]
     if isinstance(template, str):
         attributes["http.route"] = template
     if who is not None:
-        for key, value in zip(_WHO_KEYS, who[:5], strict=True):
-            attributes[key] = value
+        attributes.update(zip(_WHO_KEYS, who, strict=True))
     attributes["http.response.status_code"] = status
-    if who is not None:
-        attributes["gateway.outcome"] = who[5]
     if model is not None:
         attributes["gateway.model"] = model
     return (f"{method} {template}" if isinstance(template, str) else method), attributes
