@@ -235,13 +235,14 @@ class Metrics:
             meters.cost.value += ctx.cost_micros / 1_000_000
         if ctx.first_token_at:  # a stream's
             _streamed(meters, ctx, now)
-        if meters.applied == ctx.governance_applied:  # most requests: the policies of the last one of their kind
-            for child in meters.allowed:
-                child.value += 1
-            if meters.new is not None and b"idempotency-key" in ctx.headers:  # through idempotency: a new key
-                meters.new.value += 1
-        else:
-            self._governance(ctx, chain, status, meters)
+        if meters.applied != ctx.governance_applied and not self._let_through(ctx, meters):
+            self._governance(ctx, chain, status)  # a replayed or rejected request
+            return
+        # every policy that ran let the request through (most requests: the policies of the last one of its kind)
+        for child in meters.allowed:
+            child.value += 1
+        if meters.new is not None and b"idempotency-key" in ctx.headers:  # through idempotency: a new key
+            meters.new.value += 1
 
     def count_inflight(self, read: Callable[[], int]) -> None:
         """The in-flight gauge reads ``read()`` (the number of requests the app tracks) when it is exported, so a
@@ -261,24 +262,26 @@ class Metrics:
         meters = self._requests[key] = _RequestMeters(self, *key)
         return meters
 
-    def _governance(
-        self, ctx: RequestContext, chain: "PolicyChain", status: int | None, meters: _RequestMeters
-    ) -> None:
-        """Policy decisions, idempotency results and rate-limit refusals, read from what the chain left on the
-        context: ``governance_applied`` holds the policies that ran and let the request through (a replaying one
-        last), so on a refusal the policy after them in the chain is the one that said no."""
-        space, applied, outcome = ctx.space_id, ctx.governance_applied, ctx.outcome
-        denier = ""
-        if outcome != "replayed" and outcome != "rejected":  # every policy that ran let it through
-            meters.applied = list(applied)
-            meters.allowed = tuple(self._decision(space, name, "allowed") for name in applied)
-            meters.new = self.idempotency.labels(space, "new") if "idempotency" in applied else None
-            for child in meters.allowed:
-                child.value += 1
-        else:
-            denier = self._verdicts(ctx, chain, status)
+    def _let_through(self, ctx: RequestContext, meters: _RequestMeters) -> bool:
+        """Whether every policy that ran let the request through; if so, its kind's children for that are bound
+        (``finish`` moves them). Never for a replayed or rejected request, whose verdicts differ (``_governance``)."""
+        if ctx.outcome == "replayed" or ctx.outcome == "rejected":
+            return False
+        space, applied = ctx.space_id, ctx.governance_applied
+        meters.applied = list(applied)
+        meters.allowed = tuple(self._decision(space, name, "allowed") for name in applied)
+        meters.new = self.idempotency.labels(space, "new") if "idempotency" in applied else None
+        return True
+
+    def _governance(self, ctx: RequestContext, chain: "PolicyChain", status: int | None) -> None:
+        """Policy decisions, idempotency results and rate-limit refusals of a replayed or rejected request, read
+        from what the chain left on the context: ``governance_applied`` holds the policies that ran and let the
+        request through (a replaying one last), so on a refusal the policy after them in the chain is the one
+        that said no."""
+        applied = ctx.governance_applied
+        denier = self._verdicts(ctx, chain, status)
         if b"idempotency-key" in ctx.headers and ("idempotency" in applied or denier == "idempotency"):
-            self.idempotency.labels(space, _idempotency_result(ctx, denier, status)).inc()
+            self.idempotency.labels(ctx.space_id, _idempotency_result(ctx, denier, status)).inc()
 
     def _verdicts(self, ctx: RequestContext, chain: "PolicyChain", status: int | None) -> str:
         """The decisions of a replayed or rejected request; returns the policy that refused it ("" for none)."""
