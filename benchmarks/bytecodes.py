@@ -89,19 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         mock, mock_port = side_by_side.start_mock(procs, bench_python)
         plain = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         if args.feature == "traces":
-            sink_port = base.free_port()
-            procs.start(
-                "otlp-sink",
-                [str(base.GATEWAY_PYTHON), str(base.BENCH_DIR / "otlp_sink.py"), "--port", str(sink_port)],
-                base.LOAD_CORE,
-            )
-            traces_overhead.wait_sink(sink_port)
-            on = {
-                **plain,
-                "GATEWAY_TRACES": "true",
-                "GATEWAY_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
-            }
-            off = plain
+            on, off = traces_overhead.traced_env(plain, traces_overhead.start_sink(procs)), plain
         else:
             on, off = plain, {**plain, "GATEWAY_METRICS_ENABLED": "false"}
         before, n_off = count(wrk, procs, workdir, mock_port, off, args.seconds, "off")

@@ -68,6 +68,25 @@ def wait_sink(port: int, seconds: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+def start_sink(procs: base.Processes) -> int:
+    """The loopback OTLP receiver on core 0, once it answers; returns its port."""
+    port = base.free_port()
+    argv = [str(base.GATEWAY_PYTHON), str(base.BENCH_DIR / "otlp_sink.py"), "--port", str(port)]
+    procs.start("otlp-sink", argv, base.LOAD_CORE)
+    wait_sink(port)
+    return port
+
+
+def traced_env(plain: dict[str, str], sink_port: int, sample_ratio: float = 1.0) -> dict[str, str]:
+    """``plain`` with traces on, exported to the receiver at ``sink_port``."""
+    return {
+        **plain,
+        "GATEWAY_TRACES": "true",
+        "GATEWAY_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
+        "GATEWAY_TRACES_SAMPLE_RATIO": str(sample_ratio),
+    }
+
+
 def measure(
     wrk: str, procs: base.Processes, workdir: Path, mock_port: int, env: dict[str, str], args: argparse.Namespace
 ) -> dict:
@@ -91,21 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     procs = base.Processes(workdir)
     results: dict[str, list[dict]] = {"off": [], "on": []}
     try:
-        sink_port = base.free_port()
         mock, mock_port = side_by_side.start_mock(procs, bench_python)
-        procs.start(
-            "otlp-sink",
-            [str(base.GATEWAY_PYTHON), str(base.BENCH_DIR / "otlp_sink.py"), "--port", str(sink_port)],
-            base.LOAD_CORE,
-        )
+        sink_port = start_sink(procs)
         plain = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        traced = {
-            **plain,
-            "GATEWAY_TRACES": "true",
-            "GATEWAY_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces",
-            "GATEWAY_TRACES_SAMPLE_RATIO": str(args.sample_ratio),
-        }
-        wait_sink(sink_port)
+        traced = traced_env(plain, sink_port, args.sample_ratio)
         answered = 0
         for n in range(1, args.rounds + 1):
             together = (
